@@ -1,0 +1,136 @@
+"""The `unihope` command: each subcommand parses its arguments and calls one function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniHOPE data generation and training.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def inspect(
+    mano_dir: Optional[Path] = typer.Option(None, help="Folder with the official MANO_RIGHT.pkl / MANO_LEFT.pkl."),
+    render_platform: str = typer.Option("egl", help="egl | osmesa"),
+) -> None:
+    """Show what is installed, which hand model and which renderer are in use."""
+    from unihope.inspect_env import describe_environment
+
+    for line in describe_environment(mano_dir=mano_dir, render_platform=render_platform):
+        typer.echo(line)
+
+
+@app.command("convert-mano")
+def convert_mano(src: Path, dst: Path) -> None:
+    """Convert an official chumpy-based MANO pickle to plain numpy (no chumpy needed)."""
+    from unihope.hand.convert import convert_official_mano
+
+    convert_official_mano(src, dst)
+    typer.echo(f"wrote {dst}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., help="Output folder for the synthetic dataset."),
+    format: str = typer.Option("dexycb", help="dexycb | ho3d"),
+    sequences: int = typer.Option(4, help="Number of sequences."),
+    frames: int = typer.Option(24, help="Frames per sequence."),
+    cameras: int = typer.Option(2, help="Cameras per sequence (DexYCB format)."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Write a small synthetic dataset in DexYCB's (or HO3D_v2's) exact on-disk layout."""
+    from unihope.config import ConfigError, HandModelConfig, SyntheticConfig
+    from unihope.sources.synthetic import write_synthetic_dataset
+
+    try:
+        cfg = SyntheticConfig(
+            format=format, num_sequences=sequences, frames_per_sequence=frames, num_cameras=cameras, seed=seed
+        )
+    except (ValueError, ConfigError) as err:
+        _fail(str(err))
+    summary = write_synthetic_dataset(out, cfg, HandModelConfig())
+    typer.echo(summary.describe())
+
+
+@app.command()
+def build(
+    config: Path = typer.Option(Path("configs/demo.yaml"), help="Pipeline config (YAML)."),
+    source: Optional[str] = typer.Option(None, help="synthetic | dexycb:PATH | ho3d:PATH (overrides the config)."),
+    out: str = typer.Option(..., help="Output dataset path or fsspec URL."),
+    train: bool = typer.Option(False, "--train", help="Train on the dataset when the build finishes."),
+    train_config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config for --train."),
+) -> None:
+    """Run the build_dataset flow: source -> grasp -> annotate -> de-occlude -> pack -> finalize."""
+    from flows.build import run_build_from_cli
+
+    run_build_from_cli(config_path=config, source=source, out=out, train=train, train_config_path=train_config)
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config (YAML)."),
+    data: str = typer.Option(..., help="Dataset path or URL written by `unihope build`."),
+    out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.json, plots."),
+) -> None:
+    """Train the UniHOPE model from the shards; evaluates on the held-out split at the end."""
+    from unihope.training import run_training_from_cli
+
+    run_training_from_cli(config_path=config, data_url=data, out_dir=out)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="A checkpoint written by `unihope train`."),
+    data: str = typer.Option(..., help="Dataset path or URL."),
+    out: Path = typer.Option(..., help="Folder for metrics JSON and plots."),
+    config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config the checkpoint used."),
+) -> None:
+    """Evaluate a checkpoint: MPJPE, PA-MPJPE, MPVPE, ADD-S, switcher accuracy, occlusion table."""
+    from unihope.training import run_evaluation_from_cli
+
+    run_evaluation_from_cli(config_path=config, checkpoint_path=checkpoint, data_url=data, out_dir=out)
+
+
+@app.command()
+def report(
+    data: str = typer.Option(..., help="Dataset path or URL."),
+    out: Path = typer.Option(..., help="Folder for index.html and PNGs."),
+) -> None:
+    """Write an HTML report: contact sheets, histograms, skip table."""
+    from unihope.report import write_report
+
+    path = write_report(data_url=data, out_dir=out)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def deploy(
+    config: Path = typer.Option(Path("configs/demo.yaml"), help="Pipeline config for the build deployment."),
+    out: str = typer.Option(..., help="Dataset path or URL the scheduled builds write."),
+    cron: str = typer.Option("0 3 * * *", help="Cron schedule of the build deployment."),
+    train_config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config."),
+    train_out: Path = typer.Option(Path("runs/scheduled"), help="Run folder of triggered trainings."),
+) -> None:
+    """Serve the build-dataset (cron) and train (triggered on build completion) deployments."""
+    from flows.deploy import serve_deployments
+
+    serve_deployments(config_path=config, out=out, cron=cron, train_config_path=train_config, train_out=train_out)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo_out"), help="Folder for everything the demo writes.")) -> None:
+    """The whole DAG on the synthetic source, then a short training run and the report."""
+    from unihope.demo import run_demo
+
+    run_demo(out_dir=out)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,214 @@
+"""Pipeline configuration: one frozen pydantic model per stage, composed by `PipelineConfig`.
+
+YAML files in `configs/` only set values; every default lives here and equals the upstream
+value from shared/REFERENCE.md. Unknown keys fail at load time (`extra="forbid"`).
+Each stage's config hashes on its own, so a cache keyed by a stage hash is invalidated
+only when that stage (or one it depends on) changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_SCHEMA_VERSION = 1
+
+
+class StageConfig(BaseModel):
+    """Base for stage configs: frozen, strict keys, stable hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def config_hash(self) -> str:
+        """Short, stable hash of the resolved values (sorted JSON)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+class HandModelConfig(StageConfig):
+    """Which MANO files to use. None -> the procedural hand shipped with the project."""
+
+    mano_dir: Path | None = None  # folder holding the official MANO_RIGHT.pkl / MANO_LEFT.pkl
+    cache_dir: Path | None = None  # default ~/.cache/unihope/mano
+
+
+class SyntheticConfig(StageConfig):
+    """The embedded synthetic source (DexYCB or HO3D_v2 layout)."""
+
+    format: Literal["dexycb", "ho3d"] = "dexycb"
+    num_sequences: int = Field(4, ge=1, le=1000)
+    frames_per_sequence: int = Field(24, ge=4, le=10000)
+    num_cameras: int = Field(2, ge=1, le=8)  # DexYCB format only; HO3D has one camera
+    seed: int = 0
+    image_width_px: int = 640
+    image_height_px: int = 480
+
+
+class SourceConfig(StageConfig):
+    """Where frames come from."""
+
+    kind: Literal["synthetic", "dexycb", "ho3d"] = "synthetic"
+    root: Path | None = None  # dataset root; for `synthetic`, where it is generated (default: <out>/_synthetic)
+    split: str = "all"  # dexycb: all | s{0..3}_{train,val,test}; ho3d: all | train | evaluation
+    synthetic: SyntheticConfig = SyntheticConfig()
+    max_frames: int | None = Field(None, ge=1)  # cap for quick runs; None = all
+
+    @model_validator(mode="after")
+    def _check_root(self) -> "SourceConfig":
+        if self.kind in ("dexycb", "ho3d") and self.root is None:
+            raise ValueError(
+                f"source.kind={self.kind!r} needs source.root: the dataset folder on disk "
+                f"(or pass --source {self.kind}:PATH on the command line)"
+            )
+        return self
+
+
+class GraspConfig(StageConfig):
+    """Grasp labels from the object's motion against the sequence's first frame (UniHOPE)."""
+
+    rre_threshold_deg: float = Field(5.0, gt=0)
+    rte_threshold_m: float = Field(0.05, gt=0)
+    label_override_path: Path | None = None  # JSON {sample_key: bool}, e.g. HO3D's manual labels
+
+
+class CropConfig(StageConfig):
+    """UniHOPE's square crop around the hand box (x1.5) united with the object box (x1.5) when grasping."""
+
+    size_px: int = Field(128, ge=32, le=1024)  # 128 DexYCB, 256 HO3D upstream
+    hand_box_scale: float = Field(1.5, gt=0)
+    object_box_scale: float = Field(1.5, gt=0)
+    min_hand_box_px: float = Field(8.0, gt=0)  # smaller projected hand boxes are skipped
+
+
+class RenderConfig(StageConfig):
+    """Offscreen rendering of hand/object masks, depth and Song et al.'s 2D feature maps."""
+
+    platform: Literal["egl", "osmesa"] = "egl"
+    feature_downsample: int = Field(4, ge=1, le=8)  # Song et al. maps at 1/4 resolution
+    relative_depth_range_m: float = Field(0.15, gt=0)  # depth - object centre depth, scaled to [-1, 1]
+    # UniHOPE's occlusion-interval bins on visibility: [0, .25], (.25, .5], (.5, .75], (.75, 1]
+    occlusion_bin_edges: tuple[float, ...] = (0.25, 0.5, 0.75)
+
+
+class ControlNetConfig(StageConfig):
+    """Diffusion models (local folders or hub ids), as HandRefiner uses them."""
+
+    base_model: str = "runwayml/stable-diffusion-inpainting"  # SD-1.5 inpainting UNet (9 channels)
+    controlnet_depth: str = "lllyasviel/control_v11f1p_sd15_depth"  # HandRefiner: its fine-tuned depth ControlNet
+    controlnet_segmentation: str | None = None  # optional second ControlNet on the hand-object segmentation
+    num_inference_steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(9.0, ge=0)
+    prompt: str = "a realistic human hand"
+    negative_prompt: str = "fewer digits, extra digit, deformed hand, blurry"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float16", "float32"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
+    working_size_px: int = Field(512, ge=32)  # crops are resized to this for the diffusion model
+
+
+class DeocclusionConfig(StageConfig):
+    """De-occlusion of the hand: backend, adaptive control strength beta, and UniHOPE's keep filter."""
+
+    backend: Literal["render", "inpaint", "controlnet"] = "render"
+    beta_policy: Literal["fixed", "occlusion_prior", "search"] = "occlusion_prior"
+    beta_fixed: float = Field(0.55, ge=0, le=2)  # HandRefiner's phase transition sits near 0.55
+    beta_min: float = Field(0.4, ge=0, le=2)  # severe occlusion -> lower beta
+    beta_max: float = Field(0.8, ge=0, le=2)  # slight occlusion -> higher beta
+    beta_candidates: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    keep_margin: float = Field(0.0, ge=0)  # keep when gen_score > ori_score + margin
+    max_visibility: float = Field(0.9, gt=0, le=1)  # 0.9 DexYCB, 0.8 HO3D: only occluded frames get pairs
+    mask_dilation_px: int = Field(3, ge=0)
+    visible_weight: float = Field(0.5, ge=0)  # score = visible consistency * w + flexion * (1 - w)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    controlnet: ControlNetConfig = ControlNetConfig()
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> "DeocclusionConfig":
+        if self.beta_min > self.beta_max:
+            raise ValueError(f"deocclusion.beta_min ({self.beta_min}) must be <= beta_max ({self.beta_max})")
+        if self.beta_policy == "search" and not self.beta_candidates:
+            raise ValueError("deocclusion.beta_policy='search' needs a non-empty beta_candidates list")
+        return self
+
+
+class StorageConfig(StageConfig):
+    """Sharded Zarr v3 output."""
+
+    shard_size: int = Field(256, ge=1, le=4096)  # samples per shard (one writer per shard)
+    image_codec: Literal["zstd", "lz4"] = "zstd"
+    compression_level: int = Field(3, ge=1, le=19)
+
+
+class FlowConfig(StageConfig):
+    """Orchestration: batching, retries, scale-out engine, fault injection."""
+
+    frames_per_task: int = Field(256, ge=1)  # coarse tasks: orchestration stays a small share
+    task_runner: Literal["threads", "processes", "dask"] = "threads"
+    max_workers: int = Field(2, ge=1)
+    dask_address: str | None = None  # an existing Dask scheduler; None -> a LocalCluster
+    retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(2.0, ge=0)
+    gpu_tag: str = "gpu"
+    gpu_concurrency: int = Field(1, ge=1)
+    fail_once: tuple[str, ...] = ()  # task names that fail on their first attempt (fault injection)
+
+
+class PipelineConfig(StageConfig):
+    """The whole build: YAML in configs/ sets these, the CLI may override the source and output."""
+
+    schema_version: int = CONFIG_SCHEMA_VERSION
+    name: str = "demo"
+    source: SourceConfig = SourceConfig()
+    hand: HandModelConfig = HandModelConfig()
+    grasp: GraspConfig = GraspConfig()
+    crop: CropConfig = CropConfig()
+    render: RenderConfig = RenderConfig()
+    deocclusion: DeocclusionConfig = DeocclusionConfig()
+    storage: StorageConfig = StorageConfig()
+    flow: FlowConfig = FlowConfig()
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> "PipelineConfig":
+        """Load from a YAML file path or YAML text; errors name the bad key and the file."""
+        return load_yaml_model(cls, path_or_text)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_yaml_model[M: BaseModel](model_cls: type[M], path_or_text: str | Path) -> M:
+    """Parse YAML (a path or the text itself) into `model_cls`, with an error a user can act on.
+
+    Raises:
+        ConfigError: when the file is missing, not YAML, or fails validation.
+    """
+    origin = "<text>"
+    text = str(path_or_text)
+    if isinstance(path_or_text, Path) or (len(text) < 4096 and "\n" not in text and text.endswith((".yaml", ".yml"))):
+        path = Path(path_or_text)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        origin, text = str(path), path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{origin}: invalid configuration ({err.error_count()} problem(s)):"]
+        for item in err.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+            lines.append(f"  - {where}: {item['msg']}")
+        raise ConfigError("\n".join(lines)) from err
+
+
+class ConfigError(ValueError):
+    """A configuration a user must fix before any work starts."""

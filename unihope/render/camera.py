@@ -1,0 +1,36 @@
+"""Camera conventions in one place: OpenCV (labels, x right / y down / z forward) to OpenGL (pyrender)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# OpenGL looks down -z with y up: flip the y and z axes of an OpenCV camera frame.
+CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def cv_pose_to_gl(T_cam_from_obj: np.ndarray) -> np.ndarray:
+    """Pose of a mesh for pyrender with the camera at the origin (pyrender camera pose = identity).
+
+    Args:
+        T_cam_from_obj: (3, 4) or (4, 4) [R|t] mapping object points into the OpenCV camera frame.
+
+    Returns:
+        (4, 4) float64 pose to give `scene.add(mesh, pose=...)`.
+    """
+    T = np.eye(4)
+    T[:3, :4] = np.asarray(T_cam_from_obj, dtype=np.float64)[:3, :4]
+    return CV_TO_GL @ T
+
+
+def intrinsics_camera(pyrender, K: np.ndarray, znear_m: float = 0.01, zfar_m: float = 10.0):
+    """A pyrender IntrinsicsCamera from an OpenCV K (pixel centres at integer coordinates)."""
+    return pyrender.IntrinsicsCamera(
+        fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]), znear=znear_m, zfar=zfar_m
+    )
+
+
+def project_points(points_cam_m: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Project (..., 3) OpenCV camera-frame points with K to (..., 2) pixel coordinates."""
+    points = np.asarray(points_cam_m, dtype=np.float64)
+    uvw = points @ np.asarray(K, dtype=np.float64).T
+    return uvw[..., :2] / uvw[..., 2:3]
