@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_SCHEMA_VERSION = 1
+M = TypeVar("M", bound=BaseModel)
 
 
 class StageConfig(BaseModel):
@@ -181,7 +182,7 @@ class PipelineConfig(StageConfig):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def load_yaml_model[M: BaseModel](model_cls: type[M], path_or_text: str | Path) -> M:
+def load_yaml_model(model_cls: type[M], path_or_text: str | Path) -> M:
     """Parse YAML (a path or the text itself) into `model_cls`, with an error a user can act on.
 
     Raises:
