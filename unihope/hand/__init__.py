@@ -1,0 +1,45 @@
+"""The MANO hand: procedural stand-in or official files, and a smplx layer with DexYCB joint order."""
+
+from unihope.hand.assets import describe_hand_model, resolve_mano_path
+from unihope.hand.constants import (
+    FINGER_NAMES,
+    MANO_FINGER_JOINTS,
+    MANO_TO_DEXYCB_JOINTS,
+    NUM_MANO_FACES,
+    NUM_MANO_VERTICES,
+    TIP_VERTEX_IDS,
+)
+from unihope.hand.convert import convert_official_mano
+from unihope.hand.layer import (
+    HandLayer,
+    HandOutput,
+    axis_angle_to_pca,
+    load_mano_arrays,
+    pca_to_axis_angle,
+    vertex_finger_labels,
+)
+from unihope.hand.preview import render_grasp_preview
+from unihope.hand.procedural import PROCEDURAL_MODEL_VERSION, build_procedural_mano, curl_pose, mirror_mano
+
+__all__ = [
+    "FINGER_NAMES",
+    "MANO_FINGER_JOINTS",
+    "MANO_TO_DEXYCB_JOINTS",
+    "NUM_MANO_FACES",
+    "NUM_MANO_VERTICES",
+    "PROCEDURAL_MODEL_VERSION",
+    "TIP_VERTEX_IDS",
+    "HandLayer",
+    "HandOutput",
+    "axis_angle_to_pca",
+    "build_procedural_mano",
+    "convert_official_mano",
+    "curl_pose",
+    "describe_hand_model",
+    "load_mano_arrays",
+    "mirror_mano",
+    "pca_to_axis_angle",
+    "render_grasp_preview",
+    "resolve_mano_path",
+    "vertex_finger_labels",
+]

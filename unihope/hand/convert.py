@@ -1,0 +1,148 @@
+"""Read official (chumpy-based, Python 2) MANO pickles without chumpy and rewrite them as plain numpy."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+# Globals an official MANO pickle may reference; anything else is refused (pickles can run code).
+_ALLOWED_BUILTINS = {"object", "set", "frozenset", "slice", "complex", "list", "dict", "tuple", "bytearray"}
+_ALLOWED_COPYREG = {"_reconstructor", "__newobj__", "__newobj_ex__"}
+_SPARSE_ATTRS = ("data", "indices", "indptr")
+CACHE_FILE_MODE = 0o644  # mkstemp creates 0600; converted models are plain readable files
+
+
+class ChumpyStandIn:
+    """Replaces any chumpy class while unpickling; keeps the pickled state (the array is `x`)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots) form
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"unexpected chumpy object state of type {type(state).__name__}")
+        self.__dict__.update(state)
+
+    def to_numpy(self) -> np.ndarray:
+        """The wrapped value as a numpy array.
+
+        Raises:
+            ValueError: if the object holds no array (a chumpy expression, not a plain Ch).
+        """
+        for key in ("x", "a"):
+            if key in self.__dict__:
+                return np.asarray(to_plain(self.__dict__[key]))
+        raise ValueError(
+            f"chumpy object without an array value (keys {sorted(self.__dict__)}); "
+            "only plain chumpy.Ch arrays, as in the official MANO files, are supported"
+        )
+
+
+class _MANOUnpickler(pickle.Unpickler):
+    """Maps chumpy classes to ChumpyStandIn and old numpy/scipy paths to current ones."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "chumpy" or module.startswith("chumpy."):
+            return ChumpyStandIn
+        if module in ("copy_reg", "copyreg") and name in _ALLOWED_COPYREG:
+            import copyreg
+
+            return getattr(copyreg, name)
+        if module == "_codecs" and name == "encode":  # Python 3 protocol-2 pickles wrap bytes with it
+            import codecs
+
+            return codecs.encode
+        if module in ("__builtin__", "builtins") and name in _ALLOWED_BUILTINS:
+            import builtins
+
+            return getattr(builtins, name)
+        if module == "numpy" or module.startswith("numpy."):
+            module = module.replace("numpy.core", "numpy._core", 1) if module.startswith("numpy.core") else module
+            return super().find_class(module, name)
+        if module.startswith("scipy.sparse"):
+            # Old pickles name private modules (scipy.sparse.csc); the classes live on scipy.sparse.
+            if hasattr(scipy.sparse, name):
+                return getattr(scipy.sparse, name)
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a MANO pickle")
+
+
+def to_plain(value: Any) -> Any:
+    """Turns chumpy stand-ins into numpy arrays and sparse matrices into fresh csc matrices."""
+    if isinstance(value, ChumpyStandIn):
+        return value.to_numpy()
+    if scipy.sparse.issparse(value):
+        # Rebuild from the raw buffers: old pickles may carry attributes current scipy no longer sets.
+        state = value.__dict__
+        if value.format in ("csr", "csc") and all(key in state for key in _SPARSE_ATTRS):
+            shape = state.get("_shape", state.get("shape"))
+            matrix_cls = scipy.sparse.csr_matrix if value.format == "csr" else scipy.sparse.csc_matrix
+            value = matrix_cls((state["data"], state["indices"], state["indptr"]), shape=shape)
+        return scipy.sparse.csc_matrix(value)
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return np.array([to_plain(item) for item in value.ravel()]).reshape(value.shape)
+    return value
+
+
+def load_mano_pickle(path: Path) -> dict[str, Any]:
+    """Loads a MANO pickle (official chumpy-based or plain numpy) without chumpy installed.
+
+    Args:
+        path: a MANO_RIGHT.pkl / MANO_LEFT.pkl file.
+
+    Returns:
+        The pickle's dict with every chumpy array turned into a numpy array (float64 as stored).
+
+    Raises:
+        ValueError: if the file does not hold a dict with v_template, f, weights and J_regressor.
+    """
+    raw_bytes = Path(path).read_bytes()
+    loaded = _MANOUnpickler(io.BytesIO(raw_bytes), encoding="latin1").load()
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} does not hold a MANO dict (got {type(loaded).__name__})")
+    missing = [key for key in ("v_template", "f", "weights", "J_regressor") if key not in loaded]
+    if missing:
+        raise ValueError(f"{path} is missing MANO keys {missing}; is it a MANO_*.pkl file?")
+    return {key: to_plain(value) for key, value in loaded.items()}
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (used to key converted copies in the cache)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def convert_official_mano(src: Path, dst: Path) -> Path:
+    """Converts an official MANO pickle to plain numpy/scipy arrays that smplx loads without chumpy.
+
+    Args:
+        src: the official MANO_RIGHT.pkl or MANO_LEFT.pkl (Python 2 pickle with chumpy arrays).
+        dst: where to write the converted pickle (written atomically: temp file, then os.replace).
+
+    Returns:
+        dst.
+
+    Raises:
+        ValueError: if src does not exist or is not a MANO pickle.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ValueError(f"MANO file {src} does not exist; pass the official MANO_RIGHT.pkl or MANO_LEFT.pkl")
+    arrays = load_mano_pickle(src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=dst.name, suffix=".incomplete")
+    try:
+        with os.fdopen(handle, "wb") as tmp_file:
+            pickle.dump(arrays, tmp_file, protocol=4)
+        os.chmod(tmp_name, CACHE_FILE_MODE)
+        os.replace(tmp_name, dst)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+    return dst

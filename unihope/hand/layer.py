@@ -1,0 +1,232 @@
+"""MANO hand layer (smplx) returning vertices and DexYCB-ordered joints, plus PCA pose helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import smplx
+import torch
+
+from unihope.hand.assets import resolve_mano_path
+from unihope.hand.constants import (
+    FINGER_NAMES,
+    MANO_JOINT_FINGER_LABEL,
+    MANO_TO_DEXYCB_JOINTS,
+    NUM_BETAS,
+    NUM_HAND_POSE_DIMS,
+    NUM_MANO_JOINTS,
+    SIDES,
+    TIP_VERTEX_IDS,
+)
+from unihope.hand.convert import load_mano_pickle
+
+__all__ = [
+    "FINGER_NAMES",
+    "MANO_TO_DEXYCB_JOINTS",
+    "TIP_VERTEX_IDS",
+    "HandLayer",
+    "HandOutput",
+    "axis_angle_to_pca",
+    "load_mano_arrays",
+    "pca_to_axis_angle",
+    "vertex_finger_labels",
+]
+
+NUM_MANO_POSE_DIMS = 3 + NUM_HAND_POSE_DIMS  # global orient + hand pose, axis-angle radians
+
+
+@dataclass(frozen=True, slots=True)
+class HandOutput:
+    """Posed hand in the frame of global_orient/transl (metres)."""
+
+    vertices: torch.Tensor  # (B, 778, 3) float32
+    joints: torch.Tensor  # (B, 21, 3) float32, DexYCB order (0 wrist, 1-4 thumb MCP..tip, ...)
+
+
+def load_mano_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Loads the arrays the pipeline needs from a MANO pickle (official or procedural, no chumpy).
+
+    Args:
+        path: a MANO_RIGHT.pkl / MANO_LEFT.pkl file.
+
+    Returns:
+        hands_components (45, 45), hands_mean (45,) radians, weights (778, 16), f (1538, 3) int64,
+        v_template (778, 3) metres; float64 arrays.
+
+    Raises:
+        ValueError: if the file is not a MANO pickle.
+    """
+    raw = load_mano_pickle(Path(path))
+    return {
+        "hands_components": np.asarray(raw["hands_components"], dtype=np.float64),
+        "hands_mean": np.asarray(raw["hands_mean"], dtype=np.float64).reshape(-1),
+        "weights": np.asarray(raw["weights"], dtype=np.float64),
+        "f": np.asarray(raw["f"], dtype=np.int64),
+        "v_template": np.asarray(raw["v_template"], dtype=np.float64),
+    }
+
+
+def pca_to_axis_angle(pca_coeffs: np.ndarray, hands_components: np.ndarray, hands_mean: np.ndarray) -> np.ndarray:
+    """Hand pose from MANO PCA coefficients, DexYCB convention (flat_hand_mean=False).
+
+    axis_angle = hands_mean + pca_coeffs @ hands_components[:k]; the result is the absolute pose to
+    feed a layer built with flat_hand_mean=True (such as HandLayer).
+
+    Args:
+        pca_coeffs: (N, k) PCA coefficients, 1 <= k <= 45.
+        hands_components: (45, 45) MANO PCA basis (rows are components).
+        hands_mean: (45,) MANO mean hand pose, radians.
+
+    Returns:
+        (N, 45) axis-angle hand pose, radians (float64).
+
+    Raises:
+        ValueError: on shape mismatches.
+    """
+    coeffs = np.asarray(pca_coeffs, dtype=np.float64)
+    components = np.asarray(hands_components, dtype=np.float64)
+    mean = np.asarray(hands_mean, dtype=np.float64).reshape(-1)
+    if coeffs.ndim != 2 or not 1 <= coeffs.shape[1] <= components.shape[0]:
+        raise ValueError(f"pca_coeffs must be (N, k) with 1 <= k <= {components.shape[0]}, got {coeffs.shape}")
+    if components.shape[1] != NUM_HAND_POSE_DIMS or mean.shape != (NUM_HAND_POSE_DIMS,):
+        raise ValueError(
+            f"expected hands_components (k, 45) and hands_mean (45,), got {components.shape}, {mean.shape}"
+        )
+    return mean + coeffs @ components[: coeffs.shape[1]]
+
+
+def axis_angle_to_pca(
+    axis_angle: np.ndarray, hands_components: np.ndarray, hands_mean: np.ndarray, num_comps: int = 45
+) -> np.ndarray:
+    """Inverse of pca_to_axis_angle: least-squares PCA coefficients of an absolute hand pose.
+
+    Args:
+        axis_angle: (N, 45) absolute hand pose, radians.
+        hands_components: (45, 45) MANO PCA basis.
+        hands_mean: (45,) MANO mean hand pose, radians.
+        num_comps: number of leading components to fit (exact round trip with 45).
+
+    Returns:
+        (N, num_comps) coefficients (float64).
+
+    Raises:
+        ValueError: on shape mismatches or num_comps outside [1, 45].
+    """
+    pose = np.asarray(axis_angle, dtype=np.float64)
+    components = np.asarray(hands_components, dtype=np.float64)
+    if pose.ndim != 2 or pose.shape[1] != NUM_HAND_POSE_DIMS:
+        raise ValueError(f"axis_angle must be (N, 45), got {pose.shape}")
+    if not 1 <= num_comps <= components.shape[0]:
+        raise ValueError(f"num_comps must be in [1, {components.shape[0]}], got {num_comps}")
+    centred = pose - np.asarray(hands_mean, dtype=np.float64).reshape(1, -1)
+    coeffs, *_ = np.linalg.lstsq(components[:num_comps].T, centred.T, rcond=None)
+    return coeffs.T
+
+
+def vertex_finger_labels(weights: np.ndarray) -> np.ndarray:
+    """Per-vertex digit label from the strongest skinning joint (works for the real MANO too).
+
+    Args:
+        weights: (778, 16) MANO skinning weights.
+
+    Returns:
+        (778,) int8: 0 palm/wrist, 1 thumb, 2 index, 3 middle, 4 ring, 5 little.
+
+    Raises:
+        ValueError: if weights is not (V, 16).
+    """
+    weights = np.asarray(weights)
+    if weights.ndim != 2 or weights.shape[1] != NUM_MANO_JOINTS:
+        raise ValueError(f"weights must be (V, {NUM_MANO_JOINTS}), got {weights.shape}")
+    return np.asarray(MANO_JOINT_FINGER_LABEL, dtype=np.int8)[np.argmax(weights, axis=1)]
+
+
+class HandLayer(torch.nn.Module):
+    """smplx MANO (full 45-d axis-angle pose, flat hand mean) returning DexYCB-ordered joints."""
+
+    def __init__(self, side: str = "right", model_path: Path | None = None) -> None:
+        """Builds the layer.
+
+        Args:
+            side: "right" or "left".
+            model_path: a MANO_RIGHT.pkl / MANO_LEFT.pkl file; None -> resolve_mano_path(side)
+                (the cached procedural hand).
+
+        Raises:
+            ValueError: if side is unknown or model_path does not exist.
+        """
+        super().__init__()
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        path = Path(model_path) if model_path is not None else resolve_mano_path(side)
+        if not path.is_file():
+            raise ValueError(f"MANO model file {path} does not exist")
+        self.side = side
+        self.model_path = path
+        # smplx takes the side from a file name containing RIGHT; is_rhand matters for folders only.
+        self.mano = smplx.MANO(
+            model_path=str(path), is_rhand=side == "right", use_pca=False, flat_hand_mean=True,
+            num_pca_comps=NUM_HAND_POSE_DIMS, batch_size=1,
+        )
+        self.register_buffer("tip_vertex_idx", torch.tensor(list(TIP_VERTEX_IDS.values()), dtype=torch.long))
+        self.register_buffer("dexycb_order", torch.tensor(MANO_TO_DEXYCB_JOINTS, dtype=torch.long))
+
+    @property
+    def faces(self) -> np.ndarray:
+        """(1538, 3) int64 triangle vertex indices (outward winding)."""
+        return np.asarray(self.mano.faces, dtype=np.int64)
+
+    def forward(
+        self, global_orient: torch.Tensor, hand_pose: torch.Tensor, betas: torch.Tensor, transl: torch.Tensor
+    ) -> HandOutput:
+        """Poses the hand.
+
+        Args:
+            global_orient: (B, 3) wrist rotation, axis-angle radians.
+            hand_pose: (B, 45) absolute finger pose (flat hand = zeros), axis-angle radians.
+            betas: (B, 10) shape coefficients.
+            transl: (B, 3) translation, metres.
+
+        Returns:
+            HandOutput with vertices (B, 778, 3) and joints (B, 21, 3) in DexYCB order, metres.
+
+        Raises:
+            ValueError: on shape mismatches.
+        """
+        batch = global_orient.shape[0] if global_orient.ndim == 2 else -1
+        expected = {"global_orient": 3, "hand_pose": NUM_HAND_POSE_DIMS, "betas": NUM_BETAS, "transl": 3}
+        for name, tensor in zip(expected, (global_orient, hand_pose, betas, transl)):
+            if tensor.ndim != 2 or tensor.shape != (batch, expected[name]):
+                batch_text = batch if batch > 0 else "B"
+                raise ValueError(f"{name} must be ({batch_text}, {expected[name]}), got {tuple(tensor.shape)}")
+        output = self.mano(betas=betas, global_orient=global_orient, hand_pose=hand_pose, transl=transl)
+        vertices = output.vertices
+        joints_mano = torch.cat([output.joints, vertices[:, self.tip_vertex_idx]], dim=1)
+        return HandOutput(vertices=vertices, joints=joints_mano[:, self.dexycb_order])
+
+    def forward_numpy(
+        self, mano_pose: np.ndarray, betas: np.ndarray, transl: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """numpy convenience wrapper (no gradients).
+
+        Args:
+            mano_pose: (N, 48) global orient (3) + absolute hand pose (45), axis-angle radians.
+            betas: (N, 10) shape coefficients.
+            transl: (N, 3) translation, metres.
+
+        Returns:
+            vertices (N, 778, 3) and joints (N, 21, 3, DexYCB order), float32 metres.
+
+        Raises:
+            ValueError: on shape mismatches.
+        """
+        pose = np.asarray(mano_pose, dtype=np.float32)
+        if pose.ndim != 2 or pose.shape[1] != NUM_MANO_POSE_DIMS:
+            raise ValueError(f"mano_pose must be (N, {NUM_MANO_POSE_DIMS}), got {pose.shape}")
+        device = self.mano.v_template.device
+        as_tensor = lambda arr: torch.as_tensor(np.asarray(arr, dtype=np.float32), device=device)  # noqa: E731
+        with torch.no_grad():
+            output = self.forward(as_tensor(pose[:, :3]), as_tensor(pose[:, 3:]), as_tensor(betas), as_tensor(transl))
+        return output.vertices.cpu().numpy(), output.joints.cpu().numpy()
