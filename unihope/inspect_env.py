@@ -34,7 +34,7 @@ def describe_renderer(render_platform: str) -> str:
 
     vendor = GL.glGetString(GL.GL_VENDOR)
     name = GL.glGetString(GL.GL_RENDERER)
-    renderer.delete()
+    # Never renderer.delete(): with EGL it terminates the display that every renderer in the process shares.
     elapsed_ms = (time.perf_counter() - start_s) * 1000
     decode = lambda b: b.decode() if isinstance(b, bytes) else str(b)  # noqa: E731
     return f"renderer: pyrender/{render_platform}: {decode(vendor)} / {decode(name)} (context in {elapsed_ms:.0f} ms)"

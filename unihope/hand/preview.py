@@ -92,19 +92,18 @@ def render_grasp_preview(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    try:
-        for frame_idx, frame_verts_m in enumerate(verts_m):
-            scene = pyrender.Scene(bg_color=BACKGROUND_RGBA, ambient_light=(0.25, 0.25, 0.25))
-            mesh = trimesh.Trimesh(frame_verts_m, layer.faces, process=False)
-            scene.add(pyrender.Mesh.from_trimesh(mesh, material=material, smooth=True))
-            scene.add(pyrender.PerspectiveCamera(yfov=CAMERA_YFOV_RAD), pose=cam_pose_gl)
-            scene.add(pyrender.DirectionalLight(intensity=2.5), pose=cam_pose_gl)
-            key_light = _look_at_opencv(target_m + np.array([0.2, -0.3, 0.3]) * mirror_xyz, target_m, camera_up)
-            scene.add(pyrender.DirectionalLight(intensity=1.5), pose=key_light @ np.diag([1.0, -1.0, -1.0, 1.0]))
-            color, _ = renderer.render(scene)
-            path = out_dir / f"grasp_{frame_idx:02d}.png"
-            Image.fromarray(color).save(path)
-            paths.append(path)
-    finally:
-        renderer.delete()
+    # The renderer is never deleted: with EGL, delete() terminates the display that every pyrender
+    # context of the process shares (the synthetic source's and the annotation stage's included).
+    for frame_idx, frame_verts_m in enumerate(verts_m):
+        scene = pyrender.Scene(bg_color=BACKGROUND_RGBA, ambient_light=(0.25, 0.25, 0.25))
+        mesh = trimesh.Trimesh(frame_verts_m, layer.faces, process=False)
+        scene.add(pyrender.Mesh.from_trimesh(mesh, material=material, smooth=True))
+        scene.add(pyrender.PerspectiveCamera(yfov=CAMERA_YFOV_RAD), pose=cam_pose_gl)
+        scene.add(pyrender.DirectionalLight(intensity=2.5), pose=cam_pose_gl)
+        key_light = _look_at_opencv(target_m + np.array([0.2, -0.3, 0.3]) * mirror_xyz, target_m, camera_up)
+        scene.add(pyrender.DirectionalLight(intensity=1.5), pose=key_light @ np.diag([1.0, -1.0, -1.0, 1.0]))
+        color, _ = renderer.render(scene)
+        path = out_dir / f"grasp_{frame_idx:02d}.png"
+        Image.fromarray(color).save(path)
+        paths.append(path)
     return paths

@@ -1,0 +1,37 @@
+"""Shared pytest fixtures: small synthetic DexYCB / HO3D datasets, generated once per test session.
+
+`synthetic_dexycb`: 2 sequences x 12 frames x 2 cameras (sequence 0 right hand, sequence 1 left hand),
+DexYCB layout, with `truth/` beside it. `synthetic_ho3d`: 2 sequences x 6 frames, HO3D_v2 layout.
+Both yield the dataset root (a Path); tests must not modify them (copy first when corrupting files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unihope.config import HandModelConfig, SyntheticConfig
+
+SYNTHETIC_DEXYCB_CONFIG = SyntheticConfig(format="dexycb", num_sequences=2, frames_per_sequence=12, num_cameras=2, seed=0)
+SYNTHETIC_HO3D_CONFIG = SyntheticConfig(format="ho3d", num_sequences=2, frames_per_sequence=6, seed=1)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dexycb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a small synthetic DexYCB dataset (see SYNTHETIC_DEXYCB_CONFIG)."""
+    from unihope.sources.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "dexycb"
+    write_synthetic_dataset(root, SYNTHETIC_DEXYCB_CONFIG, HandModelConfig())
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_ho3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a small synthetic HO3D_v2 dataset (see SYNTHETIC_HO3D_CONFIG)."""
+    from unihope.sources.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "ho3d"
+    write_synthetic_dataset(root, SYNTHETIC_HO3D_CONFIG, HandModelConfig())
+    return root
