@@ -181,3 +181,207 @@ class StageSummary:
     num_in: int
     num_out: int
     skips_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Zarr arrays of a packed dataset (owned by storage/; documented in docs/DATASET.md).
+#
+# Layout of one dataset (a local folder or an fsspec URL):
+#   zarr.json                          root group; dataset-level attrs (written by `finalize`)
+#   manifest.json                      committed shards, counts, key ranges, checksums (written last)
+#   skips.jsonl                        one Skip per line, every stage
+#   shards/shard-00000.commit.json     per-shard commit record; its presence IS the commit
+#   shards/shard-00000.<attempt>/      one Zarr v3 group per shard, one array per field below,
+#                                      first axis = sample (0..num_samples-1 within the shard)
+# Chunking: "sample" arrays use Zarr's sharding codec with the whole shard group's array as one
+# shard object and one inner chunk per sample (a reader fetches one sample with one byte-range
+# read); "column" arrays (scalars and small vectors) are one plain chunk per shard, read whole and
+# kept in memory by readers.
+# ---------------------------------------------------------------------------------------------------
+
+SCHEMA_VERSION = 1
+
+CHUNKING_SAMPLE = "sample"  # sharding codec, inner chunk = 1 sample, blosc/zstd
+CHUNKING_COLUMN = "column"  # one chunk per shard group, zstd
+MAX_BETA_CANDIDATES = 16  # candidate_betas / candidate_scores are padded with NaN to this length
+HAND_SIDE_CODES = {"right": 0, "left": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySpec:
+    """One Zarr array of a shard group: per-sample shape, dtype, chunking and units.
+
+    `shape` entries are ints or the symbols "S" (crop size, px) and "F" (feature-map size,
+    S // render.feature_downsample, px). `dtype` is a numpy dtype name, or "str" for
+    variable-length UTF-8 strings.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    chunking: str  # CHUNKING_SAMPLE | CHUNKING_COLUMN
+    units: str
+    description: str
+
+    def sample_shape(self, crop_size_px: int, feature_size_px: int) -> tuple[int, ...]:
+        """Concrete per-sample shape for a crop of `crop_size_px` and maps of `feature_size_px`."""
+        sizes = {"S": crop_size_px, "F": feature_size_px}
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
+
+
+_S, _F = "S", "F"
+ARRAYS: tuple[ArraySpec, ...] = (
+    # -- images and per-pixel maps (sharded, one inner chunk per sample) --------------------------
+    ArraySpec("image", "uint8", (_S, _S, 3), CHUNKING_SAMPLE, "RGB 0-255", "occluded crop (the input image)"),
+    ArraySpec("image_deoccluded", "uint8", (_S, _S, 3), CHUNKING_SAMPLE, "RGB 0-255",
+              "de-occluded crop; equals `image` when there is no de-occlusion result"),
+    ArraySpec("inpaint_mask", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "region the de-occluder regenerated"),
+    ArraySpec("mask_hand", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "full hand silhouette (hand rendered alone)"),
+    ArraySpec("mask_hand_visible", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "hand pixels not hidden by the object"),
+    ArraySpec("mask_object", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "visible object pixels"),
+    ArraySpec("depth_hand", "float32", (_S, _S), CHUNKING_SAMPLE, "m", "hand-alone depth, 0 = background"),
+    ArraySpec("depth_scene", "float32", (_S, _S), CHUNKING_SAMPLE, "m", "hand + object depth, 0 = background"),
+    ArraySpec("hand_parts", "uint8", (_S, _S), CHUNKING_SAMPLE, "label",
+              "0 none, 1 palm, 2..6 thumb..little (full silhouette)"),
+    ArraySpec("seg_map", "uint8", (_F, _F), CHUNKING_SAMPLE, "label", "Song et al.: 0 background, 1 hand, 2 object"),
+    ArraySpec("dense_map", "float32", (_F, _F, 3), CHUNKING_SAMPLE, "[0, 1]",
+              "Song et al.: object NOC / hand vertex embedding"),
+    ArraySpec("relative_depth_map", "float32", (_F, _F), CHUNKING_SAMPLE, "[-1, 1]",
+              "Song et al.: depth minus object-centre depth, scaled; 0 = background"),
+    # -- occlusion ------------------------------------------------------------------------------
+    ArraySpec("visibility", "float64", (), CHUNKING_COLUMN, "fraction", "visible / full hand pixels, 1 = unoccluded"),
+    ArraySpec("occlusion_ratio", "float64", (), CHUNKING_COLUMN, "fraction", "1 - visibility"),
+    ArraySpec("occlusion_bin", "uint8", (), CHUNKING_COLUMN, "bin", "0..3 on visibility: [0,.25], (.25,.5], (.5,.75], (.75,1]"),
+    ArraySpec("finger_visibility", "float32", (5,), CHUNKING_COLUMN, "fraction", "thumb..little"),
+    # -- grasp ----------------------------------------------------------------------------------
+    ArraySpec("grasp", "bool", (), CHUNKING_COLUMN, "-", "is_grasping (RRE/RTE rule or override)"),
+    ArraySpec("rre_deg", "float64", (), CHUNKING_COLUMN, "deg", "relative rotation error vs the reference frame"),
+    ArraySpec("rte_m", "float64", (), CHUNKING_COLUMN, "m", "relative translation error vs the reference frame"),
+    ArraySpec("grasp_reference_key", "str", (), CHUNKING_COLUMN, "-", "sample key of the grasp reference frame"),
+    ArraySpec("grasp_source", "str", (), CHUNKING_COLUMN, "-", "'rule' | 'override'"),
+    # -- de-occlusion ---------------------------------------------------------------------------
+    ArraySpec("has_deocclusion", "bool", (), CHUNKING_COLUMN, "-", "a DeocclusionResult existed for this sample"),
+    ArraySpec("keep", "bool", (), CHUNKING_COLUMN, "-", "the pair passed UniHOPE's filter (False without a result)"),
+    ArraySpec("beta", "float64", (), CHUNKING_COLUMN, "-", "control strength used (NaN when none)"),
+    ArraySpec("deocclusion_score", "float64", (), CHUNKING_COLUMN, "score", "score of the kept candidate (NaN when none)"),
+    ArraySpec("original_score", "float64", (), CHUNKING_COLUMN, "score", "score of the occluded input (NaN when none)"),
+    ArraySpec("num_beta_candidates", "uint8", (), CHUNKING_COLUMN, "count", "valid entries of candidate_*"),
+    ArraySpec("candidate_betas", "float32", (MAX_BETA_CANDIDATES,), CHUNKING_COLUMN, "-", "betas tried, NaN-padded"),
+    ArraySpec("candidate_scores", "float32", (MAX_BETA_CANDIDATES,), CHUNKING_COLUMN, "score", "their scores, NaN-padded"),
+    ArraySpec("deocclusion_reason", "str", (), CHUNKING_COLUMN, "-", "why kept / dropped ('no_result' without one)"),
+    ArraySpec("deocclusion_backend", "str", (), CHUNKING_COLUMN, "-", "backend name ('' without a result)"),
+    # -- hand -----------------------------------------------------------------------------------
+    ArraySpec("mano_pose", "float32", (NUM_MANO_POSE,), CHUNKING_COLUMN, "rad",
+              "axis-angle, 3 global + 45 joints, absolute, flat_hand_mean=True"),
+    ArraySpec("mano_betas", "float32", (NUM_MANO_BETAS,), CHUNKING_COLUMN, "-", "MANO shape"),
+    ArraySpec("mano_trans", "float32", (3,), CHUNKING_COLUMN, "m", "MANO transl, camera frame"),
+    ArraySpec("hand_side", "uint8", (), CHUNKING_COLUMN, "code", "0 right, 1 left"),
+    ArraySpec("joints_3d", "float32", (NUM_JOINTS, 3), CHUNKING_COLUMN, "m", "camera frame (OpenCV), DexYCB order"),
+    ArraySpec("joints_2d", "float32", (NUM_JOINTS, 2), CHUNKING_COLUMN, "crop px", "projected joints in the crop"),
+    ArraySpec("joints_2d_full", "float32", (NUM_JOINTS, 2), CHUNKING_COLUMN, "full px", "joints in the full image"),
+    # -- object ---------------------------------------------------------------------------------
+    ArraySpec("object_id", "int32", (), CHUNKING_COLUMN, "YCB id", "1-21"),
+    ArraySpec("object_name", "str", (), CHUNKING_COLUMN, "-", "e.g. 006_mustard_bottle"),
+    ArraySpec("object_pose", "float32", (3, 4), CHUNKING_COLUMN, "m", "[R|t] camera-from-object"),
+    ArraySpec("object_keypoints_2d", "float32", (NUM_OBJECT_KEYPOINTS, 2), CHUNKING_COLUMN, "crop px",
+              "centre, 8 box corners, 12 edge midpoints"),
+    # -- camera and crop ------------------------------------------------------------------------
+    ArraySpec("K", "float64", (3, 3), CHUNKING_COLUMN, "px", "crop intrinsics"),
+    ArraySpec("K_full", "float64", (3, 3), CHUNKING_COLUMN, "px", "full-image intrinsics"),
+    ArraySpec("crop_affine", "float64", (2, 3), CHUNKING_COLUMN, "px",
+              "full-image px -> crop px (the matrix cv2.warpAffine takes to cut the crop)"),
+    ArraySpec("crop_box_xyxy", "float64", (4,), CHUNKING_COLUMN, "full px", "square crop box before resize"),
+    ArraySpec("image_size_wh", "int32", (2,), CHUNKING_COLUMN, "px", "full image (width, height)"),
+    # -- provenance -----------------------------------------------------------------------------
+    ArraySpec("sample_key", "str", (), CHUNKING_COLUMN, "-", "the source's frame key (unique in a dataset)"),
+    ArraySpec("sequence_key", "str", (), CHUNKING_COLUMN, "-", "sequence part of the key (train/val split unit)"),
+    ArraySpec("dataset", "str", (), CHUNKING_COLUMN, "-", "'dexycb' | 'ho3d'"),
+    ArraySpec("serial", "str", (), CHUNKING_COLUMN, "-", "camera serial ('0' for HO3D)"),
+    ArraySpec("frame_idx", "int32", (), CHUNKING_COLUMN, "-", "frame number in its sequence"),
+    ArraySpec("image_path", "str", (), CHUNKING_COLUMN, "-", "source image file (provenance only)"),
+    ArraySpec("depth_path", "str", (), CHUNKING_COLUMN, "-", "source depth file (provenance only)"),
+    ArraySpec("object_mesh_path", "str", (), CHUNKING_COLUMN, "-", "object mesh file (provenance only)"),
+)
+ARRAYS_BY_NAME: dict[str, ArraySpec] = {spec.name: spec for spec in ARRAYS}
+ARRAY_NAMES: tuple[str, ...] = tuple(ARRAYS_BY_NAME)
+
+# Keys of one training sample as storage.reader.PairedDataset returns it (torch tensors unless noted).
+# (dtype, shape, meaning); S = crop size. The model's training loop is built against these names.
+SAMPLE_FIELDS: dict[str, tuple[str, str, str]] = {
+    "image": ("float32", "(3, S, S)", "occluded crop, RGB in [0, 1], augmented"),
+    "image_deoccluded": ("float32", "(3, S, S)", "de-occluded crop (= image when has_pair is False), same augmentation"),
+    "has_pair": ("bool", "()", "the stored `keep`: image_deoccluded is a usable de-occluded pair"),
+    "mask_hand": ("float32", "(S, S)", "full hand silhouette, 0/1"),
+    "mask_object": ("float32", "(S, S)", "visible object pixels, 0/1"),
+    "joints_2d": ("float32", "(21, 2)", "crop px after augmentation"),
+    "joints_3d": ("float32", "(21, 3)", "m, camera frame, rotated with the in-plane augmentation"),
+    "mano_pose": ("float32", "(48,)", "axis-angle; global orientation rotated with the augmentation"),
+    "mano_betas": ("float32", "(10,)", "MANO shape"),
+    "mano_trans": ("float32", "(3,)", "m; adjusted so the hand layer reproduces joints_3d"),
+    "hand_side": ("int64", "()", "0 right, 1 left"),
+    "grasp": ("int64", "()", "1 grasping, 0 not"),
+    "object_keypoints_2d": ("float32", "(21, 2)", "crop px after augmentation"),
+    "object_pose": ("float32", "(3, 4)", "[R|t] camera-from-object, rotated with the augmentation"),
+    "object_id": ("int64", "()", "YCB id 1-21"),
+    "K": ("float32", "(3, 3)", "crop intrinsics after augmentation (rotation leaves it unchanged)"),
+    "visibility": ("float32", "()", "visible / full hand pixels"),
+    "hand_box_xyxy": ("float32", "(4,)", "crop px, from joints_2d after augmentation"),
+    "object_box_xyxy": ("float32", "(4,)", "crop px, from object_keypoints_2d after augmentation"),
+    "sample_key": ("str", "-", "the source's frame key (a python str; collated to a list)"),
+    "index": ("int64", "()", "index into the PairedDataset"),
+}
+SAMPLE_KEYS: tuple[str, ...] = tuple(SAMPLE_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetAttrs:
+    """Dataset-level attributes stored in every shard group and the root group."""
+
+    name: str  # dataset (build) name, e.g. "demo"
+    source: str  # where frames came from, e.g. "synthetic:dexycb" or "dexycb:/data/dex-ycb"
+    config: dict = field(default_factory=dict)  # resolved PipelineConfig as JSON-able dict
+    config_hash: str = ""  # PipelineConfig.config_hash()
+    code_version: str = ""  # package version (+ git revision when known)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "source": self.source, "config": self.config,
+                "config_hash": self.config_hash, "code_version": self.code_version}
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCommit:
+    """The commit record of one shard (`shards/shard-XXXXX.commit.json`): written last, it IS the commit."""
+
+    shard_idx: int
+    data_path: str  # shard group, relative to the dataset root
+    num_samples: int
+    first_key: str
+    last_key: str
+    keys_sha256: str  # sha256 of the shard's sample keys joined by "\n"
+    input_fingerprint: str  # sha256 of every array written; an equal rerun is a no-op
+    files_sha256: dict[str, str]  # stored object (relative to data_path) -> sha256 of its bytes
+    digest_sha256: str  # sha256 over the sorted "<file> <sha256>" lines
+    num_bytes: int  # bytes stored for this shard
+    crop_size_px: int
+    schema_version: int = SCHEMA_VERSION
+    created_utc: str = ""
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ShardCommit":
+        return cls(**{name: data[name] for name in cls.__slots__ if name in data})
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """`manifest.json`: the committed shards of a finalized dataset."""
+
+    schema_version: int
+    attrs: DatasetAttrs
+    shards: tuple[ShardCommit, ...]
+    num_samples: int
+    missing_shard_indices: tuple[int, ...]  # gaps in 0..max shard_idx (a writer never committed)
+    skips_by_reason: dict[str, int]
+    created_utc: str = ""

@@ -84,6 +84,9 @@ class CropConfig(StageConfig):
     hand_box_scale: float = Field(1.5, gt=0)
     object_box_scale: float = Field(1.5, gt=0)
     min_hand_box_px: float = Field(8.0, gt=0)  # smaller projected hand boxes are skipped
+    min_object_box_px: float = Field(2.0, gt=0)  # grasped objects with smaller projected boxes are skipped
+    # hand boxes with less of their area inside the image are skipped (HAND_OUTSIDE_IMAGE)
+    min_hand_box_inside_fraction: float = Field(0.5, ge=0, le=1)
 
 
 class RenderConfig(StageConfig):
@@ -100,7 +103,7 @@ class ControlNetConfig(StageConfig):
     """Diffusion models (local folders or hub ids), as HandRefiner uses them."""
 
     base_model: str = "runwayml/stable-diffusion-inpainting"  # SD-1.5 inpainting UNet (9 channels)
-    controlnet_depth: str = "lllyasviel/control_v11f1p_sd15_depth"  # HandRefiner: its fine-tuned depth ControlNet
+    controlnet_depth: str = "lllyasviel/control_v11f1p_sd15_depth"  # v1.1 depth ControlNet (HandRefiner's base); a .ckpt file = HandRefiner's fine-tuned one
     controlnet_segmentation: str | None = None  # optional second ControlNet on the hand-object segmentation
     num_inference_steps: int = Field(50, ge=1)
     guidance_scale: float = Field(9.0, ge=0)
@@ -109,6 +112,8 @@ class ControlNetConfig(StageConfig):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float16", "float32"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     working_size_px: int = Field(512, ge=32)  # crops are resized to this for the diffusion model
+    scheduler: Literal["ddim", "saved"] = "ddim"  # ddim: HandRefiner's DDIM; saved: the base model's own scheduler
+    local_files_only: bool = False  # True: never reach for the hub (hub ids must already be in the local cache)
 
 
 class DeocclusionConfig(StageConfig):
@@ -123,7 +128,10 @@ class DeocclusionConfig(StageConfig):
     keep_margin: float = Field(0.0, ge=0)  # keep when gen_score > ori_score + margin
     max_visibility: float = Field(0.9, gt=0, le=1)  # 0.9 DexYCB, 0.8 HO3D: only occluded frames get pairs
     mask_dilation_px: int = Field(3, ge=0)
-    visible_weight: float = Field(0.5, ge=0)  # score = visible consistency * w + flexion * (1 - w)
+    visible_weight: float = Field(0.5, ge=0, le=1)  # score = visible consistency * w + flexion * (1 - w)
+    edge_weight: float = Field(0.3, ge=0, le=1)  # flexion = colour coverage * (1 - e) + depth-edge agreement * e
+    # inpaint region: occluded hand + all visible object pixels (object removed), or the occluded hand only
+    mask_region: Literal["hand_and_object", "occluded_hand"] = "hand_and_object"
     batch_size: int = Field(8, ge=1)
     seed: int = 0
     controlnet: ControlNetConfig = ControlNetConfig()
@@ -143,6 +151,8 @@ class StorageConfig(StageConfig):
     shard_size: int = Field(256, ge=1, le=4096)  # samples per shard (one writer per shard)
     image_codec: Literal["zstd", "lz4"] = "zstd"
     compression_level: int = Field(3, ge=1, le=19)
+    # share of sequences in the "val" split (hash of the sequence key; frames of a sequence stay together)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
 
 
 class FlowConfig(StageConfig):
@@ -156,7 +166,8 @@ class FlowConfig(StageConfig):
     retry_delay_s: float = Field(2.0, ge=0)
     gpu_tag: str = "gpu"
     gpu_concurrency: int = Field(1, ge=1)
-    fail_once: tuple[str, ...] = ()  # task names that fail on their first attempt (fault injection)
+    fail_once: tuple[str, ...] = ()  # "pack" or "pack:3" (one item): fails its first attempt (fault injection)
+    work_dir: Path | None = None  # intermediate batches + result cache; None -> <out>/_work (needed for URL outputs)
 
 
 class PipelineConfig(StageConfig):

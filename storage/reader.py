@@ -1,0 +1,691 @@
+"""Read committed shards: `open_dataset` (a verified view) and `PairedDataset` (torch, paired augmentation).
+
+Speed notes (measured, docs/performance/storage.md):
+- Per-sample arrays are read with one byte-range read per array from the shard object, using the
+  shard index that Zarr's sharding codec writes at the end of the object (read once per shard and
+  cached); the chunk is decoded with numcodecs' Blosc. That is ~9x faster than `zarr.Array[i]`,
+  whose per-call event-loop round trip dominates for small chunks. Arrays whose stored codecs differ
+  from what `storage.writer` writes fall back to `zarr.Array[i]`. Never `.oindex` on sharded arrays.
+- Column arrays (scalars, joints, poses, keys) are read whole per shard and kept in memory.
+- Worker processes open the store lazily (first `__getitem__`), so datasets pickle small and
+  work with the spawn start method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import google_crc32c
+import numcodecs
+import numpy as np
+import torch
+import zarr
+import zarr.api.asynchronous
+from zarr.core.sync import sync as zarr_sync
+
+from storage.augment import IDENTITY, AugmentConfig, augment_pair, sample_params
+from storage.io import Location, locate, read_bytes
+from storage.manifest import (
+    MANIFEST_NAME,
+    StoreError,
+    check_schema_version,
+    commit_path,
+    list_commits,
+    manifest_from_json,
+    read_many,
+    shard_stem,
+)
+from storage.schema import (
+    ARRAYS,
+    ARRAYS_BY_NAME,
+    CHUNKING_COLUMN,
+    CHUNKING_SAMPLE,
+    HAND_SIDE_CODES,
+    AnnotatedFrame,
+    Crop,
+    DeocclusionResult,
+    FrameRecord,
+    GraspLabel,
+    Manifest,
+    ShardCommit,
+)
+
+VERIFY_MODES = ("lazy", "eager", "none")
+SPLITS = ("all", "train", "val")
+DEFAULT_VAL_FRACTION = 0.1
+MAX_OPEN_SHARDS = 64  # per process; each holds open file handles and cached columns
+_EMPTY_CHUNK = np.iinfo(np.uint64).max  # sharding index entry of a chunk never written (all fill value)
+_SIDE_BY_CODE = {code: side for side, code in HAND_SIDE_CODES.items()}
+# what PairedDataset reads per sample
+_PAIR_SAMPLE_ARRAYS = ("image", "image_deoccluded", "mask_hand", "mask_object")
+_PAIR_COLUMNS = ("joints_2d", "joints_3d", "mano_pose", "mano_betas", "mano_trans", "hand_side", "grasp",
+                 "object_keypoints_2d", "object_pose", "object_id", "K", "visibility", "keep", "sample_key")
+
+
+def split_of_sequence(sequence_key: str, val_fraction: float) -> str:
+    """'val' or 'train' from a hash of the sequence key (frames of one sequence never straddle splits)."""
+    return "val" if _sequence_hash_unit(sequence_key) < val_fraction else "train"
+
+
+def assign_splits(sequence_keys: Iterable[str], val_fraction: float) -> dict[str, str]:
+    """Split of every sequence: `split_of_sequence`, except that a dataset of two or more sequences
+    never ends with an empty held-out split when val_fraction > 0 (the sequence with the lowest hash
+    goes to "val"), so small builds such as the demo can always be evaluated."""
+    unique_keys = sorted(set(sequence_keys))
+    splits = {seq: split_of_sequence(seq, val_fraction) for seq in unique_keys}
+    if val_fraction > 0 and len(unique_keys) >= 2 and "val" not in splits.values():
+        splits[min(unique_keys, key=_sequence_hash_unit)] = "val"
+    return splits
+
+
+def _sequence_hash_unit(sequence_key: str) -> float:
+    return int.from_bytes(hashlib.sha256(sequence_key.encode()).digest()[:8], "little") / 2.0**64
+
+
+def _seed_for(seed: int, epoch: int, sample_key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}|{epoch}|{sample_key}".encode()).digest()[:8], "little")
+
+
+class _ChunkReader:
+    """One sharded per-sample array of one shard: cached shard index + byte-range reads + Blosc decode."""
+
+    def __init__(self, loc: Location, array_path: str, meta: dict, num_samples: int, where: str) -> None:
+        self.where = where
+        self.sample_shape = tuple(meta["shape"][1:])
+        self.dtype = np.dtype(meta["data_type"])
+        self.fill_value = meta.get("fill_value", 0)
+        self.loc = loc
+        ndim = len(meta["shape"])
+        self.path = loc.path(f"{array_path}/c/" + "/".join(["0"] * ndim))
+        self._blosc = numcodecs.Blosc()
+        self._fd: int | None = None
+        index_nbytes = num_samples * 16 + 4
+        try:
+            if loc.is_local:
+                self._fd = os.open(self.path, os.O_RDONLY)
+                size = os.fstat(self._fd).st_size
+                raw = os.pread(self._fd, index_nbytes, size - index_nbytes)
+            else:
+                size = loc.fs.size(self.path)
+                raw = loc.fs.cat_file(self.path, start=size - index_nbytes, end=size)
+        except FileNotFoundError as err:
+            field_name = array_path.rsplit("/", 1)[-1]
+            raise StoreError(f"{where}: field {field_name!r} is missing (no {self.path}); the shard is incomplete "
+                             f"or damaged, rewrite it") from err
+        if len(raw) != index_nbytes or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+            raise StoreError(f"{where}: shard index of {array_path} is corrupt (crc32c mismatch); rewrite the shard")
+        self.index = np.frombuffer(raw[:-4], dtype="<u8").reshape(num_samples, 2)
+
+    @staticmethod
+    def supports(meta: dict) -> bool:
+        """True when the array is stored exactly as storage.writer writes sample arrays."""
+        try:
+            (codec,) = meta["codecs"]
+            config = codec["configuration"]
+            inner = config["codecs"]
+            return (
+                codec["name"] == "sharding_indexed"
+                and config["index_location"] == "end"
+                and [c["name"] for c in config["index_codecs"]] == ["bytes", "crc32c"]
+                and config["index_codecs"][0].get("configuration", {}).get("endian", "little") == "little"
+                and [c["name"] for c in inner] == ["bytes", "blosc"]
+                and inner[0].get("configuration", {}).get("endian", "little") == "little"
+                and config["chunk_shape"] == [1, *meta["shape"][1:]]
+                and meta["chunk_grid"]["configuration"]["chunk_shape"] == meta["shape"]
+                and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
+            )
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    def read(self, local_idx: int) -> np.ndarray:
+        offset, nbytes = (int(v) for v in self.index[local_idx])
+        if offset == _EMPTY_CHUNK and nbytes == _EMPTY_CHUNK:
+            return np.full(self.sample_shape, self.fill_value, dtype=self.dtype)
+        if self._fd is not None:
+            raw = os.pread(self._fd, nbytes, offset)
+        else:
+            raw = self.loc.fs.cat_file(self.path, start=offset, end=offset + nbytes)
+        try:
+            decoded = self._blosc.decode(raw)
+        except (RuntimeError, ValueError) as err:
+            raise StoreError(f"{self.where}: cannot decode sample {local_idx} of {self.path} ({err}); "
+                             f"the shard is corrupt, rewrite it") from err
+        expected = math.prod(self.sample_shape) * self.dtype.itemsize
+        if len(decoded) != expected:
+            raise StoreError(f"{self.where}: sample {local_idx} of {self.path} decodes to {len(decoded)} bytes, "
+                             f"expected {expected}; the shard is corrupt, rewrite it")
+        return np.frombuffer(decoded, dtype=self.dtype).reshape(self.sample_shape)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _ShardReader:
+    """An opened, checked shard group: lazily loaded columns and per-sample chunk readers."""
+
+    def __init__(self, loc: Location, commit: ShardCommit, verify: bool) -> None:
+        self.commit = commit
+        self.where = f"{shard_stem(commit.shard_idx)} ({commit.data_path})"
+        # 1. Checksums of the stored bytes against the commit record
+        if verify:
+            verify_shard(loc, commit)
+        # 2. Schema version and fields (the group's zarr.json holds every array's metadata: one request)
+        try:
+            self.group = zarr.open_group(loc.zarr_store(commit.data_path, read_only=True), mode="r", zarr_format=3)
+        except (FileNotFoundError, ValueError, KeyError) as err:
+            raise StoreError(f"{self.where}: shard group cannot be opened ({err}); rewrite the shard") from err
+        consolidated = self.group.metadata.consolidated_metadata
+        self._array_meta = {name: meta.to_dict() for name, meta in consolidated.metadata.items()} \
+            if consolidated is not None else {}
+        attrs = self.group.attrs.get("unihope", {})
+        check_schema_version(int(attrs.get("schema_version", -1)), self.where)
+        self.attrs = attrs
+        self._columns: dict[str, np.ndarray] = {}
+        self._chunk_readers: dict[str, _ChunkReader] = {}
+        self._arrays: dict[str, zarr.Array] = {}
+        self.loc = loc
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self.group[name]
+            except KeyError as err:
+                raise StoreError(f"{self.where}: field {name!r} is missing; the shard was written by another "
+                                 f"schema or is incomplete, rewrite it") from err
+        return self._arrays[name]
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self._columns:
+            self.load_columns((name,))
+        return self._columns[name]
+
+    def load_columns(self, names: tuple[str, ...]) -> None:
+        """Fetch the chunks of several columns in one concurrent batch and decode them in one Zarr call.
+
+        Raises:
+            StoreError: when a column is not in the shard or its chunk is missing.
+        """
+        names = tuple(name for name in dict.fromkeys(names) if name not in self._columns)
+        if not names:
+            return
+        missing = [name for name in names if self._array_meta and name not in self._array_meta]
+        if missing:
+            raise StoreError(f"{self.where}: field {missing[0]!r} is missing; the shard was written by another "
+                             f"schema or is incomplete, rewrite it")
+        if not self._array_meta:  # no consolidated metadata: plain Zarr reads
+            for name in names:
+                self._columns[name] = self._checked(name, self.array(name)[...])
+            return
+        keys = {name: f"{name}/c/" + "/".join(["0"] * len(self._array_meta[name]["shape"])) for name in names}
+        fetched = read_many(self.loc, [f"{self.commit.data_path}/{key}" for key in ["zarr.json", *keys.values()]])
+        prefix = f"{self.commit.data_path}/"
+        for name, key in keys.items():
+            if f"{prefix}{key}" not in fetched:
+                raise StoreError(f"{self.where}: field {name!r} has no data ({key}); the shard is incomplete or "
+                                 f"damaged, rewrite it")
+        to_buffer = zarr.core.buffer.default_buffer_prototype().buffer.from_bytes
+        memory = zarr.storage.MemoryStore({path[len(prefix):]: to_buffer(payload) for path, payload in fetched.items()})
+        for name, values in zip(names, zarr_sync(_decode_columns(memory, names))):
+            self._columns[name] = self._checked(name, values)
+
+    def _checked(self, name: str, values: np.ndarray) -> np.ndarray:
+        if values.shape[0] != self.commit.num_samples:
+            raise StoreError(f"{self.where}: field {name!r} holds {values.shape[0]} samples, the commit record "
+                             f"says {self.commit.num_samples}")
+        return values
+
+    def sample_array(self, name: str, local_idx: int) -> np.ndarray:
+        reader = self._chunk_readers.get(name)
+        if reader is None:
+            array = self.array(name)
+            meta = self._array_meta.get(name)
+            if meta is None:
+                meta = json.loads(read_bytes(self.loc, f"{self.commit.data_path}/{name}/zarr.json") or b"{}")
+            meta = json.loads(json.dumps(meta, default=_json_default))
+            if not _ChunkReader.supports(meta):
+                return np.asarray(array[local_idx])
+            reader = _ChunkReader(self.loc, f"{self.commit.data_path}/{name}", meta, self.commit.num_samples,
+                                  self.where)
+            self._chunk_readers[name] = reader
+        return reader.read(local_idx)
+
+    def close(self) -> None:
+        for reader in self._chunk_readers.values():
+            reader.close()
+        self._chunk_readers.clear()
+
+
+async def _decode_columns(store: zarr.storage.MemoryStore, names: tuple[str, ...]) -> list[np.ndarray]:
+    """Decode whole column arrays from an in-memory copy of their chunks (one event-loop round trip)."""
+    group = await zarr.api.asynchronous.open_group(store=store, mode="r", zarr_format=3)
+    arrays = await asyncio.gather(*(group.getitem(name) for name in names))
+    return list(await asyncio.gather(*(array.getitem(Ellipsis) for array in arrays)))
+
+
+def _json_default(value):
+    """JSON form of the few non-JSON values in Zarr's metadata dicts (enums, numpy scalars, codecs)."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "value"):
+        return value.value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def verify_shard(loc: Location, commit: ShardCommit) -> None:
+    """Compare every stored object of a shard with the sha256 in its commit record.
+
+    Raises:
+        StoreError: naming the shard and the first file that is missing or differs.
+    """
+    where = f"{shard_stem(commit.shard_idx)} ({commit.data_path})"
+    contents = read_many(loc, [f"{commit.data_path}/{name}" for name in commit.files_sha256])
+    for name, expected in sorted(commit.files_sha256.items()):
+        payload = contents.get(f"{commit.data_path}/{name}")
+        if payload is None:
+            raise StoreError(f"{where}: stored file {name} is missing; rewrite the shard")
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != expected:
+            raise StoreError(f"{where}: checksum mismatch in {name} (sha256 {actual[:12]}..., commit record says "
+                             f"{expected[:12]}...); the shard is corrupt, rewrite it")
+
+
+class DatasetView:
+    """The committed shards of a dataset, read by global sample index (0..num_samples-1).
+
+    Built from manifest.json when the dataset is finalized, else from the shard commit records
+    (a build in progress): either way only committed shards are visible.
+    """
+
+    def __init__(self, loc: Location, shards: tuple[ShardCommit, ...], manifest: Manifest | None, verify: str) -> None:
+        self.loc = loc
+        self.shards = shards
+        self.manifest = manifest
+        self.verify_mode = verify
+        counts = np.array([commit.num_samples for commit in shards], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._open: OrderedDict[int, _ShardReader] = OrderedDict()
+        self._verified: set[int] = set()
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def is_finalized(self) -> bool:
+        return self.manifest is not None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def locate_index(self, index: int) -> tuple[int, int]:
+        """(position in self.shards, index within that shard) of a global sample index."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"sample index {index} out of range for a dataset of {self.num_samples} samples")
+        position = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return position, index - int(self.offsets[position])
+
+    def shard(self, position: int) -> _ShardReader:
+        """The opened shard at `position` (LRU-cached; verified on first open when verify='lazy')."""
+        reader = self._open.get(position)
+        if reader is not None:
+            self._open.move_to_end(position)
+            return reader
+        commit = self.shards[position]
+        must_verify = self.verify_mode == "lazy" and commit.shard_idx not in self._verified
+        reader = _ShardReader(self.loc, commit, verify=must_verify)
+        self._verified.add(commit.shard_idx)
+        self._open[position] = reader
+        if len(self._open) > MAX_OPEN_SHARDS:
+            _, evicted = self._open.popitem(last=False)
+            evicted.close()
+        return reader
+
+    def column(self, name: str) -> np.ndarray:
+        """A column field over all committed shards, concatenated (no checksum pass).
+
+        Raises:
+            ValueError: for a per-sample (image-like) field, which is read by sample instead.
+        """
+        if ARRAYS_BY_NAME[name].chunking != CHUNKING_COLUMN:
+            raise ValueError(f"{name!r} is a per-sample array; read it with sample(index, names=[{name!r}])")
+        parts = [_ShardReader(self.loc, commit, verify=False).column(name) for commit in self.shards] \
+            if len(self.shards) > MAX_OPEN_SHARDS else [self.shard(p).column(name) for p in range(len(self.shards))]
+        if not parts:
+            return np.zeros((0, *ARRAYS_BY_NAME[name].shape), dtype=object)
+        return np.concatenate(parts)
+
+    def sample(self, index: int, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Stored values of one sample (numpy; strings as str)."""
+        position, local_idx = self.locate_index(index)
+        reader = self.shard(position)
+        names = names or tuple(spec.name for spec in ARRAYS)
+        reader.load_columns(tuple(name for name in names if ARRAYS_BY_NAME[name].chunking == CHUNKING_COLUMN))
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            if ARRAYS_BY_NAME[name].chunking == CHUNKING_SAMPLE:
+                out[name] = reader.sample_array(name, local_idx)
+            else:
+                value = reader.column(name)[local_idx]
+                out[name] = str(value) if ARRAYS_BY_NAME[name].dtype == "str" else value
+        return out
+
+    def record(self, index: int) -> tuple[AnnotatedFrame, DeocclusionResult | None]:
+        """Rebuild the records that were written for one sample."""
+        v = self.sample(index)
+        record = FrameRecord(
+            sample_key=v["sample_key"], dataset=v["dataset"], sequence_key=v["sequence_key"], serial=v["serial"],
+            frame_idx=int(v["frame_idx"]), image_path=v["image_path"], depth_path=v["depth_path"],
+            image_size_wh=tuple(int(x) for x in v["image_size_wh"]), K=v["K_full"],
+            hand_side=_SIDE_BY_CODE[int(v["hand_side"])], mano_pose=v["mano_pose"], mano_betas=v["mano_betas"],
+            mano_trans=v["mano_trans"], joints_3d=v["joints_3d"],
+            joints_2d=v["joints_2d_full"],
+            object_id=int(v["object_id"]), object_name=v["object_name"], object_mesh_path=v["object_mesh_path"],
+            object_pose=v["object_pose"],
+        )
+        grasp = GraspLabel(sample_key=v["sample_key"], rre_deg=float(v["rre_deg"]), rte_m=float(v["rte_m"]),
+                           is_grasping=bool(v["grasp"]), reference_key=v["grasp_reference_key"],
+                           source=v["grasp_source"])
+        crop = Crop(size_px=int(v["image"].shape[0]), affine=v["crop_affine"], K=v["K"], box_xyxy=v["crop_box_xyxy"])
+        frame = AnnotatedFrame(
+            frame=record, grasp=grasp, crop=crop, image=v["image"], mask_hand=v["mask_hand"],
+            mask_hand_visible=v["mask_hand_visible"], mask_object=v["mask_object"], depth_hand=v["depth_hand"],
+            depth_scene=v["depth_scene"], hand_parts=v["hand_parts"], visibility=float(v["visibility"]),
+            occlusion_ratio=float(v["occlusion_ratio"]), occlusion_bin=int(v["occlusion_bin"]),
+            finger_visibility=v["finger_visibility"], joints_2d=v["joints_2d"],
+            object_keypoints_2d=v["object_keypoints_2d"], seg_map=v["seg_map"], dense_map=v["dense_map"],
+            relative_depth_map=v["relative_depth_map"],
+        )
+        if not bool(v["has_deocclusion"]):
+            return frame, None
+        num = int(v["num_beta_candidates"])
+        result = DeocclusionResult(
+            sample_key=v["sample_key"], image_deoccluded=v["image_deoccluded"], inpaint_mask=v["inpaint_mask"],
+            beta=float(v["beta"]), candidate_betas=v["candidate_betas"][:num].copy(),
+            candidate_scores=v["candidate_scores"][:num].copy(), original_score=float(v["original_score"]),
+            deocclusion_score=float(v["deocclusion_score"]), keep=bool(v["keep"]), reason=v["deocclusion_reason"],
+            backend=v["deocclusion_backend"],
+        )
+        return frame, result
+
+    def verify(self) -> None:
+        """Check every committed shard's checksums and fields now.
+
+        Raises:
+            StoreError: naming the first bad shard.
+        """
+        for position, commit in enumerate(self.shards):
+            verify_shard(self.loc, commit)
+            self._verified.add(commit.shard_idx)
+            reader = self.shard(position)
+            for spec in ARRAYS:
+                reader.array(spec.name)
+
+    def close(self) -> None:
+        for reader in self._open.values():
+            reader.close()
+        self._open.clear()
+
+
+def open_dataset(url: str | os.PathLike, storage_options: dict | None = None, verify: str = "lazy") -> DatasetView:
+    """Open the committed shards of a dataset.
+
+    Args:
+        url: dataset root, a local path or an fsspec URL.
+        storage_options: fsspec options (e.g. S3 endpoint and credentials).
+        verify: "lazy" checks a shard's sha256 checksums when it is first read, "eager" checks all
+            shards now, "none" trusts the store.
+
+    Returns:
+        A DatasetView over the committed shards (from manifest.json, else from the commit records).
+
+    Raises:
+        ValueError: on an unknown verify mode.
+        StoreError: on an unknown schema version, a corrupt shard (eager), or a missing field (eager).
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    loc = locate(url, storage_options)
+    payload = read_bytes(loc, MANIFEST_NAME)
+    if payload is not None:
+        try:
+            manifest = manifest_from_json(json.loads(payload), where=f"{loc.url}/{MANIFEST_NAME}")
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{loc.url}/{MANIFEST_NAME}: not valid JSON ({err}); run finalize again") from err
+        shards = manifest.shards
+    else:
+        manifest = None
+        shards = tuple(list_commits(loc))
+    for commit in shards:
+        check_schema_version(commit.schema_version, f"{loc.url}/{commit_path(commit.shard_idx)}")
+    view = DatasetView(loc, shards, manifest, verify)
+    if verify == "eager":
+        view.verify()
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    """What a PairedDataset shows: global indices into the view, and their shard offsets."""
+
+    indices: np.ndarray  # (N,) int64 global sample indices
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """Occluded / de-occluded pairs with identical augmentation, as dicts of tensors (storage.schema.SAMPLE_KEYS).
+
+    Pickles small (url, options and the selected indices) and opens the store lazily in each worker.
+    Augmentation is seeded per sample from (seed, epoch, sample_key); `make_loader` passes the epoch.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike,
+        split: str = "all",
+        keep_only: bool = False,
+        max_visibility: float | None = None,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        val_fraction: float | None = None,
+        storage_options: dict | None = None,
+        verify: str = "lazy",
+    ) -> None:
+        """Select samples of a dataset.
+
+        Args:
+            url: dataset root (path or fsspec URL).
+            split: "all", "train" or "val" (by a hash of the sequence key).
+            keep_only: only samples whose de-occluded pair was kept.
+            max_visibility: only samples with visibility <= this (occluded ones), None = all.
+            augment: random augmentation ranges, None = no augmentation.
+            seed: augmentation seed.
+            val_fraction: share of sequences in "val"; None = the value the dataset was built with
+                (StorageConfig.val_fraction, default 0.1).
+            storage_options: fsspec options for URLs.
+            verify: checksum mode for shard reads (see open_dataset).
+
+        Raises:
+            ValueError: on an unknown split or out-of-range fractions.
+        """
+        # 1. Check inputs
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if max_visibility is not None and not 0.0 <= max_visibility <= 1.0:
+            raise ValueError(f"max_visibility must be in [0, 1] or None, got {max_visibility}")
+        self.url = os.fspath(url)
+        self.storage_options = dict(storage_options or {})
+        self.augment = augment
+        self.seed = seed
+        self.verify = verify
+        self.epoch = 0
+
+        # 2. Filters from the small columns (read once here, never pickled)
+        view = open_dataset(self.url, self.storage_options, verify="none")
+        if val_fraction is None:
+            val_fraction = DEFAULT_VAL_FRACTION
+            if view.shards:
+                stored = view.shard(0).attrs.get("storage_config", {})
+                val_fraction = float(stored.get("val_fraction", DEFAULT_VAL_FRACTION))
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.val_fraction = val_fraction
+        selected = np.ones(view.num_samples, dtype=bool)
+        if keep_only:
+            selected &= view.column("keep").astype(bool)
+        if max_visibility is not None:
+            selected &= view.column("visibility") <= max_visibility
+        if split != "all":
+            sequences = view.column("sequence_key").tolist()
+            split_by_sequence = assign_splits(sequences, val_fraction)
+            selected &= np.array([split_by_sequence[seq] == split for seq in sequences], dtype=bool)
+        self._selection = _Selection(np.flatnonzero(selected).astype(np.int64))
+        # workers re-read the commit records; (index, digest) pins them to the shards filtered here
+        self._shard_ids = tuple((commit.shard_idx, commit.digest_sha256) for commit in view.shards)
+        view.close()
+        self._view: DatasetView | None = None
+
+    def __len__(self) -> int:
+        return len(self._selection.indices)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_view"] = None
+        return state
+
+    def _open_view(self) -> DatasetView:
+        """Open the store (first call in each process), pinned to the shards seen at construction.
+
+        Raises:
+            StoreError: when a shard was rewritten or removed since this dataset was created.
+        """
+        if self._view is None:
+            view = open_dataset(self.url, self.storage_options, verify="none")
+            by_idx = {commit.shard_idx: commit for commit in view.shards}
+            shards = []
+            for shard_idx, digest in self._shard_ids:
+                commit = by_idx.get(shard_idx)
+                if commit is None or commit.digest_sha256 != digest:
+                    raise StoreError(f"{self.url}: {shard_stem(shard_idx)} changed or vanished since this "
+                                     f"PairedDataset was created; create it again")
+                shards.append(commit)
+            self._view = DatasetView(view.loc, tuple(shards), view.manifest, self.verify)
+        return self._view
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """Sample `item` (an index, or (index, epoch) as make_loader's sampler yields it)."""
+        index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a PairedDataset of {len(self)} samples")
+        global_idx = int(self._selection.indices[index])
+        raw = self._open_view().sample(global_idx, _PAIR_SAMPLE_ARRAYS + _PAIR_COLUMNS)
+        S = raw["image"].shape[0]
+        if self.augment is None:
+            params = IDENTITY
+        else:
+            rng = np.random.default_rng(_seed_for(self.seed, epoch, raw["sample_key"]))
+            params = sample_params(self.augment, rng, S)
+        aug = augment_pair(raw, params)
+        joints_2d, keypoints_2d = aug["joints_2d"], aug["object_keypoints_2d"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(aug["image"].transpose(2, 0, 1))),
+            "image_deoccluded": torch.from_numpy(np.ascontiguousarray(aug["image_deoccluded"].transpose(2, 0, 1))),
+            "has_pair": torch.tensor(bool(raw["keep"])),
+            "mask_hand": torch.from_numpy(aug["mask_hand"]),
+            "mask_object": torch.from_numpy(aug["mask_object"]),
+            "joints_2d": torch.from_numpy(np.asarray(joints_2d, np.float32)),
+            "joints_3d": torch.from_numpy(np.asarray(aug["joints_3d"], np.float32)),
+            "mano_pose": torch.from_numpy(np.asarray(aug["mano_pose"], np.float32)),
+            "mano_betas": torch.from_numpy(np.asarray(raw["mano_betas"], np.float32)),
+            "mano_trans": torch.from_numpy(np.asarray(aug["mano_trans"], np.float32)),
+            "hand_side": torch.tensor(int(raw["hand_side"]), dtype=torch.int64),
+            "grasp": torch.tensor(int(bool(raw["grasp"])), dtype=torch.int64),
+            "object_keypoints_2d": torch.from_numpy(np.asarray(keypoints_2d, np.float32)),
+            "object_pose": torch.from_numpy(np.asarray(aug["object_pose"], np.float32)),
+            "object_id": torch.tensor(int(raw["object_id"]), dtype=torch.int64),
+            "K": torch.from_numpy(np.asarray(aug["K"], np.float32)),
+            "visibility": torch.tensor(float(raw["visibility"]), dtype=torch.float32),
+            "hand_box_xyxy": torch.from_numpy(_box(joints_2d)),
+            "object_box_xyxy": torch.from_numpy(_box(keypoints_2d)),
+            "sample_key": raw["sample_key"],
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+
+
+def _box(points_px: np.ndarray) -> np.ndarray:
+    points = np.asarray(points_px, np.float32)
+    return np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (index, epoch) so workers seed augmentation per epoch; reshuffles (seeded) each epoch."""
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0) -> None:
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        else:
+            order = np.arange(self.num_samples)
+        for index in order.tolist():
+            yield index, epoch
+
+
+def _worker_init(_worker_id: int) -> None:
+    """One thread per worker for OpenCV and torch: the workers are the parallelism."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: PairedDataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over a PairedDataset: spawn-started workers that open the store lazily.
+
+    Args:
+        dataset: the PairedDataset.
+        batch_size: samples per batch.
+        num_workers: worker processes (0 = in the main process).
+        shuffle: reshuffle every epoch (seeded by `seed` and the epoch).
+        seed: shuffle seed.
+        drop_last: drop the last incomplete batch.
+
+    Returns:
+        A DataLoader yielding dicts of batched tensors (`sample_key` as a list of str).
+
+    Raises:
+        ValueError: on a non-positive batch size or negative worker count.
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+        num_workers=num_workers,
+        multiprocessing_context="spawn" if num_workers > 0 else None,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        drop_last=drop_last,
+    )

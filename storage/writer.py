@@ -1,0 +1,434 @@
+"""Pack annotated + de-occluded frames into committed Zarr v3 shards, and finalize a dataset.
+
+One writer per shard: every shard is its own Zarr group, written into a fresh attempt folder and
+committed by writing `shards/shard-XXXXX.commit.json` last (temp file + fsync + `os.replace` on
+local disk, a single PUT on object stores). A killed writer leaves at most an uncommitted folder
+that readers never look at; `finalize` assembles `manifest.json` from the commit records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+from storage.io import Location, locate, remove_tree, write_bytes_atomic
+from storage.manifest import (
+    MANIFEST_NAME,
+    SHARDS_DIR,
+    SKIPS_NAME,
+    StoreError,
+    build_manifest,
+    check_schema_version,
+    commit_path,
+    files_digest,
+    keys_sha256,
+    list_commits,
+    manifest_to_json,
+    read_commit,
+    shard_stem,
+    utc_now,
+)
+from storage.schema import (
+    ARRAYS,
+    CHUNKING_SAMPLE,
+    HAND_SIDE_CODES,
+    MAX_BETA_CANDIDATES,
+    SCHEMA_VERSION,
+    AnnotatedFrame,
+    DatasetAttrs,
+    DeocclusionResult,
+    Manifest,
+    ShardCommit,
+    Skip,
+)
+
+if TYPE_CHECKING:  # storage/ does not import the pipeline at run time
+    from unihope.config import StorageConfig
+
+GROUP_ATTRS_KEY = "unihope"
+FSYNC_THREADS = 16
+NO_RESULT_REASON = "no_result"
+# Every chunk is stored, even all-zero ones: a missing object then always means a damaged shard.
+_WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
+_BLOSC_SHUFFLE_BY_DTYPE = {"bool": BloscShuffle.bitshuffle, "uint8": BloscShuffle.noshuffle}
+
+
+def code_version() -> str:
+    """Version of the installed package (the lead may append a git revision in attrs)."""
+    try:
+        return metadata.version("unihope-datagen")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _as_attrs(attrs: DatasetAttrs | dict) -> DatasetAttrs:
+    if isinstance(attrs, DatasetAttrs):
+        return attrs
+    if not isinstance(attrs, dict):
+        raise ValueError(f"attrs must be a DatasetAttrs or a dict, got {type(attrs).__name__}")
+    unknown = set(attrs) - set(DatasetAttrs.__slots__)
+    if unknown:
+        raise ValueError(f"attrs has unknown keys {sorted(unknown)}; allowed: {list(DatasetAttrs.__slots__)}")
+    return DatasetAttrs(**attrs)
+
+
+def build_columns(
+    annotated: list[AnnotatedFrame], results: list[DeocclusionResult | None]
+) -> dict[str, np.ndarray]:
+    """Stack records into one array per schema field (first axis = sample).
+
+    A sample without a de-occlusion result stores image_deoccluded = image, keep = False,
+    NaN scores and reason "no_result".
+
+    Raises:
+        ValueError: on mismatched lengths or keys, inconsistent crop sizes, too many beta candidates.
+    """
+    # 1. Check inputs
+    if not annotated:
+        raise ValueError("write_shard got no samples: a shard needs at least one AnnotatedFrame")
+    if len(results) != len(annotated):
+        raise ValueError(f"results has {len(results)} entries for {len(annotated)} annotated frames; pass None "
+                         f"for frames without a de-occlusion result")
+    crop_size_px = annotated[0].image.shape[0]
+    feature_size_px = annotated[0].seg_map.shape[0]
+    seen: set[str] = set()
+    for frame, result in zip(annotated, results):
+        key = frame.frame.sample_key
+        if key in seen:
+            raise ValueError(f"sample key {key!r} appears twice in one shard")
+        seen.add(key)
+        if frame.image.shape != (crop_size_px, crop_size_px, 3) or frame.seg_map.shape[0] != feature_size_px:
+            raise ValueError(f"{key}: crop {frame.image.shape} / feature map {frame.seg_map.shape} differ from the "
+                             f"shard's first frame ({crop_size_px}, {feature_size_px}); one crop size per dataset")
+        if result is not None and result.sample_key != key:
+            raise ValueError(f"results are out of order: annotated {key!r} is paired with result {result.sample_key!r}")
+        if result is not None and len(result.candidate_betas) > MAX_BETA_CANDIDATES:
+            raise ValueError(f"{key}: {len(result.candidate_betas)} beta candidates; the schema stores at most "
+                             f"{MAX_BETA_CANDIDATES} (storage.schema.MAX_BETA_CANDIDATES)")
+
+    # 2. Per-sample values
+    rows: dict[str, list] = {spec.name: [] for spec in ARRAYS}
+    for frame, result in zip(annotated, results):
+        record = frame.frame
+        values = {
+            "image": frame.image,
+            "image_deoccluded": frame.image if result is None else result.image_deoccluded,
+            "inpaint_mask": np.zeros(frame.mask_hand.shape, bool) if result is None else result.inpaint_mask,
+            "mask_hand": frame.mask_hand,
+            "mask_hand_visible": frame.mask_hand_visible,
+            "mask_object": frame.mask_object,
+            "depth_hand": frame.depth_hand,
+            "depth_scene": frame.depth_scene,
+            "hand_parts": frame.hand_parts,
+            "seg_map": frame.seg_map,
+            "dense_map": frame.dense_map,
+            "relative_depth_map": frame.relative_depth_map,
+            "visibility": frame.visibility,
+            "occlusion_ratio": frame.occlusion_ratio,
+            "occlusion_bin": frame.occlusion_bin,
+            "finger_visibility": frame.finger_visibility,
+            "grasp": frame.grasp.is_grasping,
+            "rre_deg": frame.grasp.rre_deg,
+            "rte_m": frame.grasp.rte_m,
+            "grasp_reference_key": frame.grasp.reference_key,
+            "grasp_source": frame.grasp.source,
+            "has_deocclusion": result is not None,
+            "keep": False if result is None else bool(result.keep),
+            "beta": np.nan if result is None else result.beta,
+            "deocclusion_score": np.nan if result is None else result.deocclusion_score,
+            "original_score": np.nan if result is None else result.original_score,
+            "num_beta_candidates": 0 if result is None else len(result.candidate_betas),
+            "candidate_betas": _pad_candidates(None if result is None else result.candidate_betas),
+            "candidate_scores": _pad_candidates(None if result is None else result.candidate_scores),
+            "deocclusion_reason": NO_RESULT_REASON if result is None else result.reason,
+            "deocclusion_backend": "" if result is None else result.backend,
+            "mano_pose": record.mano_pose,
+            "mano_betas": record.mano_betas,
+            "mano_trans": record.mano_trans,
+            "hand_side": HAND_SIDE_CODES[record.hand_side],
+            "joints_3d": record.joints_3d,
+            "joints_2d": frame.joints_2d,
+            "joints_2d_full": record.joints_2d,
+            "object_id": record.object_id,
+            "object_name": record.object_name,
+            "object_pose": record.object_pose,
+            "object_keypoints_2d": frame.object_keypoints_2d,
+            "K": frame.crop.K,
+            "K_full": record.K,
+            "crop_affine": frame.crop.affine,
+            "crop_box_xyxy": frame.crop.box_xyxy,
+            "image_size_wh": record.image_size_wh,
+            "sample_key": record.sample_key,
+            "sequence_key": record.sequence_key,
+            "dataset": record.dataset,
+            "serial": record.serial,
+            "frame_idx": record.frame_idx,
+            "image_path": record.image_path,
+            "depth_path": record.depth_path,
+            "object_mesh_path": record.object_mesh_path,
+        }
+        for name, value in values.items():
+            rows[name].append(value)
+
+    # 3. Stack with the schema's dtype and shape
+    columns: dict[str, np.ndarray] = {}
+    for spec in ARRAYS:
+        expected = (len(annotated), *spec.sample_shape(crop_size_px, feature_size_px))
+        if spec.dtype == "str":
+            column = np.array([str(v) for v in rows[spec.name]], dtype=np.dtypes.StringDType())
+        else:
+            column = np.asarray(np.stack([np.asarray(v) for v in rows[spec.name]]), dtype=spec.dtype)
+        if column.shape != expected:
+            bad_idx = next(i for i, v in enumerate(rows[spec.name]) if np.shape(v) != expected[1:])
+            raise ValueError(f"{annotated[bad_idx].frame.sample_key}: field {spec.name!r} has shape "
+                             f"{np.shape(rows[spec.name][bad_idx])}, the schema expects {expected[1:]}")
+        columns[spec.name] = column
+    return columns
+
+
+def _pad_candidates(values: np.ndarray | None) -> np.ndarray:
+    padded = np.full(MAX_BETA_CANDIDATES, np.nan, dtype=np.float32)
+    if values is not None:
+        padded[: len(values)] = np.asarray(values, dtype=np.float32)
+    return padded
+
+
+def input_fingerprint(columns: dict[str, np.ndarray], attrs: DatasetAttrs, cfg: "StorageConfig") -> str:
+    """sha256 over the schema version, configs and every array's dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    header = {"schema_version": SCHEMA_VERSION, "storage": cfg.model_dump(mode="json"), "attrs": attrs.to_json()}
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for name, column in columns.items():
+        digest.update(f"|{name}|{column.dtype}|{column.shape}|".encode())
+        if column.dtype.kind == "T":
+            digest.update("\x00".join(column.tolist()).encode())
+        else:
+            digest.update(np.ascontiguousarray(column).tobytes())
+    return digest.hexdigest()
+
+
+def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "StorageConfig") -> dict[str, bytes]:
+    """Encode one shard group in memory: object key -> bytes, exactly as Zarr stores them.
+
+    Sample arrays: sharding codec, whole shard = one object, inner chunk = one sample, blosc.
+    Columns: one zstd chunk. The group's zarr.json carries consolidated metadata so a reader opens
+    all arrays with one request.
+    """
+    objects: dict = {}
+    group = zarr.open_group(zarr.storage.MemoryStore(objects), mode="w", zarr_format=3)
+    group.attrs[GROUP_ATTRS_KEY] = group_attrs
+    num_samples = len(columns["sample_key"])
+    for spec in ARRAYS:
+        column = columns[spec.name]
+        if spec.chunking == CHUNKING_SAMPLE:
+            shuffle = _BLOSC_SHUFFLE_BY_DTYPE.get(spec.dtype, BloscShuffle.shuffle)
+            array = group.create_array(
+                spec.name, shape=column.shape, dtype=column.dtype, fill_value=0,
+                chunks=(1, *column.shape[1:]), shards=column.shape,
+                compressors=BloscCodec(cname=cfg.image_codec, clevel=cfg.compression_level, shuffle=shuffle),
+                attributes={"units": spec.units, "description": spec.description}, config=_WRITE_EVERY_CHUNK,
+            )
+        else:
+            array = group.create_array(
+                spec.name, shape=column.shape, dtype=column.dtype,
+                chunks=(num_samples, *column.shape[1:]),
+                compressors=ZstdCodec(level=cfg.compression_level),
+                attributes={"units": spec.units, "description": spec.description}, config=_WRITE_EVERY_CHUNK,
+            )
+        array[...] = column
+    with warnings.catch_warnings():  # consolidated metadata is a Zarr-python extension; our reader relies on it
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(group.store)
+    return {key: buffer.to_bytes() for key, buffer in objects.items()}
+
+
+def _put_objects(loc: Location, data_path: str, objects: dict[str, bytes]) -> None:
+    """Store encoded objects under data_path: durable files on disk, one concurrent batch of PUTs elsewhere.
+
+    On disk every file and folder is fsynced before the caller commits. The fsyncs run on a thread
+    pool: the file system then batches them into a few journal commits (110 files: ~50 ms instead
+    of ~550 ms one after another, measured here).
+    """
+    if not loc.is_local:
+        loc.fs.pipe({loc.path(f"{data_path}/{key}"): payload for key, payload in objects.items()})
+        return
+    folders = set()
+    fds = []
+    try:
+        for key, payload in objects.items():
+            path = loc.path(f"{data_path}/{key}")
+            folder = os.path.dirname(path)
+            if folder not in folders:
+                os.makedirs(folder, exist_ok=True)
+                folders.add(folder)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fds.append(fd)
+            with memoryview(payload) as view:
+                written = 0
+                while written < len(view):
+                    written += os.write(fd, view[written:])
+        for folder in folders:
+            fds.append(os.open(folder, os.O_RDONLY))
+        with ThreadPoolExecutor(max_workers=FSYNC_THREADS) as pool:
+            list(pool.map(os.fsync, fds))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def write_shard(
+    url: str | os.PathLike,
+    shard_idx: int,
+    annotated: list[AnnotatedFrame],
+    results: list[DeocclusionResult | None],
+    attrs: DatasetAttrs | dict,
+    cfg: "StorageConfig",
+    storage_options: dict | None = None,
+) -> ShardCommit:
+    """Write and commit one shard; rerunning with the same inputs is a no-op.
+
+    Exactly one process may write a given shard index at a time (different indices in parallel are fine).
+
+    Args:
+        url: dataset root, a local path or an fsspec URL (`memory://...`, `s3://bucket/prefix`).
+        shard_idx: index of this shard (>= 0); the caller assigns disjoint frame ranges to indices.
+        annotated: frames to store, in order.
+        results: one DeocclusionResult per frame, or None where the frame has none (stored with keep=False).
+        attrs: dataset attributes stored with the shard (name, source, config, config hash, code version).
+        cfg: StorageConfig (codec, level).
+        storage_options: fsspec options for URLs (e.g. S3 endpoint and credentials).
+
+    Returns:
+        The shard's commit record (the existing one when the inputs are unchanged).
+
+    Raises:
+        ValueError: on invalid inputs (see `build_columns`) or a negative shard index.
+    """
+    # 1. Check inputs and build the columns
+    if shard_idx < 0:
+        raise ValueError(f"shard_idx must be >= 0, got {shard_idx}")
+    attrs = _as_attrs(attrs)
+    if not attrs.code_version:
+        attrs = DatasetAttrs(attrs.name, attrs.source, attrs.config, attrs.config_hash, code_version())
+    columns = build_columns(annotated, results)
+    loc = locate(url, storage_options)
+    fingerprint = input_fingerprint(columns, attrs, cfg)
+
+    # 2. Resume: an identical committed shard is left alone
+    previous = read_commit(loc, shard_idx)
+    if (previous is not None and previous.input_fingerprint == fingerprint
+            and previous.schema_version == SCHEMA_VERSION
+            and loc.fs.exists(loc.path(f"{previous.data_path}/zarr.json"))):
+        return previous
+
+    # 3. Write the arrays into a fresh attempt folder nobody reads
+    attempt = uuid.uuid4().hex[:12]
+    final_path = f"{SHARDS_DIR}/{shard_stem(shard_idx)}.{attempt}"
+    write_path = f"{SHARDS_DIR}/{shard_stem(shard_idx)}.incomplete-{attempt}" if loc.is_local else final_path
+    crop_size_px = int(columns["image"].shape[1])
+    group_attrs = {
+        "schema_version": SCHEMA_VERSION,
+        "shard_idx": shard_idx,
+        "num_samples": len(annotated),
+        "crop_size_px": crop_size_px,
+        "feature_size_px": int(columns["seg_map"].shape[1]),
+        "storage_config": cfg.model_dump(mode="json"),
+        "storage_config_hash": cfg.config_hash(),
+        "dataset": attrs.to_json(),
+    }
+    objects = encode_group(columns, group_attrs, cfg)
+    _put_objects(loc, write_path, objects)
+    if write_path != final_path:  # local disk: a directory rename is atomic
+        os.rename(loc.path(write_path), loc.path(final_path))
+
+    # 4. Checksums of the stored bytes (hashed from memory), then the commit record, written last
+    files_sha256 = {key: hashlib.sha256(payload).hexdigest() for key, payload in objects.items()}
+    num_bytes = sum(len(payload) for payload in objects.values())
+    sample_keys = columns["sample_key"].tolist()
+    commit = ShardCommit(
+        shard_idx=shard_idx, data_path=final_path, num_samples=len(annotated),
+        first_key=sample_keys[0], last_key=sample_keys[-1], keys_sha256=keys_sha256(sample_keys),
+        input_fingerprint=fingerprint, files_sha256=files_sha256, digest_sha256=files_digest(files_sha256),
+        num_bytes=num_bytes, crop_size_px=crop_size_px, schema_version=SCHEMA_VERSION, created_utc=utc_now(),
+    )
+    write_bytes_atomic(loc, commit_path(shard_idx), json.dumps(commit.to_json(), indent=1).encode())
+
+    # 5. The superseded attempt (a rewrite with other inputs) is garbage now
+    if previous is not None and previous.data_path != final_path:
+        remove_tree(loc, previous.data_path)
+    return commit
+
+
+def finalize(
+    url: str | os.PathLike,
+    attrs: DatasetAttrs | dict,
+    skips: list[Skip],
+    storage_options: dict | None = None,
+    remove_orphans: bool = True,
+) -> Manifest:
+    """Assemble manifest.json from the shard commit records; write skips.jsonl and root attrs.
+
+    Run it once all writers are done (with `remove_orphans`, uncommitted attempt folders are deleted).
+
+    Args:
+        url: dataset root (path or fsspec URL).
+        attrs: dataset attributes for the root group and the manifest.
+        skips: every Skip of the build (all stages).
+        storage_options: fsspec options for URLs.
+        remove_orphans: delete shard folders that no commit record names (killed or superseded writers).
+
+    Returns:
+        The manifest that was written.
+
+    Raises:
+        StoreError: on a commit record with another schema version or a sample key in two shards.
+    """
+    # 1. Check inputs
+    attrs = _as_attrs(attrs)
+    if not attrs.code_version:
+        attrs = DatasetAttrs(attrs.name, attrs.source, attrs.config, attrs.config_hash, code_version())
+    loc = locate(url, storage_options)
+    commits = list_commits(loc)
+    for commit in commits:
+        check_schema_version(commit.schema_version, commit_path(commit.shard_idx))
+
+    # 2. No sample may be in two shards (a frame assigned to two shard indices)
+    owner: dict[str, int] = {}
+    for commit in commits:
+        group = zarr.open_group(loc.zarr_store(commit.data_path, read_only=True), mode="r")
+        for key in group["sample_key"][...].tolist():
+            if key in owner:
+                raise StoreError(f"sample {key!r} is in {shard_stem(owner[key])} and {shard_stem(commit.shard_idx)}; "
+                                 f"each frame must go to exactly one shard index")
+            owner[key] = commit.shard_idx
+
+    # 3. Remove folders of killed or superseded writers
+    if remove_orphans and loc.fs.exists(loc.path(SHARDS_DIR)):
+        committed = {commit.data_path for commit in commits}
+        for path in loc.fs.ls(loc.path(SHARDS_DIR), detail=False):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            relative = f"{SHARDS_DIR}/{name}"
+            if not name.endswith(".commit.json") and relative not in committed:
+                remove_tree(loc, relative)
+
+    # 4. skips.jsonl and the root group's attributes
+    skips_payload = "".join(json.dumps(skip.to_json()) + "\n" for skip in skips)
+    write_bytes_atomic(loc, SKIPS_NAME, skips_payload.encode())
+    root = zarr.open_group(loc.zarr_store("", read_only=False), mode="a", zarr_format=3)
+    root.attrs[GROUP_ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "dataset": attrs.to_json()}
+
+    # 5. The manifest, last
+    manifest = build_manifest(attrs, commits, dict(Counter(skip.reason.value for skip in skips)))
+    write_bytes_atomic(loc, MANIFEST_NAME, json.dumps(manifest_to_json(manifest), indent=1).encode())
+    return manifest
