@@ -6,6 +6,9 @@ import numpy as np
 
 # OpenGL looks down -z with y up: flip the y and z axes of an OpenCV camera frame.
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+# OpenCV puts pixel centres at integer coordinates; GL window coordinates put them at +0.5.
+# Without this shift every render lands half a pixel up-left of `project_points`.
+PYRENDER_PIXEL_CENTRE_OFFSET_PX = 0.5
 
 
 def cv_pose_to_gl(T_cam_from_obj: np.ndarray) -> np.ndarray:
@@ -23,10 +26,17 @@ def cv_pose_to_gl(T_cam_from_obj: np.ndarray) -> np.ndarray:
 
 
 def intrinsics_camera(pyrender, K: np.ndarray, znear_m: float = 0.01, zfar_m: float = 10.0):
-    """A pyrender IntrinsicsCamera from an OpenCV K (pixel centres at integer coordinates)."""
-    return pyrender.IntrinsicsCamera(
-        fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]), znear=znear_m, zfar=zfar_m
-    )
+    """A pyrender IntrinsicsCamera whose pixels match an OpenCV K (pixel centres at integer coordinates)."""
+    camera = pyrender.IntrinsicsCamera(fx=1.0, fy=1.0, cx=0.0, cy=0.0, znear=znear_m, zfar=zfar_m)
+    set_camera_intrinsics(camera, K)
+    return camera
+
+
+def set_camera_intrinsics(camera, K: np.ndarray) -> None:
+    """Point an existing pyrender IntrinsicsCamera at an OpenCV K (reused cameras, one per renderer)."""
+    camera.fx, camera.fy = float(K[0, 0]), float(K[1, 1])
+    camera.cx = float(K[0, 2]) + PYRENDER_PIXEL_CENTRE_OFFSET_PX
+    camera.cy = float(K[1, 2]) + PYRENDER_PIXEL_CENTRE_OFFSET_PX
 
 
 def project_points(points_cam_m: np.ndarray, K: np.ndarray) -> np.ndarray:

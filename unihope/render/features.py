@@ -1,0 +1,103 @@
+"""Song et al.'s 2D feature maps (segmentation, dense mapping, relative depth) and object box keypoints."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from storage.schema import NUM_OBJECT_KEYPOINTS, SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
+
+MIN_EXTENT_M = 1e-6  # a mesh flatter than this along an axis gets NOC 0 on that axis, not a division by zero
+
+# The 8 corners of an axis-aligned box as (x, y, z) bit triples (0 = min, 1 = max), x slowest.
+BOX_CORNER_BITS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=np.int64)  # (8, 3)
+# The 12 edges: corner pairs that differ in exactly one bit, in lexicographic order of the pair.
+BOX_EDGE_CORNERS = np.array(
+    [(a, b) for a, b in itertools.combinations(range(8), 2) if np.abs(BOX_CORNER_BITS[a] - BOX_CORNER_BITS[b]).sum() == 1],
+    dtype=np.int64,
+)  # (12, 2)
+
+
+def unit_cube_coordinates(vertices_m: np.ndarray) -> np.ndarray:
+    """Map vertices into the unit cube of their own axis-aligned bounds, per axis.
+
+    Used for the object's normalised object coordinates (NOC) and for the hand's fixed per-vertex
+    embedding (the normalised template vertices). Per-axis scaling fills [0, 1]^3, so every channel of
+    the dense map uses its whole range.
+
+    Args:
+        vertices_m: (V, 3) vertices in the model frame, metres.
+
+    Returns:
+        (V, 3) float32 in [0, 1].
+    """
+    vertices = np.asarray(vertices_m, dtype=np.float64)
+    lower, upper = vertices.min(axis=0), vertices.max(axis=0)
+    extent = upper - lower
+    safe_extent = np.where(extent > MIN_EXTENT_M, extent, 1.0)
+    return np.clip((vertices - lower) / safe_extent, 0.0, 1.0).astype(np.float32)
+
+
+def box_keypoints(vertices_m: np.ndarray) -> np.ndarray:
+    """The 21 object keypoints: centre, 8 corners, 12 edge midpoints of the vertices' axis-aligned box.
+
+    Args:
+        vertices_m: (V, 3) object mesh vertices in the object frame, metres.
+
+    Returns:
+        (21, 3) float64 keypoints in the object frame, metres (order: centre, `BOX_CORNER_BITS`,
+        `BOX_EDGE_CORNERS`).
+    """
+    vertices = np.asarray(vertices_m, dtype=np.float64)
+    lower, upper = vertices.min(axis=0), vertices.max(axis=0)
+    corners = np.where(BOX_CORNER_BITS == 1, upper, lower)
+    midpoints = corners[BOX_EDGE_CORNERS].mean(axis=1)
+    keypoints = np.concatenate([((lower + upper) / 2.0)[None], corners, midpoints])
+    assert keypoints.shape == (NUM_OBJECT_KEYPOINTS, 3)
+    return keypoints
+
+
+def segmentation_map(hand_mask: np.ndarray, object_mask: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 SEG_BACKGROUND / SEG_HAND / SEG_OBJECT from disjoint visible masks."""
+    seg = np.full(hand_mask.shape, SEG_BACKGROUND, dtype=np.uint8)
+    seg[hand_mask] = SEG_HAND
+    seg[object_mask] = SEG_OBJECT
+    return seg
+
+
+def relative_depth_map(depth_m: np.ndarray, object_centre_depth_m: float, range_m: float) -> np.ndarray:
+    """Depth minus the object centre's depth, divided by `range_m` and clipped to [-1, 1]; 0 on background.
+
+    Args:
+        depth_m: (H, W) rendered scene depth, metres, 0 = background.
+        object_centre_depth_m: camera-frame z of the object's box centre, metres.
+        range_m: depth offset that maps to +-1 (RenderConfig.relative_depth_range_m).
+
+    Returns:
+        (H, W) float32 in [-1, 1].
+    """
+    relative = np.clip((depth_m - object_centre_depth_m) / range_m, -1.0, 1.0)
+    return np.where(depth_m > 0, relative, 0.0).astype(np.float32)
+
+
+def dense_map_from_rgba(rgba_u8: np.ndarray, foreground_mask: np.ndarray) -> np.ndarray:
+    """Dense-mapping values from a FLAT vertex-colour render, background set to 0.
+
+    pyrender anti-aliases non-SEG passes (4x MSAA), so an edge pixel holds coverage x colour over a
+    transparent black background; the alpha channel is that coverage, and dividing by it restores the
+    surface's value (exact along hand/background and object/background edges; hand/object edges stay mixed).
+
+    Args:
+        rgba_u8: (H, W, 4) uint8 FLAT render with vertex colours, background (0, 0, 0, 0).
+        foreground_mask: (H, W) bool, pixels that belong to the hand or the object (SEG pass).
+
+    Returns:
+        (H, W, 3) float32 in [0, 1].
+    """
+    rgba = rgba_u8.astype(np.float32) / 255.0
+    alpha = rgba[..., 3:4]
+    dense = np.where(alpha > 0, rgba[..., :3] / np.maximum(alpha, 1e-6), 0.0)
+    dense = np.clip(dense, 0.0, 1.0)
+    dense[~foreground_mask] = 0.0
+    return dense.astype(np.float32)
