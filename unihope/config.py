@@ -168,6 +168,9 @@ class FlowConfig(StageConfig):
     gpu_concurrency: int = Field(1, ge=1)
     fail_once: tuple[str, ...] = ()  # "pack" or "pack:3" (one item): fails its first attempt (fault injection)
     work_dir: Path | None = None  # intermediate batches + result cache; None -> <out>/_work (needed for URL outputs)
+    # torch intra-op CPU threads per worker, equal under every runner: the hand layer's float32 results
+    # change in the last bit with the thread count, and a dataset must not depend on the runner
+    torch_threads: int = Field(1, ge=1)
 
 
 class PipelineConfig(StageConfig):

@@ -1,0 +1,297 @@
+"""De-occlusion: masks and hints, beta policies, the render/inpaint backends, and a tiny ControlNet pipeline
+saved to folders and loaded back through the config, as a user would."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from storage.schema import DeocclusionResult
+from tests.tiny_diffusion import save_tiny_models
+from unihope.config import ControlNetConfig, DeocclusionConfig
+from unihope.deocclude import DEOCCLUDERS, build_deoccluder, sample_seed
+from unihope.deocclude.base import Deoccluder
+from unihope.deocclude.beta import candidate_betas, occlusion_prior_beta
+from unihope.deocclude.hints import depth_hint, inpaint_mask, occluded_hand_mask, segmentation_hint
+from unihope.deocclude.quality import psnr_in_mask
+from unihope.deocclude.testing import SceneBuilder
+
+SIZE_PX = 96
+WORKING_SIZE_PX = 64
+NUM_STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def builder():
+    scene_builder = SceneBuilder(SIZE_PX)
+    yield scene_builder
+
+
+@pytest.fixture(scope="module")
+def scenes(builder):
+    return [builder.build(f"20200101-subject-01/20200101_000000/000000/{seed:06d}", seed=seed) for seed in range(4)]
+
+
+@pytest.fixture(scope="module")
+def unoccluded(builder):
+    # The box well outside the crop: nothing hidden.
+    return builder.build("20200101-subject-01/20200101_000000/000000/000099", seed=99, object_centre_xy_m=(0.5, 0.5))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Two shared cores: torch's default thread pool oversubscribes them (10x slower under load).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return save_tiny_models(tmp_path_factory.mktemp("tiny_sd"), seed=0, with_segmentation=True)
+
+
+def controlnet_cfg(
+    tiny_models, segmentation: bool = False, guidance_scale: float = 1.0, **overrides
+) -> DeocclusionConfig:
+    """Tiny-model config; guidance 1.0 (no classifier-free guidance) halves the cost where it is not tested."""
+    net = ControlNetConfig(
+        base_model=str(tiny_models["base_model"]),
+        controlnet_depth=str(tiny_models["controlnet_depth"]),
+        controlnet_segmentation=str(tiny_models["controlnet_segmentation"]) if segmentation else None,
+        num_inference_steps=NUM_STEPS,
+        working_size_px=WORKING_SIZE_PX,
+        guidance_scale=guidance_scale,
+        device="cpu",
+    )
+    return DeocclusionConfig(backend="controlnet", controlnet=net, **overrides)
+
+
+@pytest.fixture(scope="module")
+def controlnet_search(tiny_models, one_thread):
+    cfg = controlnet_cfg(tiny_models, beta_policy="search", beta_candidates=(0.2, 0.6, 1.5))
+    return build_deoccluder(cfg)
+
+
+@pytest.fixture(scope="module")
+def search_results(controlnet_search, scenes):
+    return controlnet_search.run([scene.frame for scene in scenes[:2]])
+
+
+# ---------------------------------------------------------------- masks, hints, beta
+
+
+def test_depth_hint_follows_handrefiner_formula():
+    depth = np.zeros((4, 4), np.float32)
+    depth[1, 1], depth[1, 2], depth[2, 1] = 0.40, 0.45, 0.50
+    hint = depth_hint(depth)
+    assert hint.shape == (4, 4, 3) and hint.dtype == np.uint8
+    assert np.array_equal(hint[..., 0], hint[..., 2])
+    assert hint[1, 1, 0] == 255  # nearest
+    assert hint[2, 1, 0] == round(255 * 0.2)  # farthest: 255 * (1 - 0.8)
+    assert hint[1, 2, 0] == round(255 * (1 - 0.8 * 0.5))
+    assert hint[0, 0, 0] == 0 and hint[3, 3, 0] == 0  # background
+
+
+def test_inpaint_mask_regions(scenes):
+    frame = scenes[0].frame
+    occluded = occluded_hand_mask(frame)
+    tight = inpaint_mask(frame, 0, "occluded_hand")
+    assert np.array_equal(tight, occluded)
+    whole = inpaint_mask(frame, 0)
+    assert np.array_equal(whole, occluded | frame.mask_object)
+    dilated = inpaint_mask(frame, 3)
+    assert (dilated & whole).sum() == whole.sum() and dilated.sum() > whole.sum()
+    with pytest.raises(ValueError, match="hand_and_object"):
+        inpaint_mask(frame, 0, "everything")
+    hint = segmentation_hint(frame)
+    assert (hint[frame.mask_hand].astype(int).sum(axis=1) > 0).all() and (hint[~frame.mask_hand] == 0).all()
+
+
+def test_beta_policies():
+    assert occlusion_prior_beta(1.0, 0.4, 0.8) == pytest.approx(0.8)
+    assert occlusion_prior_beta(0.0, 0.4, 0.8) == pytest.approx(0.4)
+    assert occlusion_prior_beta(0.25, 0.4, 0.8) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="visibility"):
+        occlusion_prior_beta(1.5, 0.4, 0.8)
+    assert candidate_betas(0.3, DeocclusionConfig(beta_policy="fixed", beta_fixed=0.55)).tolist() == pytest.approx([0.55])
+    assert candidate_betas(0.5, DeocclusionConfig(beta_policy="occlusion_prior")).tolist() == pytest.approx([0.6])
+    grid = candidate_betas(0.5, DeocclusionConfig(beta_policy="search", beta_candidates=(0.4, 0.7)))
+    assert grid.dtype == np.float32 and grid.tolist() == pytest.approx([0.4, 0.7])
+
+
+def test_sample_seed_is_stable_and_key_dependent():
+    assert sample_seed("a/b/c/000001", 0) == sample_seed("a/b/c/000001", 0)
+    assert sample_seed("a/b/c/000001", 0) != sample_seed("a/b/c/000002", 0)
+    assert sample_seed("a/b/c/000001", 0) != sample_seed("a/b/c/000001", 1)
+    assert 0 <= sample_seed("x", 0) < 2**63
+
+
+def test_unknown_backend_lists_valid_ones():
+    cfg = DeocclusionConfig.model_construct(**(DeocclusionConfig().model_dump() | {"backend": "nope"}))
+    with pytest.raises(ValueError, match="controlnet, inpaint, render"):
+        build_deoccluder(cfg)
+    assert set(DEOCCLUDERS) == {"render", "inpaint", "controlnet"}
+
+
+# ---------------------------------------------------------------- weight-free backends
+
+
+def _occluded_psnr(results, scenes) -> np.ndarray:
+    return np.array(
+        [psnr_in_mask(r.image_deoccluded, s.truth_rgb, occluded_hand_mask(s.frame)) for r, s in zip(results, scenes)]
+    )
+
+
+def test_render_and_inpaint_backends(scenes, unoccluded):
+    frames = [scene.frame for scene in scenes] + [unoccluded.frame]
+    render = build_deoccluder(DeocclusionConfig(backend="render", batch_size=3)).run(frames)
+    inpaint = build_deoccluder(DeocclusionConfig(backend="inpaint")).run(frames)
+    for results in (render, inpaint):
+        assert [r.sample_key for r in results] == [f.frame.sample_key for f in frames]
+        for result, frame in zip(results, frames):
+            assert isinstance(result, DeocclusionResult)
+            assert result.image_deoccluded.shape == (SIZE_PX, SIZE_PX, 3) and result.image_deoccluded.dtype == np.uint8
+            outside = ~result.inpaint_mask
+            assert np.array_equal(result.image_deoccluded[outside], frame.image[outside])  # bit-identical
+            assert np.isnan(result.beta) and result.candidate_betas.shape == (1,)
+    # Occluded frames: the re-shaded hand is much closer to the truth than the occluded input and than inpainting.
+    occluded_render, occluded_inpaint = _occluded_psnr(render[:-1], scenes), _occluded_psnr(inpaint[:-1], scenes)
+    occluded_input = np.array(
+        [psnr_in_mask(s.frame.image, s.truth_rgb, occluded_hand_mask(s.frame)) for s in scenes]
+    )
+    assert (occluded_render > occluded_input + 5.0).all(), (occluded_render, occluded_input)
+    assert occluded_render.mean() > occluded_inpaint.mean() + 1.5, (occluded_render, occluded_inpaint)
+    assert all(r.keep and r.reason == "kept" and r.deocclusion_score > r.original_score for r in render[:-1])
+    # The unoccluded frame: nothing generated, dropped as not occluded, image untouched.
+    last = render[-1]
+    assert unoccluded.frame.visibility == pytest.approx(1.0)
+    assert not last.keep and last.reason == "not_occluded"
+    assert np.array_equal(last.image_deoccluded, unoccluded.frame.image)
+
+
+def test_filter_drops_not_occluded_and_no_gain(scenes):
+    frame = scenes[0].frame
+    # Visibility above max_visibility: not occluded enough for a pair.
+    strict = build_deoccluder(DeocclusionConfig(backend="render", max_visibility=frame.visibility - 0.01))
+    result = strict.run([frame])[0]
+    assert (result.keep, result.reason) == (False, "not_occluded")
+    # A margin no candidate can clear: no gain.
+    demanding = build_deoccluder(DeocclusionConfig(backend="render", keep_margin=1.0)).run([frame])[0]
+    assert (demanding.keep, demanding.reason) == (False, "no_gain")
+    assert demanding.deocclusion_score > demanding.original_score  # it did improve, just not by the margin
+
+    class Identity(Deoccluder):
+        name = "identity"
+
+        def _generate(self, frames, masks, betas):
+            return [f.image for f in frames]
+
+    unchanged = Identity(DeocclusionConfig()).run([frame])[0]
+    assert (unchanged.keep, unchanged.reason) == (False, "no_gain")
+    assert unchanged.deocclusion_score == pytest.approx(unchanged.original_score)
+
+
+def test_no_visible_hand_is_dropped(scenes):
+    frame = scenes[0].frame
+    hidden = dataclasses.replace(frame, mask_hand_visible=np.zeros_like(frame.mask_hand_visible), visibility=0.0)
+    result = build_deoccluder(DeocclusionConfig(backend="render")).run([hidden])[0]
+    assert (result.keep, result.reason) == (False, "no_visible_hand")
+    assert np.array_equal(result.image_deoccluded, frame.image)
+
+
+def test_run_rejects_bad_input(scenes):
+    frame = scenes[0].frame
+    deoccluder = build_deoccluder(DeocclusionConfig(backend="inpaint"))
+    with pytest.raises(ValueError, match="appears twice"):
+        deoccluder.run([frame, frame])
+    with pytest.raises(ValueError, match="mask_hand must be"):
+        deoccluder.run([dataclasses.replace(frame, mask_hand=frame.mask_hand[:10])])
+
+
+# ---------------------------------------------------------------- ControlNet backend (tiny models)
+
+
+def test_controlnet_shapes_search_and_composite(search_results, scenes):
+    for result, scene in zip(search_results, scenes):
+        frame = scene.frame
+        assert result.backend == "controlnet"
+        assert result.image_deoccluded.shape == (SIZE_PX, SIZE_PX, 3) and result.image_deoccluded.dtype == np.uint8
+        assert np.array_equal(result.image_deoccluded[~result.inpaint_mask], frame.image[~result.inpaint_mask])
+        assert not np.array_equal(result.image_deoccluded[result.inpaint_mask], frame.image[result.inpaint_mask])
+        # search: every candidate scored, the argmax kept
+        assert result.candidate_betas.tolist() == pytest.approx([0.2, 0.6, 1.5])
+        assert result.candidate_scores.shape == (3,) and np.isfinite(result.candidate_scores).all()
+        best = int(np.argmax(result.candidate_scores))
+        assert result.beta == pytest.approx(result.candidate_betas[best])
+        assert result.deocclusion_score == pytest.approx(result.candidate_scores[best])
+        assert result.keep == (result.deocclusion_score > result.original_score)
+        assert result.reason == ("kept" if result.keep else "no_gain")
+
+
+def test_controlnet_rerun_is_bit_identical(tiny_models, scenes, search_results, one_thread):
+    # A freshly loaded de-occluder, same config: the same bytes.
+    cfg = controlnet_cfg(tiny_models, beta_policy="search", beta_candidates=(0.2, 0.6, 1.5))
+    again = build_deoccluder(cfg).run([scene.frame for scene in scenes[:2]])
+    for first, second in zip(search_results, again):
+        assert np.array_equal(first.image_deoccluded, second.image_deoccluded)
+        assert np.array_equal(first.candidate_scores, second.candidate_scores)
+
+
+def test_controlnet_beta_changes_output(controlnet_search, scenes, one_thread):
+    frame = scenes[0].frame
+    mask = inpaint_mask(frame, controlnet_search.cfg.mask_dilation_px)
+    low = controlnet_search._generate([frame], [mask], np.array([0.2], np.float32))[0]
+    high = controlnet_search._generate([frame], [mask], np.array([1.5], np.float32))[0]
+    difference = np.abs(low.astype(int) - high.astype(int))[mask].mean()
+    assert difference > 2.0, difference
+
+
+def test_controlnet_per_sample_beta_matches_single_runs(tiny_models, scenes, one_thread):
+    # occlusion_prior gives each frame its own beta inside one batched call; each must match running that
+    # frame alone at that beta (equal up to batched-vs-single float rounding). Guidance on: the ControlNet
+    # then sees [uncond; cond], and the per-sample strengths must follow that layout.
+    frames = [scene.frame for scene in scenes[:2]]
+    batched = build_deoccluder(controlnet_cfg(tiny_models, 2.0, beta_policy="occlusion_prior")).run(frames)
+    assert batched[0].beta != pytest.approx(batched[1].beta)
+    for result, frame in zip(batched, frames):
+        assert result.beta == pytest.approx(occlusion_prior_beta(frame.visibility, 0.4, 0.8))
+        single_cfg = controlnet_cfg(tiny_models, 2.0, beta_policy="fixed", beta_fixed=result.beta)
+        single = build_deoccluder(single_cfg).run([frame])[0]
+        difference = np.abs(single.image_deoccluded.astype(int) - result.image_deoccluded.astype(int))
+        assert difference.max() <= 2, difference.max()
+
+
+def test_controlnet_with_segmentation_net(tiny_models, scenes, search_results, one_thread):
+    cfg = controlnet_cfg(tiny_models, segmentation=True, beta_policy="search", beta_candidates=(0.2, 0.6, 1.5))
+    results = build_deoccluder(cfg).run([scenes[0].frame])
+    result = results[0]
+    assert result.image_deoccluded.shape == (SIZE_PX, SIZE_PX, 3)
+    assert np.array_equal(result.image_deoccluded[~result.inpaint_mask], scenes[0].frame.image[~result.inpaint_mask])
+    assert not np.array_equal(result.image_deoccluded, search_results[0].image_deoccluded)
+
+
+def test_missing_weights_name_the_field(tiny_models, tmp_path):
+    from unihope.deocclude.controlnet_backend import MissingWeightsError
+
+    missing_dir = tmp_path / "no_such_model"
+    cfg = controlnet_cfg(tiny_models).model_copy(
+        update={"controlnet": controlnet_cfg(tiny_models).controlnet.model_copy(update={"base_model": str(missing_dir)})}
+    )
+    with pytest.raises(MissingWeightsError, match=r"deocclusion\.controlnet\.base_model.*no_such_model"):
+        build_deoccluder(cfg)
+    hub_cfg = controlnet_cfg(tiny_models).controlnet.model_copy(
+        update={"controlnet_depth": "lllyasviel/control_v11f1p_sd15_depth", "local_files_only": True}
+    )
+    with pytest.raises(MissingWeightsError, match=r"deocclusion\.controlnet\.controlnet_depth.*control_v11f1p_sd15_depth"):
+        build_deoccluder(controlnet_cfg(tiny_models).model_copy(update={"controlnet": hub_cfg}))
+    with pytest.raises(ValueError, match="float16"):
+        build_deoccluder(
+            controlnet_cfg(tiny_models).model_copy(
+                update={"controlnet": controlnet_cfg(tiny_models).controlnet.model_copy(update={"dtype": "float16"})}
+            )
+        )

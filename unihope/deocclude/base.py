@@ -1,0 +1,197 @@
+"""The de-occluder interface: batches of annotated crops in, scored and filtered `DeocclusionResult`s out.
+
+A backend only says how to generate one candidate per frame for given control strengths (`_generate`);
+this base class owns everything around it: the inpaint masks, the beta candidates, the composite that keeps
+pixels outside the mask bit-identical, scoring, choosing the best candidate, and UniHOPE's keep filter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections import Counter
+
+import numpy as np
+
+from storage.schema import AnnotatedFrame, DeocclusionResult
+from unihope.config import DeocclusionConfig
+
+from .beta import candidate_betas
+from .hints import composite, inpaint_mask
+from .scoring import MIN_COLOUR_PIXELS, ColourFlexionScorer, Scorer
+
+LOGGER = logging.getLogger(__name__)
+
+# Why a result was kept or dropped (DeocclusionResult.reason).
+REASON_KEPT = "kept"
+REASON_NOT_OCCLUDED = "not_occluded"  # visibility > cfg.max_visibility: no pair is made (nothing is generated)
+REASON_NO_VISIBLE_HAND = "no_visible_hand"  # too few visible hand pixels to model the hand's colour
+REASON_NO_GAIN = "no_gain"  # the best candidate does not beat the original by cfg.keep_margin
+REASONS = (REASON_KEPT, REASON_NOT_OCCLUDED, REASON_NO_VISIBLE_HAND, REASON_NO_GAIN)
+
+SEED_MASK = (1 << 63) - 1
+
+
+def sample_seed(sample_key: str, seed: int) -> int:
+    """A stable 63-bit seed from the sample key and the config seed (same on every machine and run)."""
+    digest = hashlib.sha256(f"{seed}:{sample_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & SEED_MASK
+
+
+def default_scorer(cfg: DeocclusionConfig) -> Scorer:
+    """The weight-free colour/edge flexion scorer with the config's weights."""
+    return ColourFlexionScorer(visible_weight=cfg.visible_weight, edge_weight=cfg.edge_weight)
+
+
+class Deoccluder(ABC):
+    """Base of every backend: `run(frames) -> results`; subclasses implement `_generate`."""
+
+    name: str = ""
+    uses_beta: bool = False  # False: beta is recorded as nan and the beta policy is not used
+
+    def __init__(self, cfg: DeocclusionConfig, scorer: Scorer | None = None) -> None:
+        """Args: cfg: the stage config; scorer: candidate scorer (default: `ColourFlexionScorer` from cfg)."""
+        self.cfg = cfg
+        self.scorer = scorer if scorer is not None else default_scorer(cfg)
+
+    @abstractmethod
+    def _generate(
+        self, frames: list[AnnotatedFrame], masks: list[np.ndarray], betas: np.ndarray
+    ) -> list[np.ndarray]:
+        """Generate one candidate per frame.
+
+        Args:
+            frames: the frames of one batch (all occluded enough to be worth generating).
+            masks: per frame the (S, S) bool inpaint mask.
+            betas: (B,) float32 control strength per frame (nan for backends without one).
+
+        Returns:
+            per frame an (S, S, 3) uint8 image; only its pixels inside the mask are used.
+        """
+
+    def frame_betas(self, frame: AnnotatedFrame) -> np.ndarray:
+        """(C,) float32 strengths this backend tries for `frame` (nan when it has no control strength)."""
+        if not self.uses_beta:
+            return np.array([np.nan], dtype=np.float32)
+        return candidate_betas(frame.visibility, self.cfg)
+
+    def run(self, frames: list[AnnotatedFrame]) -> list[DeocclusionResult]:
+        """De-occlude a list of annotated crops, in batches of cfg.batch_size.
+
+        Args:
+            frames: annotated crops (any crop size; each result has its frame's size).
+
+        Returns:
+            one result per frame, in order. Frames that are not occluded enough or show too little of the hand
+            are not generated: their image is the input and `keep` is False with the reason.
+
+        Raises:
+            ValueError: on a frame whose arrays disagree in shape or a repeated sample key.
+        """
+        # 1. Check inputs
+        _check_frames(frames)
+        results: list[DeocclusionResult] = []
+
+        # 2. De-occlude batch by batch
+        for start in range(0, len(frames), self.cfg.batch_size):
+            results.extend(self._run_batch(frames[start : start + self.cfg.batch_size]))
+
+        # 3. Log a summary by reason
+        counts = Counter(result.reason for result in results)
+        LOGGER.info("deocclude[%s]: %d frames, %s", self.name, len(results), dict(sorted(counts.items())))
+        return results
+
+    def _run_batch(self, frames: list[AnnotatedFrame]) -> list[DeocclusionResult]:
+        # 1. Masks, candidate strengths and which frames get generated at all
+        masks = [inpaint_mask(frame, self.cfg.mask_dilation_px, self.cfg.mask_region) for frame in frames]
+        betas = [self.frame_betas(frame) for frame in frames]
+        reasons: list[str | None] = []
+        for frame in frames:
+            if frame.visibility > self.cfg.max_visibility or not occluded_pixels(frame):
+                reasons.append(REASON_NOT_OCCLUDED)
+            elif np.count_nonzero(frame.mask_hand_visible) < MIN_COLOUR_PIXELS:
+                reasons.append(REASON_NO_VISIBLE_HAND)
+            else:
+                reasons.append(None)
+        active = [idx for idx, reason in enumerate(reasons) if reason is None]
+
+        # 2. Generate every candidate column for the active frames, composited into the input
+        num_candidates = len(betas[0]) if betas else 0
+        candidates: dict[int, list[np.ndarray]] = {idx: [] for idx in active}
+        for column in range(num_candidates if active else 0):
+            column_betas = np.array([betas[idx][column] for idx in active], dtype=np.float32)
+            generated = self._generate([frames[idx] for idx in active], [masks[idx] for idx in active], column_betas)
+            if len(generated) != len(active):
+                raise RuntimeError(f"backend {self.name!r} returned {len(generated)} images for {len(active)} frames")
+            for idx, image in zip(active, generated):
+                candidates[idx].append(composite(frames[idx].image, image, masks[idx]))
+
+        # 3. Score, choose, filter
+        results = []
+        for idx, frame in enumerate(frames):
+            results.append(self._decide(frame, masks[idx], betas[idx], candidates.get(idx), reasons[idx]))
+        return results
+
+    def _decide(
+        self,
+        frame: AnnotatedFrame,
+        mask: np.ndarray,
+        betas: np.ndarray,
+        candidates: list[np.ndarray] | None,
+        reason: str | None,
+    ) -> DeocclusionResult:
+        if candidates is None:  # not generated: the input is the output, nothing is kept
+            return DeocclusionResult(
+                sample_key=frame.frame.sample_key,
+                image_deoccluded=frame.image.copy(),
+                inpaint_mask=mask,
+                beta=float("nan"),
+                candidate_betas=betas.astype(np.float32),
+                candidate_scores=np.full(len(betas), np.nan, dtype=np.float32),
+                original_score=float("nan"),
+                deocclusion_score=float("nan"),
+                keep=False,
+                reason=reason or REASON_NOT_OCCLUDED,
+                backend=self.name,
+            )
+        scores = self.scorer.score(frame, mask, np.stack([frame.image, *candidates]))
+        original_score, candidate_scores = float(scores[0]), scores[1:].astype(np.float32)
+        best = int(np.argmax(candidate_scores))  # first of equal scores
+        best_score = float(candidate_scores[best])
+        keep = best_score > original_score + self.cfg.keep_margin
+        return DeocclusionResult(
+            sample_key=frame.frame.sample_key,
+            image_deoccluded=candidates[best],
+            inpaint_mask=mask,
+            beta=float(betas[best]),
+            candidate_betas=betas.astype(np.float32),
+            candidate_scores=candidate_scores,
+            original_score=original_score,
+            deocclusion_score=best_score,
+            keep=bool(keep),
+            reason=REASON_KEPT if keep else REASON_NO_GAIN,
+            backend=self.name,
+        )
+
+
+def occluded_pixels(frame: AnnotatedFrame) -> int:
+    """Number of hand pixels the object hides."""
+    return int(np.count_nonzero(np.asarray(frame.mask_hand, bool) & ~np.asarray(frame.mask_hand_visible, bool)))
+
+
+def _check_frames(frames: list[AnnotatedFrame]) -> None:
+    seen: set[str] = set()
+    for frame in frames:
+        if not isinstance(frame, AnnotatedFrame):
+            raise ValueError(f"Deoccluder.run takes AnnotatedFrame records, got {type(frame).__name__}")
+        key = frame.frame.sample_key
+        if key in seen:
+            raise ValueError(f"sample key {key!r} appears twice in one de-occlusion call")
+        seen.add(key)
+        image = np.asarray(frame.image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] != image.shape[1]:
+            raise ValueError(f"{key}: image must be (S, S, 3) uint8, got {image.shape} {image.dtype}")
+        for name in ("mask_hand", "mask_hand_visible", "mask_object", "depth_hand", "hand_parts"):
+            if np.shape(getattr(frame, name)) != image.shape[:2]:
+                raise ValueError(f"{key}: {name} must be {image.shape[:2]}, got {np.shape(getattr(frame, name))}")
