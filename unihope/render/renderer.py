@@ -94,19 +94,10 @@ class AnnotationRenderer:
         self.size_px = int(size_px)
         self.platform = platform
         self._pyrender = import_pyrender(platform)
-        from OpenGL.error import GLError  # PyOpenGL is loaded (for this platform) by import_pyrender
-
-        self._gl_error = GLError
-        # Renderers whose context was lost. They are kept referenced on purpose: OffscreenRenderer.__del__
-        # calls delete(), which would eglTerminate the display again and kill the replacement context.
-        self._lost_renderers: list[object] = []
-        self._renderer = None
         self._build_context()
 
     def _build_context(self) -> None:
-        """(Re)create the OffscreenRenderer, the scene and its nodes; forget meshes of an old context."""
-        if self._renderer is not None:
-            self._lost_renderers.append(self._renderer)
+        """Create the OffscreenRenderer, the scene and its nodes (once per renderer)."""
         self._renderer = self._pyrender.OffscreenRenderer(self.size_px, self.size_px)
         self._scene = self._pyrender.Scene(bg_color=np.zeros(4), ambient_light=np.ones(3))
         self._camera = intrinsics_camera(self._pyrender, np.eye(3), znear_m=ZNEAR_M, zfar_m=ZFAR_M)
@@ -121,7 +112,7 @@ class AnnotationRenderer:
         self._object_node = self._pyrender.Node(mesh=self._empty_mesh(), matrix=np.eye(4))
         self._scene.add_node(self._object_node)
         self._object_meshes: dict[str, object] = {}  # object key -> pyrender.Mesh living in this context
-        self._current_object: tuple | None = None  # set_object arguments, to restore after a rebuild
+        self._current_object: tuple | None = None  # set_object arguments
 
     def _empty_mesh(self):
         """A one-triangle invisible placeholder so nodes exist before the first frame."""
@@ -190,17 +181,8 @@ class AnnotationRenderer:
         if self._current_object is None:
             raise ValueError("call set_object() before render()")
 
-        # 2. Render; rebuild once if another renderer in this process ended the shared EGL display.
-        try:
-            return self._render_passes(K_crop, hand_vertices, hand_geometry, T_cam_from_obj, feature_size_px)
-        except self._gl_error:
-            # pyrender's EGL backend calls eglTerminate on the process-wide display when *any*
-            # OffscreenRenderer is deleted, which kills this context too. Do not delete the dead
-            # renderer (that would terminate the display again); build a new one and retry once.
-            current_object = self._current_object
-            self._build_context()
-            self.set_object(*current_object)
-            return self._render_passes(K_crop, hand_vertices, hand_geometry, T_cam_from_obj, feature_size_px)
+        # 2. Render.
+        return self._render_passes(K_crop, hand_vertices, hand_geometry, T_cam_from_obj, feature_size_px)
 
     def _render_passes(
         self,
