@@ -1,0 +1,265 @@
+"""The build_dataset flow: source -> grasp -> annotate -> de-occlude (gpu) -> pack -> finalize, wired from tasks."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, as_completed
+
+from tasks.annotate import annotate_batch, label_grasp_part
+from tasks.deocclude import deocclude_batch
+from tasks.finalize import finalize_dataset
+from tasks.options import FAIL_ONCE_ENV, configure_task, parse_fail_once, result_storage_for
+from tasks.pack import claim_output, dataset_attrs, pack_shard, plan_shards_task
+from tasks.source import index_source
+from tasks.work import WorkLayout, local_output_path, make_layout, resolve_work_dir
+from unihope.config import ConfigError, FlowConfig, PipelineConfig
+from unihope.progress import BuildProgress
+
+from flows.runners import make_task_runner
+
+SYNTHETIC_DIR_NAME = "_synthetic"
+REPORT_DIR_NAME = "report"
+SOURCE_KINDS = ("synthetic", "dexycb", "ho3d")
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry-point resolution (CLI, deployments, demo): done once, before the flow starts
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_build_config(
+    cfg: PipelineConfig, out: str, source: str | None = None, fail_once_env: str | None = None
+) -> PipelineConfig:
+    """Apply the command-line overrides and fill the paths the config leaves open.
+
+    Args:
+        cfg: the config as loaded from YAML.
+        out: dataset path or URL.
+        source: `synthetic`, `dexycb:PATH` or `ho3d:PATH`; replaces the config's source kind and root.
+        fail_once_env: the value of UNIHOPE_FAIL_ONCE (comma-separated task names), added to
+            `flow.fail_once`; read by the caller so no stage or task reads the environment.
+
+    Returns:
+        The resolved config: source root set (synthetic: `<out>/_synthetic`, or `<work>/_synthetic`
+        for a remote output), fault injection merged.
+
+    Raises:
+        ConfigError: on a malformed `source` or a dataset kind without a path.
+    """
+    # 1. Check inputs and parse the source override.
+    source_cfg = cfg.source
+    if source is not None:
+        kind, _, root = source.partition(":")
+        if kind not in SOURCE_KINDS:
+            raise ConfigError(f"--source {source!r}: kind must be one of {SOURCE_KINDS} (e.g. dexycb:/data/dex-ycb)")
+        if kind != "synthetic" and not root:
+            raise ConfigError(f"--source {source!r}: {kind} needs a path, e.g. --source {kind}:/data/{kind}")
+        source_cfg = source_cfg.model_copy(update={"kind": kind, "root": Path(root).expanduser() if root else None})
+
+    # 2. Default the synthetic source's folder next to the output.
+    if source_cfg.kind == "synthetic" and source_cfg.root is None:
+        local = local_output_path(out)
+        base = local if local is not None and cfg.flow.work_dir is None else resolve_work_dir(out, cfg.flow.work_dir)
+        source_cfg = source_cfg.model_copy(update={"root": base / SYNTHETIC_DIR_NAME})
+
+    # 3. Merge fault injection from the environment.
+    fail_once = tuple(dict.fromkeys(cfg.flow.fail_once + parse_fail_once(fail_once_env)))
+    flow_cfg = cfg.flow.model_copy(update={"fail_once": fail_once})
+
+    # Re-validate the whole model so the overrides pass the same checks as YAML values.
+    data = cfg.model_dump(mode="json")
+    data["source"] = source_cfg.model_dump(mode="json")
+    data["flow"] = flow_cfg.model_dump(mode="json")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValueError as err:
+        raise ConfigError(f"invalid configuration after command-line overrides: {err}") from err
+
+
+def default_report_dir(out: str, layout: WorkLayout) -> Path:
+    """`<out>/report` for a local output, `<work>/report` for a remote one."""
+    local = local_output_path(out)
+    return (local if local is not None else layout.root) / REPORT_DIR_NAME
+
+
+# ----------------------------------------------------------------------------------------------
+# The flow
+# ----------------------------------------------------------------------------------------------
+
+
+def _track(progress: BuildProgress, futures: list[tuple[str, int, PrefectFuture]]) -> None:
+    """Advance the progress lines as futures finish; re-raise the first failure."""
+    by_id = {future.task_run_id: (stage, num_frames) for stage, num_frames, future in futures}
+    for future in as_completed([future for _, _, future in futures]):
+        future.result()
+        stage, num_frames = by_id[future.task_run_id]
+        progress.advance(stage, num_frames)
+
+
+@flow(name="build-dataset")
+def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
+    """Build a paired dataset from a resolved config (see `resolve_build_config`) into `out`.
+
+    Tasks exchange paths of batch files in the work folder (`tasks.work`), never arrays; each
+    task reuses its output when it exists, so a rerun recomputes only what changed.
+
+    Args:
+        config: resolved pipeline config.
+        out: dataset path or fsspec URL.
+        write_report: also write the HTML report (`<out>/report`).
+
+    Returns:
+        `unihope.report.DatasetSummary` of the finished dataset.
+    """
+    logger = get_run_logger()
+    layout = make_layout(config, out)
+    fail_once = config.flow.fail_once
+    storage = result_storage_for(layout.results_dir)
+    options = partial(configure_task, flow_cfg=config.flow, result_storage=storage)
+    index_task = options(index_source, cached=False)
+    grasp_task = options(label_grasp_part, cached=True)
+    annotate_task = options(annotate_batch, cached=True)
+    deocclude_task = options(deocclude_batch, cached=True, tags=[config.flow.gpu_tag])
+    plan_task = options(plan_shards_task, cached=False)
+    claim_task = options(claim_output, cached=False)
+    pack_task = options(pack_shard, cached=False)
+    finalize_task = options(finalize_dataset, cached=False)
+    logger.info("work folder %s; stage hashes %s", layout.root, layout.hashes.as_dict())
+
+    # 1. Source: list frames, plan grasp parts and batches.
+    plan = index_task(config, layout, str(layout.index_path), fail_once)
+    logger.info("source: %d frames -> %d grasp parts, %d batches", plan.num_frames, len(plan.part_sizes),
+                len(plan.batches))
+    progress = BuildProgress(emit=logger.info)
+    for stage in ("grasp", "annotate", "deocclude"):
+        progress.add_stage(stage, plan.num_frames)
+
+    # 2. Grasp labels per part (whole sequence x camera groups).
+    grasp_futures = [
+        grasp_task.submit(config, layout, part_idx, plan.index_path, str(layout.grasp_part_path(part_idx)), fail_once)
+        for part_idx in range(len(plan.part_sizes))
+    ]
+    # 3. Rendered annotation per batch, once its part is labelled.
+    annotate_futures = [
+        annotate_task.submit(
+            config, layout, batch, plan.index_path, str(layout.grasp_part_path(batch.part_idx)),
+            str(layout.annotate_batch_path(batch.batch_idx)), str(layout.annotate_skips_path(batch.batch_idx)),
+            fail_once, config.flow.torch_threads, wait_for=[grasp_futures[batch.part_idx]],
+        )
+        for batch in plan.batches
+    ]
+    # 4. De-occlusion per batch (tagged gpu), once its batch is annotated.
+    deocclude_futures = [
+        deocclude_task.submit(
+            config.deocclusion, layout, batch.batch_idx, str(layout.annotate_batch_path(batch.batch_idx)),
+            str(layout.deocclude_results_path(batch.batch_idx)), fail_once, config.flow.torch_threads,
+            wait_for=[annotate_futures[batch.batch_idx]],
+        )
+        for batch in plan.batches
+    ]
+    _track(progress,
+           [("grasp", size, f) for size, f in zip(plan.part_sizes, grasp_futures)]
+           + [("annotate", batch.num_frames, f) for batch, f in zip(plan.batches, annotate_futures)]
+           + [("deocclude", batch.num_frames, f) for batch, f in zip(plan.batches, deocclude_futures)])
+
+    # 5. Pack: shards cut from the annotated counts, one task per shard.
+    shards = plan_task([future.result().num_out for future in annotate_futures], config.storage.shard_size)
+    claim_task(layout, out)
+    attrs = dataset_attrs(config)
+    batch_paths = {batch.batch_idx: (str(layout.annotate_batch_path(batch.batch_idx)),
+                                     str(layout.deocclude_results_path(batch.batch_idx))) for batch in plan.batches}
+    progress.add_stage("pack", sum(shard.num_samples for shard in shards))
+    pack_futures = [
+        pack_task.submit(
+            config.storage, layout, out, shard, {s.batch_idx: batch_paths[s.batch_idx] for s in shard.slices}, attrs,
+            str(layout.shard_marker_path(shard.shard_idx)), fail_once,
+        )
+        for shard in shards
+    ]
+    _track(progress, [("pack", shard.num_samples, f) for shard, f in zip(shards, pack_futures)])
+
+    # 6. Finalize: manifest, skips, root attrs, summary, report.
+    report_dir = str(default_report_dir(out, layout)) if write_report else None
+    return finalize_task(layout, out, attrs, len(plan.part_sizes), len(plan.batches), len(shards), report_dir,
+                         fail_once)
+
+
+@flow(name="scheduled-build")
+def scheduled_build(config_path: str, out: str, source: str | None = None, write_report: bool = True):
+    """Deployment entry: read the YAML at run time (edits apply to the next scheduled run), then build.
+
+    Returns:
+        The summary of the dataset; the `train` deployment's trigger fires when this run completes.
+    """
+    cfg = resolve_build_config(PipelineConfig.from_yaml(Path(config_path)), out, source,
+                               fail_once_env=os.environ.get(FAIL_ONCE_ENV))
+    return build_dataset.with_options(task_runner=make_task_runner(cfg.flow))(
+        config=cfg, out=out, write_report=write_report
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process entry points
+# ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def api_for_worker_processes(flow_cfg: FlowConfig):
+    """Make worker processes (processes / dask runners) report to this process's Prefect API.
+
+    Without PREFECT_API_URL, Prefect starts an ephemeral API inside each process that needs one,
+    so every Dask worker would start (and wait 15-20 s for) its own server and record its task
+    runs in a database nobody looks at. Here the ephemeral server is started once, here, and its
+    URL set for the build; the runners pass it on to their workers with the settings context.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if flow_cfg.task_runner == "threads" or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def run_build(cfg: PipelineConfig, out: str, write_report: bool = True):
+    """Run `build_dataset` with the task runner the config names (config already resolved).
+
+    Returns:
+        `unihope.report.DatasetSummary`.
+    """
+    with api_for_worker_processes(cfg.flow):
+        return build_dataset.with_options(task_runner=make_task_runner(cfg.flow))(
+            config=cfg, out=out, write_report=write_report
+        )
+
+
+def run_build_from_cli(
+    config_path: Path, source: str | None, out: str, train: bool, train_config_path: Path
+) -> None:
+    """`unihope build`: load and resolve the config, build, print the summary, optionally train."""
+    import typer
+
+    try:
+        cfg = resolve_build_config(PipelineConfig.from_yaml(Path(config_path)), out, source,
+                                   fail_once_env=os.environ.get(FAIL_ONCE_ENV))
+    except ConfigError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    summary = run_build(cfg, out)
+    for line in summary.describe():
+        typer.echo(line)
+    if train:
+        from flows.train import train_flow
+
+        train_out = Path("runs") / cfg.name
+        typer.echo(f"training on {out} -> {train_out}")
+        train_flow(data_url=out, train_config_path=str(train_config_path), out_dir=str(train_out))

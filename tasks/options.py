@@ -1,0 +1,250 @@
+"""Task options shared by every wrapper: retries with backoff, transient-error filter, CUDA OOM halving,
+fault injection, and the cache policy that keys results on inputs + task source."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import Task
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.client.schemas.objects import TaskRun
+from prefect.filesystems import LocalFileSystem
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from unihope.config import FlowConfig
+
+CUDA_OOM_MESSAGE = "CUDA out of memory"
+FAIL_ONCE_ENV = "UNIHOPE_FAIL_ONCE"
+RESULT_BLOCK_PREFIX = "unihope-results"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by `flow.fail_once` / UNIHOPE_FAIL_ONCE to show that retries work."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Fault injection
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_fail_once(text: str | None) -> tuple[str, ...]:
+    """Parse UNIHOPE_FAIL_ONCE: comma-separated task names, each optionally `name:index`."""
+    if not text:
+        return ()
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def should_fail(task_name: str, item_idx: int, fail_once: Sequence[str], run_count: int) -> bool:
+    """True when `task_name` (or `task_name:item_idx`) is listed and this is its first attempt."""
+    if run_count > 1:
+        return False
+    return task_name in fail_once or f"{task_name}:{item_idx}" in fail_once
+
+
+def maybe_fail_once(task_name: str, item_idx: int, fail_once: Sequence[str]) -> None:
+    """Raise `InjectedFault` on the first attempt of a listed task (reads Prefect's attempt counter).
+
+    Raises:
+        InjectedFault: when fault injection asks for it.
+    """
+    if not fail_once:
+        return
+    from prefect.runtime import task_run
+
+    run_count = int(task_run.run_count or 1)
+    if should_fail(task_name, item_idx, fail_once, run_count):
+        raise InjectedFault(f"injected failure of {task_name}[{item_idx}] on attempt {run_count} (flow.fail_once)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Which errors are worth a retry
+# ----------------------------------------------------------------------------------------------
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or any RuntimeError whose message says CUDA ran out of memory.
+
+    Checked by class name so the orchestration process never has to import torch.
+    """
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return "OutOfMemoryError" in names or (isinstance(exc, RuntimeError) and CUDA_OOM_MESSAGE in str(exc))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures a retry can fix: I/O and network (OSError), CUDA OOM, injected faults.
+
+    Deterministic errors (ValueError, TypeError, KeyError, ...) fail fast instead: retrying them
+    would only fail again, later.
+    """
+    return isinstance(exc, (OSError, InjectedFault, MemoryError)) or is_cuda_oom(exc)
+
+
+def retry_on_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect `retry_condition_fn`: retry only transient failures (see `is_transient`)."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as exc:  # noqa: BLE001 - classifying whatever the task raised is the point
+        return is_transient(exc)
+    return False
+
+
+def run_with_oom_halving(
+    fn: Callable[[list[T]], list[R]],
+    items: Sequence[T],
+    chunk_size: int,
+    on_halve: Callable[[int], None] | None = None,
+) -> list[R]:
+    """Run `fn` over `items` in chunks; on CUDA OOM, halve the chunk and retry it (down to 1 item).
+
+    A GPU worker that runs out of memory on a batch thus finishes the batch in smaller pieces
+    instead of failing the task. Output order equals input order.
+
+    Args:
+        fn: maps a list of items to one output per item.
+        items: the whole batch.
+        chunk_size: items per call to start with (>= 1).
+        on_halve: called with the new chunk size after each halving (logging, counting).
+
+    Returns:
+        The outputs of every chunk, concatenated.
+
+    Raises:
+        ValueError: when `fn` returns a different number of outputs than it got items.
+        RuntimeError: the OOM itself when a single item does not fit.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    outputs: list[R] = []
+    pos, size = 0, chunk_size
+    while pos < len(items):
+        chunk = list(items[pos : pos + size])
+        try:
+            chunk_out = fn(chunk)
+        except RuntimeError as exc:
+            if not is_cuda_oom(exc) or size == 1:
+                raise
+            size = max(1, size // 2)
+            _free_cuda_memory()
+            if on_halve is not None:
+                on_halve(size)
+            continue
+        if len(chunk_out) != len(chunk):
+            raise ValueError(f"{fn!r} returned {len(chunk_out)} outputs for {len(chunk)} inputs")
+        outputs.extend(chunk_out)
+        pos += len(chunk)
+    return outputs
+
+
+def _free_cuda_memory() -> None:
+    """Release cached CUDA blocks after an OOM (a no-op without torch or CUDA)."""
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# Caching
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OutputPresent(CachePolicy):
+    """INPUTS + TASK_SOURCE (minus configs), valid only while the task's output file still exists.
+
+    Tasks name their output (input `out_path`) by the stage hash, so the inputs already carry the
+    stage config; configs themselves are left out of the key because their pickled bytes are not
+    guaranteed stable across processes. When the output is missing (never written, or deleted),
+    any cached record under the key is forgotten first, so Prefect runs the task instead of
+    handing back a summary of a file that is gone; the fresh result is then cached under the
+    same key, and the next run with the output present is a cache hit.
+    """
+
+    exclude: tuple[str, ...] = ("cfg", "layout", "fail_once")
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        policy = TASK_SOURCE + INPUTS
+        for name in self.exclude:
+            policy = policy - name
+        key = policy.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
+        out_path = inputs.get("out_path")
+        if key is not None and (out_path is None or not Path(out_path).exists()):
+            _forget_cached_record(task_ctx, key)
+        return key
+
+
+def _forget_cached_record(task_ctx: Any, key: str) -> None:
+    """Delete the result record stored under `key` (local result storage only)."""
+    store = getattr(task_ctx, "result_store", None)
+    if store is None:
+        return
+    storage = store.metadata_storage or store.result_storage
+    basepath = getattr(storage, "basepath", None)
+    if basepath:
+        (Path(basepath).expanduser() / key).unlink(missing_ok=True)
+
+
+def result_storage_for(results_dir: Path) -> LocalFileSystem:
+    """A saved LocalFileSystem block under the work folder (Prefect needs result storage saved server-side).
+
+    Results live beside the batches, so they survive a new Prefect home or server and vanish
+    with the work folder they describe.
+    """
+    import hashlib
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{RESULT_BLOCK_PREFIX}-{hashlib.sha256(str(results_dir).encode()).hexdigest()[:10]}"
+    block = LocalFileSystem(basepath=str(results_dir))
+    block.save(name, overwrite=True)
+    return block
+
+
+def configure_task(
+    task: Task,
+    flow_cfg: FlowConfig,
+    *,
+    result_storage: LocalFileSystem | None,
+    cached: bool,
+    tags: Sequence[str] = (),
+) -> Task:
+    """Apply the build's retry, backoff, caching and tag settings to a task.
+
+    Args:
+        task: a task from `tasks/` (its decorator sets only the name).
+        flow_cfg: retries, base delay (doubles each retry), GPU tag.
+        result_storage: where results and cache records persist; None -> not persisted.
+        cached: whether to key results on inputs + task source (`OutputPresent`).
+        tags: extra tags, e.g. the GPU tag that the concurrency limit applies to.
+
+    Returns:
+        A copy of `task` with the options applied.
+    """
+    from prefect.cache_policies import NO_CACHE
+
+    return task.with_options(
+        retries=flow_cfg.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=flow_cfg.retry_delay_s)(max(flow_cfg.retries, 1)),
+        retry_condition_fn=retry_on_transient,
+        cache_policy=OutputPresent() if cached else NO_CACHE,
+        persist_result=cached and result_storage is not None,
+        result_storage=result_storage if cached else None,
+        tags=set(task.tags) | set(tags),
+    )
+
+
+__all__ = [
+    "FAIL_ONCE_ENV", "InjectedFault", "OutputPresent", "configure_task", "is_cuda_oom", "is_transient",
+    "maybe_fail_once", "parse_fail_once", "result_storage_for", "retry_on_transient", "run_with_oom_halving",
+    "should_fail",
+]

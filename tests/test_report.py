@@ -1,0 +1,90 @@
+"""Dataset summary and HTML report on a small dataset with known visibilities, betas and skips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from storage.schema import Skip, SkipReason
+from storage_fixtures import STORAGE_ATTRS, make_annotated, make_keys, make_result
+from unihope.config import StorageConfig
+from unihope.report import (
+    BETA_BIN_EDGES, DatasetSummary, pick_contact_indices, summarize_dataset, write_report,
+)
+
+VISIBILITIES = [0.05 + 0.1 * i for i in range(10)]  # one sample per visibility bin
+KEPT_BETAS = {0: 0.45, 1: 0.55, 2: 0.55, 3: 0.75}  # samples 0-3 keep their pair
+NO_RESULT = 9  # sample 9 has no de-occlusion result
+SKIPS = [
+    Skip("s/a/1/000100", "source", SkipReason.MISSING_FILE, "color_000100.jpg"),
+    Skip("s/a/1/000101", "annotate", SkipReason.HAND_OUTSIDE_IMAGE, "box 3% inside"),
+    Skip("s/a/1/000102", "annotate", SkipReason.HAND_OUTSIDE_IMAGE, "box 1% inside"),
+]
+
+
+@pytest.fixture(scope="module")
+def dataset_url(tmp_path_factory) -> str:
+    from storage.writer import finalize, write_shard
+
+    url = str(tmp_path_factory.mktemp("report") / "data")
+    keys = make_keys(2, 5)
+    annotated, results = [], []
+    for i, key in enumerate(keys):
+        frame = make_annotated(key, crop_size_px=32, visibility=VISIBILITIES[i])
+        annotated.append(frame)
+        if i == NO_RESULT:
+            results.append(None)
+        else:
+            result = make_result(frame, keep=i in KEPT_BETAS)
+            results.append(dataclasses.replace(result, beta=KEPT_BETAS.get(i, 0.9)))
+    cfg = StorageConfig(shard_size=6)
+    write_shard(url, 0, annotated[:6], results[:6], STORAGE_ATTRS, cfg)
+    write_shard(url, 1, annotated[6:], results[6:], STORAGE_ATTRS, cfg)
+    finalize(url, STORAGE_ATTRS, SKIPS)
+    return url
+
+
+def test_summary_counts_what_the_dataset_holds(dataset_url):
+    summary = summarize_dataset(dataset_url)
+    assert summary.num_samples == 10 and summary.num_shards == 2
+    assert summary.num_frames_seen == 13
+    assert summary.num_pairs_kept == 4
+    assert summary.skips_by_reason == {"hand_outside_image": 2, "missing_file": 1}
+    assert summary.skips_by_stage == {"annotate": 2, "source": 1}
+    assert summary.visibility_counts == (1,) * 10
+    assert summary.occlusion_bin_counts == (2, 3, 2, 3)  # min(3, int(4 * vis)) as the fixture bins it
+    expected_beta = [0] * (len(BETA_BIN_EDGES) - 1)
+    expected_beta[4], expected_beta[5], expected_beta[7] = 1, 2, 1  # 0.45 | 0.55 0.55 | 0.75
+    assert summary.beta_counts == tuple(expected_beta)
+    assert summary.deocclusion_reasons["kept"] == 4
+    assert summary.skip_examples["missing_file"] == ["s/a/1/000100 (source: color_000100.jpg)"]
+    assert DatasetSummary.from_json(json.loads(json.dumps(summary.to_json()))) == summary
+    text = "\n".join(summary.describe())
+    assert "frames seen 13, skipped 3, kept pairs 4" in text
+    assert "[0.5, 0.6)      2 " in text
+
+
+def test_contact_selection_puts_kept_pairs_first():
+    keep = np.array([False, True, False, True, False, False, True, False])
+    visibility = np.array([0.9, 0.6, 0.8, 0.2, 0.7, 0.5, 0.4, 0.3])
+    assert pick_contact_indices(keep, visibility, max_rows=6) == [3, 6, 1, 0, 4, 7]
+    assert pick_contact_indices(keep, visibility, max_rows=2) == [3, 0]
+    assert pick_contact_indices(np.zeros(0, bool), np.zeros(0), max_rows=4) == []
+
+
+def test_report_writes_page_figures_and_skip_table(dataset_url, tmp_path):
+    import matplotlib.image
+
+    index = write_report(data_url=dataset_url, out_dir=tmp_path / "report")
+    page = index.read_text()
+    assert index == tmp_path / "report" / "index.html"
+    for needle in ("contact_sheet.png", "histograms.png", "hand_outside_image", "missing_file",
+                   "s/a/1/000101 (annotate: box 3% inside)", "<td>kept pairs</td><td>4</td>"):
+        assert needle in page, needle
+    sheet = matplotlib.image.imread(tmp_path / "report" / "contact_sheet.png")
+    assert sheet.shape[0] == round(2.1 * 10 * 80)  # one 2.1-inch row per sample at 80 dpi
+    assert matplotlib.image.imread(tmp_path / "report" / "histograms.png").shape[:2] == (240, 960)
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["num_pairs_kept"] == 4

@@ -1,0 +1,309 @@
+"""Dataset summary and HTML report: contact sheets, histograms and the skip table of a built dataset."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+VISIBILITY_BIN_EDGES = tuple(round(0.1 * i, 1) for i in range(11))  # [0, 0.1, ..., 1.0]
+BETA_BIN_EDGES = tuple(round(0.1 * i, 1) for i in range(21))  # [0, 0.1, ..., 2.0]: the config's beta range
+MAX_CONTACT_ROWS = 12  # samples shown in the contact sheet
+MAX_SKIP_EXAMPLES = 3  # sample keys listed per skip reason
+HIST_BAR_WIDTH = 40  # characters of the longest text histogram bar
+DEPTH_CMAP = "viridis"
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSummary:
+    """What a finished build holds: counts, skips by reason, visibility and beta histograms."""
+
+    url: str
+    num_frames_seen: int  # samples stored + frames skipped at any stage
+    num_samples: int
+    num_pairs_kept: int  # samples whose de-occluded pair passed UniHOPE's filter
+    skips_by_reason: dict[str, int]
+    skips_by_stage: dict[str, int]
+    deocclusion_reasons: dict[str, int]  # kept / not_occluded / no_gain / ...
+    visibility_counts: tuple[int, ...]  # per VISIBILITY_BIN_EDGES bin
+    occlusion_bin_counts: tuple[int, ...]  # per UniHOPE occlusion bin 0..3
+    beta_counts: tuple[int, ...]  # kept pairs with a finite beta, per BETA_BIN_EDGES bin
+    visibility_bin_edges: tuple[float, ...] = VISIBILITY_BIN_EDGES
+    beta_bin_edges: tuple[float, ...] = BETA_BIN_EDGES
+    num_shards: int = 0
+    skip_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few "key (detail)"
+    report_path: str | None = None  # index.html of the HTML report, when one was written
+
+    def describe(self) -> list[str]:
+        """Human-readable lines (the end-of-build summary)."""
+        lines = [
+            f"dataset {self.url}: {self.num_samples} samples in {self.num_shards} shards",
+            f"frames seen {self.num_frames_seen}, skipped {sum(self.skips_by_reason.values())}, "
+            f"kept pairs {self.num_pairs_kept}",
+        ]
+        if self.skips_by_reason:
+            lines.append("skipped by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skips_by_reason.items())))
+        if self.deocclusion_reasons:
+            lines.append("de-occlusion: " + ", ".join(f"{k} {v}" for k, v in sorted(self.deocclusion_reasons.items())))
+        lines.append("visibility histogram:")
+        lines.extend(_text_histogram(self.visibility_bin_edges, self.visibility_counts))
+        lines.append("beta histogram (kept pairs):")
+        lines.extend(_text_histogram(self.beta_bin_edges, self.beta_counts) or ["  (no kept pair with a beta)"])
+        return lines
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DatasetSummary":
+        """Inverse of `to_json` (JSON turns tuples into lists; they are restored)."""
+        values = {name: data[name] for name in cls.__slots__ if name in data}
+        for name in ("visibility_counts", "occlusion_bin_counts", "beta_counts", "visibility_bin_edges",
+                     "beta_bin_edges"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def _text_histogram(edges: tuple[float, ...], counts: tuple[int, ...]) -> list[str]:
+    """One line per bin between the first and the last non-empty bin, with a bar."""
+    nonzero = [i for i, count in enumerate(counts) if count]
+    if not nonzero:
+        return []
+    peak = max(counts)
+    lines = []
+    for i in range(nonzero[0], nonzero[-1] + 1):
+        bar = "#" * max(1 if counts[i] else 0, round(HIST_BAR_WIDTH * counts[i] / peak))
+        lines.append(f"  [{edges[i]:.1f}, {edges[i + 1]:.1f}) {counts[i]:>6} {bar}")
+    return lines
+
+
+def _histogram(values: np.ndarray, edges: tuple[float, ...]) -> tuple[int, ...]:
+    """Counts per bin; the last bin is closed, values outside the range are clipped into the end bins."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    clipped = np.clip(values, edges[0], edges[-1])
+    counts, _ = np.histogram(clipped, bins=np.asarray(edges))
+    return tuple(int(c) for c in counts)
+
+
+def read_skips(url: str) -> list[dict]:
+    """The dataset's skips.jsonl entries (empty when the file is absent)."""
+    from storage.io import locate, read_bytes
+    from storage.manifest import SKIPS_NAME
+
+    payload = read_bytes(locate(url), SKIPS_NAME)
+    if payload is None:
+        return []
+    return [json.loads(line) for line in payload.decode().splitlines() if line.strip()]
+
+
+def summarize_dataset(url: str) -> DatasetSummary:
+    """Count what a dataset holds from its columns and skips.jsonl (no image is read).
+
+    Args:
+        url: dataset path or URL (finalized or in progress).
+
+    Returns:
+        The summary.
+    """
+    from storage.reader import open_dataset
+
+    # 1. Columns of every committed shard.
+    view = open_dataset(url, verify="none")
+    try:
+        visibility = view.column("visibility") if len(view) else np.zeros(0)
+        occlusion_bin = view.column("occlusion_bin") if len(view) else np.zeros(0, np.uint8)
+        keep = view.column("keep").astype(bool) if len(view) else np.zeros(0, bool)
+        beta = view.column("beta") if len(view) else np.zeros(0)
+        reasons = view.column("deocclusion_reason") if len(view) else np.zeros(0, object)
+        num_shards = len(view.shards)
+    finally:
+        view.close()
+
+    # 2. Skips by reason and stage, with a few examples each.
+    skips = read_skips(url)
+    examples: dict[str, list[str]] = {}
+    for skip in skips:
+        bucket = examples.setdefault(skip["reason"], [])
+        if len(bucket) < MAX_SKIP_EXAMPLES:
+            bucket.append(f"{skip['sample_key']} ({skip['stage']}: {skip.get('detail', '')})")
+
+    return DatasetSummary(
+        url=str(url),
+        num_frames_seen=len(visibility) + len(skips),
+        num_samples=len(visibility),
+        num_pairs_kept=int(keep.sum()),
+        skips_by_reason=dict(sorted(Counter(s["reason"] for s in skips).items())),
+        skips_by_stage=dict(sorted(Counter(s["stage"] for s in skips).items())),
+        deocclusion_reasons=dict(sorted(Counter(str(r) for r in reasons).items())),
+        visibility_counts=_histogram(visibility, VISIBILITY_BIN_EDGES),
+        occlusion_bin_counts=tuple(int((np.asarray(occlusion_bin) == b).sum()) for b in range(4)),
+        beta_counts=_histogram(np.asarray(beta)[keep], BETA_BIN_EDGES),
+        num_shards=num_shards,
+        skip_examples=examples,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The HTML report
+# ----------------------------------------------------------------------------------------------
+
+
+def pick_contact_indices(keep: np.ndarray, visibility: np.ndarray, max_rows: int = MAX_CONTACT_ROWS) -> list[int]:
+    """Deterministic selection: kept pairs first (most occluded first), then the rest, evenly spaced.
+
+    Args:
+        keep: (N,) bool, the pair filter.
+        visibility: (N,) float, visible hand fraction.
+        max_rows: samples to show.
+
+    Returns:
+        Up to `max_rows` global sample indices.
+    """
+    kept = np.flatnonzero(keep)
+    kept = kept[np.argsort(visibility[kept], kind="stable")]
+    rest = np.flatnonzero(~keep)
+    take_kept = list(kept[: max(max_rows // 2, max_rows - len(rest))])
+    room = max_rows - len(take_kept)
+    if room > 0 and len(rest):
+        positions = np.unique(np.linspace(0, len(rest) - 1, num=min(room, len(rest))).round().astype(int))
+        take_rest = list(rest[positions])
+    else:
+        take_rest = []
+    return [int(i) for i in take_kept + take_rest]
+
+
+def _mask_overlay(sample: dict[str, np.ndarray]) -> np.ndarray:
+    """RGB: red = hidden hand, green = visible hand, blue = visible object."""
+    hand = sample["mask_hand"].astype(bool)
+    visible = sample["mask_hand_visible"].astype(bool)
+    obj = sample["mask_object"].astype(bool)
+    rgb = np.zeros((*hand.shape, 3), np.uint8)
+    rgb[obj] = (40, 90, 255)
+    rgb[hand & ~visible] = (230, 40, 40)
+    rgb[visible] = (40, 200, 60)
+    return rgb
+
+
+def _save_contact_sheet(view, indices: list[int], path: Path) -> None:
+    """Rows of occluded | de-occluded | masks | depth, titled with key, visibility and beta."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ("image", "image_deoccluded", "mask_hand", "mask_hand_visible", "mask_object", "depth_scene",
+             "visibility", "beta", "keep", "sample_key", "deocclusion_reason")
+    fig, axes = plt.subplots(len(indices), 4, figsize=(8, 2.1 * len(indices)), squeeze=False)
+    for row, index in enumerate(indices):
+        sample = view.sample(index, names=names)
+        depth = np.where(sample["depth_scene"] > 0, sample["depth_scene"], np.nan)
+        panels = (sample["image"], sample["image_deoccluded"], _mask_overlay(sample), depth)
+        titles = ("occluded", "de-occluded", "masks (hidden/visible/object)", "depth (m)")
+        for col, (panel, title) in enumerate(zip(panels, titles)):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap=DEPTH_CMAP if col == 3 else None, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+        beta = float(sample["beta"])
+        beta_text = "n/a" if math.isnan(beta) else f"{beta:.2f}"
+        axes[row, 0].set_ylabel(
+            f"{sample['sample_key']}\nvis {float(sample['visibility']):.2f}  beta {beta_text}\n"
+            f"{'kept' if bool(sample['keep']) else sample['deocclusion_reason']}",
+            fontsize=6, rotation=0, ha="right", va="center",
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _save_histograms(summary: DatasetSummary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    for ax, edges, counts, title in (
+        (axes[0], summary.visibility_bin_edges, summary.visibility_counts, "visibility (all samples)"),
+        (axes[1], summary.beta_bin_edges, summary.beta_counts, "beta (kept pairs)"),
+        (axes[2], (0, 1, 2, 3, 4), summary.occlusion_bin_counts, "occlusion bin (0: vis <= .25 ... 3: > .75)"),
+    ):
+        widths = np.diff(edges)
+        ax.bar(np.asarray(edges[:-1]), counts, width=widths, align="edge", edgecolor="black")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(data_url: str, out_dir: Path) -> Path:
+    """Write `index.html` with contact sheets, histograms and the skip table of a dataset.
+
+    Args:
+        data_url: dataset path or URL.
+        out_dir: folder for index.html, contact_sheet.png, histograms.png and summary.json.
+
+    Returns:
+        Path of index.html.
+    """
+    from storage.reader import open_dataset
+
+    # 1. Summary and sample selection.
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize_dataset(data_url)
+    (out_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=1, sort_keys=True))
+
+    # 2. Figures.
+    _save_histograms(summary, out_dir / "histograms.png")
+    view = open_dataset(data_url, verify="none")
+    try:
+        indices = []
+        if len(view):
+            indices = pick_contact_indices(view.column("keep").astype(bool), view.column("visibility"))
+            _save_contact_sheet(view, indices, out_dir / "contact_sheet.png")
+    finally:
+        view.close()
+
+    # 3. The page.
+    skip_rows = [(reason, count, "; ".join(summary.skip_examples.get(reason, [])))
+                 for reason, count in sorted(summary.skips_by_reason.items())]
+    overview = [
+        ("dataset", summary.url), ("samples", summary.num_samples), ("shards", summary.num_shards),
+        ("frames seen", summary.num_frames_seen), ("frames skipped", sum(summary.skips_by_reason.values())),
+        ("kept pairs", summary.num_pairs_kept),
+    ] + [(f"de-occlusion: {k}", v) for k, v in summary.deocclusion_reasons.items()] \
+      + [(f"skipped at {k}", v) for k, v in summary.skips_by_stage.items()]
+    sheet = ('<h2>Contact sheet</h2><p>occluded | de-occluded | masks (red hidden hand, green visible hand, '
+             'blue object) | scene depth</p><img src="contact_sheet.png">') if indices else "<p>No samples.</p>"
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>UniHOPE dataset report</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #999;padding:2px 8px;text-align:left}} img{{max-width:100%}}</style></head>
+<body><h1>UniHOPE dataset report</h1>
+{_table(("", ""), overview)}
+<h2>Histograms</h2><img src="histograms.png">
+{sheet}
+<h2>Skipped frames</h2>
+{_table(("reason", "frames", "examples"), skip_rows) if skip_rows else "<p>No frame was skipped.</p>"}
+</body></html>
+"""
+    index_path = out_dir / "index.html"
+    index_path.write_text(page)
+    return index_path
