@@ -382,3 +382,42 @@ def test_synthetic_dataset_end_to_end(synthetic_dexycb: Path):
         assert result.occlusion_bin == occlusion_bin(result.visibility, (0.25, 0.5, 0.75))
         if result.grasp.is_grasping:  # the grasped object is inside the crop
             assert result.mask_object.sum() > 0
+
+
+def test_cached_gpu_meshes_give_the_same_result_after_other_frames(tmp_path: Path):
+    """Uploaded object meshes and the per-side hand buffer are reused: a frame renders the same after others."""
+    box = ([0.3, 0.3, 0.4], [0.35, 0.35, 0.45])
+    right, _ = make_frame(tmp_path, "t/s/c/000000", *box)
+    left, _ = make_frame(tmp_path, "t/s/c/000001", [0.2, 0.2, 0.4], [0.28, 0.26, 0.47], side="left")
+    frames = [right, left, right]
+    first, other, again = annotate_frames(frames, [label(f) for f in frames], CropConfig(), RenderConfig(), HAND_CFG)
+    assert all(isinstance(r, AnnotatedFrame) for r in (first, other, again))
+    assert not np.array_equal(first.hand_parts, other.hand_parts)
+    names = ("hand_parts", "depth_hand", "depth_scene", "mask_object", "seg_map", "dense_map", "relative_depth_map")
+    for name in names:
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name), err_msg=name)
+    assert set(np.unique(first.hand_parts)) == set(range(7))
+
+
+def test_feature_labels_and_depth_are_the_scene_pass_at_feature_pixel_centres(tmp_path: Path):
+    """The 1/4 label and depth maps are the crop-size scene pass sampled at each 4x4 block's centre pixel."""
+    from unihope.render.features import block_centre_samples
+
+    ramp = np.arange(64).reshape(8, 8)
+    np.testing.assert_array_equal(block_centre_samples(ramp, 4), ramp[[2, 6]][:, [2, 6]])
+    np.testing.assert_array_equal(block_centre_samples(ramp, 1), ramp)
+    with pytest.raises(ValueError, match="blocks"):
+        block_centre_samples(ramp, 3)
+
+    _, _, _, verts, _ = hand_frame_geometry()
+    lo, hi = verts.min(0), verts.max(0)
+    frame, _ = make_frame(tmp_path, "t/s/c/000000", [(lo[0] + hi[0]) / 2, lo[1], lo[2] - 0.03], [hi[0] + 0.03, hi[1], lo[2] - 0.01])
+    (result,) = annotate_frames([frame], [label(frame, True)], CropConfig(), RenderConfig(relative_depth_range_m=0.1), HAND_CFG)
+    assert isinstance(result, AnnotatedFrame), result
+    centres = np.arange(32) * 4 + 2
+    full_seg = np.where(result.mask_object, SEG_OBJECT, np.where(result.depth_scene > 0, SEG_HAND, SEG_BACKGROUND))
+    np.testing.assert_array_equal(result.seg_map, full_seg[np.ix_(centres, centres)])
+    centre_z = float(result.depth_scene[result.mask_object].min())  # the box front face, seen flat on
+    assert centre_z == pytest.approx(lo[2] - 0.03, abs=1e-3)
+    relative = np.clip((result.depth_scene[np.ix_(centres, centres)] - (lo[2] - 0.02)) / 0.1, -1, 1)
+    np.testing.assert_allclose(result.relative_depth_map, np.where(result.seg_map > 0, relative, 0.0), atol=1e-6)

@@ -81,6 +81,32 @@ def relative_depth_map(depth_m: np.ndarray, object_centre_depth_m: float, range_
     return np.where(depth_m > 0, relative, 0.0).astype(np.float32)
 
 
+def block_centre_samples(image: np.ndarray, factor: int) -> np.ndarray:
+    """Downsample by an integer factor, taking from each factor x factor block the pixel nearest its centre.
+
+    Feature pixel i covers full pixels [factor * i, factor * i + factor - 1]; its centre lies at
+    factor * i + (factor - 1) / 2 (`feature_intrinsics`). For an odd factor that is a pixel; for an even
+    factor it lies between two, and the lower-right one (factor * i + factor // 2) is taken, half a full
+    pixel off the exact centre. Nearest, not averaging or a mode: labels stay labels, and a depth value stays
+    one surface's depth (averaging across a silhouette would invent depths between hand, object and background).
+
+    Args:
+        image: (H, W, ...) array with H and W multiples of `factor`.
+        factor: integer downsampling factor (RenderConfig.feature_downsample).
+
+    Returns:
+        (H // factor, W // factor, ...) array of the same dtype.
+
+    Raises:
+        ValueError: when the size is not a multiple of `factor`.
+    """
+    height_px, width_px = image.shape[:2]
+    if factor < 1 or height_px % factor or width_px % factor:
+        raise ValueError(f"image of {width_px}x{height_px} px cannot be split into {factor}x{factor} blocks")
+    offset_px = factor // 2
+    return np.ascontiguousarray(image[offset_px::factor, offset_px::factor])
+
+
 def dense_map_from_rgba(rgba_u8: np.ndarray, foreground_mask: np.ndarray) -> np.ndarray:
     """Dense-mapping values from a FLAT vertex-colour render, background set to 0.
 
