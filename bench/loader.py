@@ -4,8 +4,11 @@ Baseline (what HFL-Net / UniHOPE's loaders do per sample): decode the full 640x4
 DexYCB labels npz (segmentation for the masks), decode the de-occluded 128 px crop PNG and paste it
 back into the frame with the inverse crop affine, then cut crop + augmentation with one warp per image
 from the full frame. Shard reader: storage.reader.PairedDataset. Both apply the same augmentation
-draws (storage.augment) and run with the same DataLoader settings. Also reports write throughput and
-bytes per sample. Prints ratios against the baseline measured in the same run.
+draws (storage.augment: uint8 warps + colour, the baseline then converts each sample to float as
+HFL-Net's ToTensor does) and the same worker count, batch size, spawn start and one thread per worker.
+The baseline runs in a per-sample DataLoader (default_collate), the shard reader in `make_loader`
+(workers build whole batches, one shared buffer per batch). Also reports write throughput and bytes
+per sample. Prints ratios against the baseline measured in the same run, and the 1-minute load average.
 
     .venv/bin/python bench/loader.py [--samples 512] [--workers 2] [--batch 32]
 """
@@ -28,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from storage.augment import AugmentConfig, augment_pair, sample_params  # noqa: E402
-from storage.reader import PairedDataset, _seed_for, _worker_init  # noqa: E402
+from storage.reader import PairedDataset, _seed_for, _worker_init, make_loader  # noqa: E402
 from storage.writer import finalize, write_shard  # noqa: E402
 from storage_fixtures import STORAGE_ATTRS, make_annotated, make_keys, make_result  # noqa: E402
 from unihope.config import StorageConfig  # noqa: E402
@@ -147,12 +150,16 @@ class JpegBaseline(torch.utils.data.Dataset):
         }
 
 
-def samples_per_s(dataset, workers: int, batch: int, epochs: int) -> float:
-    """Throughput over `epochs` full passes, after one warm-up batch (worker start excluded)."""
-    loader = torch.utils.data.DataLoader(
+def per_sample_loader(dataset, workers: int, batch: int) -> torch.utils.data.DataLoader:
+    """The HFL-Net-style DataLoader: one item per sample, default_collate, spawn workers."""
+    return torch.utils.data.DataLoader(
         dataset, batch_size=batch, shuffle=True, num_workers=workers,
         multiprocessing_context="spawn" if workers else None, persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers else None, generator=torch.Generator().manual_seed(0))
+
+
+def samples_per_s(loader: torch.utils.data.DataLoader, epochs: int) -> float:
+    """Throughput over `epochs` full passes, after one warm-up epoch (worker start excluded)."""
     iterator = iter(loader)
     next(iterator)  # warm-up: worker start, imports, first shard open
     for _ in iterator:
@@ -204,13 +211,15 @@ def main() -> None:
         shard_ds = PairedDataset(url, augment=augment, seed=0)
         base_ds = JpegBaseline(index, augment, seed=0)
         for workers in sorted({0, args.workers}):
-            base = samples_per_s(base_ds, workers, args.batch, args.epochs)
-            shard = samples_per_s(shard_ds, workers, args.batch, args.epochs)
-            print(f"read, {workers} workers, batch {args.batch}: baseline {base:.0f} samples/s, "
-                  f"shards {shard:.0f} samples/s, ratio {shard / base:.2f}x")
+            base = samples_per_s(per_sample_loader(base_ds, workers, args.batch), args.epochs)
+            shard = samples_per_s(make_loader(shard_ds, args.batch, num_workers=workers), args.epochs)
+            per_sample = samples_per_s(per_sample_loader(shard_ds, workers, args.batch), args.epochs)
+            print(f"read, {workers} workers, batch {args.batch} (load avg {os.getloadavg()[0]:.1f}): baseline "
+                  f"{base:.0f} samples/s, shards {shard:.0f} samples/s, ratio {shard / base:.2f}x "
+                  f"(shards in a per-sample DataLoader: {per_sample:.0f} samples/s)")
         no_aug = PairedDataset(url, augment=None)
-        print(f"read, 0 workers, no augmentation: shards {samples_per_s(no_aug, 0, args.batch, args.epochs):.0f} "
-              f"samples/s")
+        print(f"read, 0 workers, no augmentation: shards "
+              f"{samples_per_s(make_loader(no_aug, args.batch), args.epochs):.0f} samples/s")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -148,32 +148,46 @@ def rotate_hand(
     return pose, trans.astype(np.float32), (joints_3d.astype(np.float64) @ R.T).astype(np.float32)
 
 
-def _colour(image: np.ndarray, params: AugmentParams) -> np.ndarray:
-    """Brightness, contrast, saturation, hue (fixed order), then blur, on uint8 RGB with lookup tables.
+def _colour_pair(pair: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """Brightness, contrast, saturation, hue (fixed order), then blur, on both uint8 RGB images of a pair.
 
     uint8 lookup tables keep this ~20x cheaper than float math (it runs for every training sample).
-    Brightness and contrast share one table (the contrast pivot is the brightened image's mean gray);
-    saturation scales HSV's S channel and hue rotates its H channel.
+    Brightness and contrast share one table per image (the contrast pivot is that brightened image's
+    mean gray); saturation scales HSV's S channel and hue rotates its H channel. The two images are
+    stacked as one (2S, S, 3) array so every pixel-wise op is one OpenCV call for the pair; the gray
+    mean and the blur run per image, so the result equals colouring each image on its own.
+
+    Args:
+        pair: (2, S, S, 3) uint8, C-contiguous; overwritten.
+        params: the draw.
+
+    Returns:
+        (2, S, S, 3) uint8, the coloured pair (`pair` itself or a new array).
     """
     levels = np.arange(256, dtype=np.float32)
+    num_images, S = pair.shape[0], pair.shape[1]
+    stacked = pair.reshape(num_images * S, S, 3)  # a view: pixel-wise ops see both images at once
     if params.brightness != 1.0 or params.contrast != 1.0:
-        gray_mean = float(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean()) * params.brightness
-        table = np.clip(levels * params.brightness, 0, 255)
-        table = np.clip((table - gray_mean) * params.contrast + gray_mean, 0, 255)
-        image = cv2.LUT(image, np.round(table).astype(np.uint8))
+        gray = cv2.cvtColor(stacked, cv2.COLOR_RGB2GRAY).reshape(num_images, S, S)
+        for k in range(num_images):
+            gray_mean = float(gray[k].mean()) * params.brightness
+            table = np.clip(levels * params.brightness, 0, 255)
+            table = np.clip((table - gray_mean) * params.contrast + gray_mean, 0, 255)
+            cv2.LUT(pair[k], np.round(table).astype(np.uint8), dst=pair[k])
     if params.saturation != 1.0 or params.hue_turns != 0.0:
-        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # uint8: H in [0, 180)
+        hsv = cv2.cvtColor(stacked, cv2.COLOR_RGB2HSV)  # uint8: H in [0, 180)
         hue_table = np.round(np.mod(levels + params.hue_turns * HUE_LEVELS, HUE_LEVELS)).astype(np.uint8) % HUE_LEVELS
         sat_table = np.round(np.clip(levels * params.saturation, 0, 255)).astype(np.uint8)
         hsv = cv2.LUT(hsv, np.stack([hue_table, sat_table, np.arange(256, dtype=np.uint8)], axis=1)[:, None, :])
-        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=stacked)
     if params.blur_sigma_px > MIN_BLUR_SIGMA_PX:
-        image = cv2.GaussianBlur(image, (0, 0), params.blur_sigma_px)
-    return image.astype(np.float32) / np.float32(255.0)
+        for k in range(num_images):  # per image: a blur of the stack would bleed across the seam
+            cv2.GaussianBlur(pair[k], (0, 0), params.blur_sigma_px, dst=pair[k])
+    return pair
 
 
-def augment_pair(sample: dict[str, np.ndarray], params: AugmentParams) -> dict[str, np.ndarray]:
-    """Apply one draw to a stored sample (numpy, as the reader loads it) and both of its images.
+def augment_pair_u8(sample: dict[str, np.ndarray], params: AugmentParams) -> dict[str, np.ndarray]:
+    """Apply one draw to a stored sample (numpy, as the reader loads it) and both of its images, in uint8.
 
     Args:
         sample: needs image, image_deoccluded (S, S, 3) uint8, mask_hand, mask_object (S, S) bool,
@@ -182,31 +196,42 @@ def augment_pair(sample: dict[str, np.ndarray], params: AugmentParams) -> dict[s
         params: the draw (IDENTITY for none).
 
     Returns:
-        A new dict with the same keys: images float32 (S, S, 3) in [0, 1], masks float32 0/1, labels
-        transformed; other keys are passed through.
+        A new dict with the same keys plus "pair": "pair" is (2, S, S, 3) uint8 (occluded, de-occluded),
+        image / image_deoccluded are its two views, masks are bool (S, S), labels transformed; other
+        keys are passed through. Images stay uint8 so the caller converts to float once (per batch).
+
+    Raises:
+        ValueError: when the images are not two (S, S, 3) uint8 arrays.
     """
     # 1. Check inputs
     S = sample["image"].shape[0]
     if sample["image"].shape != (S, S, 3) or sample["image_deoccluded"].shape != (S, S, 3):
         raise ValueError(f"augment_pair needs two (S, S, 3) images, got {sample['image'].shape} and "
                          f"{sample['image_deoccluded'].shape}")
+    if sample["image"].dtype != np.uint8 or sample["image_deoccluded"].dtype != np.uint8:
+        raise ValueError(f"augment_pair needs uint8 images, got {sample['image'].dtype} and "
+                         f"{sample['image_deoccluded'].dtype}")
     out = dict(sample)
     is_identity_geometry = params.rotation_rad == 0.0 and params.scale == 1.0 and params.shift_px == (0.0, 0.0)
 
-    # 2. Geometry: one warp per image, each carrying one mask in its 4th channel (4-channel warps are fast)
+    # 2. Geometry: one warp per image, each carrying one mask in its 4th channel (4-channel warps are
+    #    fast; one 8-channel warp of both takes OpenCV's generic path, 3x slower and not bit-identical)
+    pair = np.empty((2, S, S, 3), np.uint8)
     if is_identity_geometry:
-        image, image_deocc = sample["image"], sample["image_deoccluded"]
-        mask_hand, mask_object = sample["mask_hand"], sample["mask_object"]
+        pair[0], pair[1] = sample["image"], sample["image_deoccluded"]
+        mask_hand, mask_object = sample["mask_hand"].astype(bool), sample["mask_object"].astype(bool)
     else:
         M, R, K_aug = geometry(params, sample["K"], S)
-        packed = []
-        for img, mask in ((sample["image"], sample["mask_hand"]), (sample["image_deoccluded"], sample["mask_object"])):
+        warped = np.empty((2, S, S, 4), np.uint8)
+        for k, (img, mask) in enumerate(((sample["image"], sample["mask_hand"]),
+                                         (sample["image_deoccluded"], sample["mask_object"]))):
             rgba = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2RGBA)
             rgba[..., 3] = mask.view(np.uint8) * MASK_ON_U8 if mask.dtype == bool else (mask > 0) * MASK_ON_U8
-            packed.append(cv2.warpAffine(rgba, M[:2], (S, S), flags=cv2.INTER_LINEAR,
-                                         borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)))
-        image, image_deocc = (cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB) for rgba in packed)
-        mask_hand, mask_object = packed[0][..., 3] > MASK_THRESHOLD_U8, packed[1][..., 3] > MASK_THRESHOLD_U8
+            cv2.warpAffine(rgba, M[:2], (S, S), dst=warped[k], flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+        cv2.cvtColor(warped.reshape(2 * S, S, 4), cv2.COLOR_RGBA2RGB, dst=pair.reshape(2 * S, S, 3))
+        masks = warped[..., 3] > MASK_THRESHOLD_U8
+        mask_hand, mask_object = masks[0], masks[1]
         out["joints_2d"] = transform_points_2d(sample["joints_2d"], M).astype(np.float32)
         out["object_keypoints_2d"] = transform_points_2d(sample["object_keypoints_2d"], M).astype(np.float32)
         out["mano_pose"], out["mano_trans"], out["joints_3d"] = rotate_hand(
@@ -216,8 +241,28 @@ def augment_pair(sample: dict[str, np.ndarray], params: AugmentParams) -> dict[s
         out["K"] = K_aug
 
     # 3. Colour, identical parameters for both images
-    out["image"] = _colour(np.ascontiguousarray(image), params)
-    out["image_deoccluded"] = _colour(np.ascontiguousarray(image_deocc), params)
-    out["mask_hand"] = mask_hand.astype(np.float32)
-    out["mask_object"] = mask_object.astype(np.float32)
+    pair = _colour_pair(pair, params)
+    out["pair"] = pair
+    out["image"], out["image_deoccluded"] = pair[0], pair[1]
+    out["mask_hand"], out["mask_object"] = mask_hand, mask_object
+    return out
+
+
+def augment_pair(sample: dict[str, np.ndarray], params: AugmentParams) -> dict[str, np.ndarray]:
+    """`augment_pair_u8`, then images as float32 (S, S, 3) in [0, 1] and masks as float32 0/1 (per sample).
+
+    Args:
+        sample: as for `augment_pair_u8`.
+        params: the draw (IDENTITY for none).
+
+    Returns:
+        A new dict with the same keys: images float32 (S, S, 3) in [0, 1], masks float32 0/1, labels
+        transformed; other keys are passed through.
+    """
+    out = augment_pair_u8(sample, params)
+    pair = out.pop("pair")
+    out["image"] = pair[0].astype(np.float32) / np.float32(255.0)
+    out["image_deoccluded"] = pair[1].astype(np.float32) / np.float32(255.0)
+    out["mask_hand"] = out["mask_hand"].astype(np.float32)
+    out["mask_object"] = out["mask_object"].astype(np.float32)
     return out

@@ -9,6 +9,8 @@ Speed notes (measured, docs/performance/storage.md):
 - Column arrays (scalars, joints, poses, keys) are read whole per shard and kept in memory.
 - Worker processes open the store lazily (first `__getitem__`), so datasets pickle small and
   work with the spawn start method.
+- `make_loader`'s workers build whole batches (`PairedDataset[list]`): images stay uint8 until one
+  float conversion per batch, and a batch crosses the worker queue as one shared buffer.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import google_crc32c
@@ -30,7 +32,7 @@ import zarr
 import zarr.api.asynchronous
 from zarr.core.sync import sync as zarr_sync
 
-from storage.augment import IDENTITY, AugmentConfig, augment_pair, sample_params
+from storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
 from storage.io import Location, locate, read_bytes
 from storage.manifest import (
     MANIFEST_NAME,
@@ -48,6 +50,7 @@ from storage.schema import (
     CHUNKING_COLUMN,
     CHUNKING_SAMPLE,
     HAND_SIDE_CODES,
+    SAMPLE_KEYS,
     AnnotatedFrame,
     Crop,
     DeocclusionResult,
@@ -67,6 +70,17 @@ _SIDE_BY_CODE = {code: side for side, code in HAND_SIDE_CODES.items()}
 _PAIR_SAMPLE_ARRAYS = ("image", "image_deoccluded", "mask_hand", "mask_object")
 _PAIR_COLUMNS = ("joints_2d", "joints_3d", "mano_pose", "mano_betas", "mano_trans", "hand_side", "grasp",
                  "object_keypoints_2d", "object_pose", "object_id", "K", "visibility", "keep", "sample_key")
+# per-sample labels of a training batch: name -> (dtype, shape); all samples' values are stacked per name
+_PAIR_LABELS: dict[str, tuple[type, tuple[int, ...]]] = {
+    "has_pair": (np.bool_, ()), "joints_2d": (np.float32, (21, 2)), "joints_3d": (np.float32, (21, 3)),
+    "mano_pose": (np.float32, (48,)), "mano_betas": (np.float32, (10,)), "mano_trans": (np.float32, (3,)),
+    "hand_side": (np.int64, ()), "grasp": (np.int64, ()), "object_keypoints_2d": (np.float32, (21, 2)),
+    "object_pose": (np.float32, (3, 4)), "object_id": (np.int64, ()), "K": (np.float32, (3, 3)),
+    "visibility": (np.float32, ()), "hand_box_xyxy": (np.float32, (4,)), "object_box_xyxy": (np.float32, (4,)),
+    "index": (np.int64, ()),
+}
+_BATCH_ALIGN_BYTES = 64  # every field of a batch buffer starts on a cache line (and any dtype's alignment)
+_U8_FULL_SCALE = 255.0  # stored uint8 colour / this -> [0, 1]
 
 
 def split_of_sequence(sequence_key: str, val_fraction: float) -> str:
@@ -581,49 +595,169 @@ class PairedDataset(torch.utils.data.Dataset):
             self._view = DatasetView(view.loc, tuple(shards), view.manifest, self.verify)
         return self._view
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        """Sample `item` (an index, or (index, epoch) as make_loader's sampler yields it)."""
-        index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for a PairedDataset of {len(self)} samples")
-        global_idx = int(self._selection.indices[index])
-        raw = self._open_view().sample(global_idx, _PAIR_SAMPLE_ARRAYS + _PAIR_COLUMNS)
-        S = raw["image"].shape[0]
-        if self.augment is None:
-            params = IDENTITY
+    def __getitem__(self, item: int | tuple[int, int] | list) -> dict:
+        """Sample `item` (an index, or (index, epoch) as EpochSampler yields it), or a collated batch.
+
+        A list of items (what make_loader's batch sampler yields) returns the collated batch that
+        `load_batch` builds; a single item is that batch's only row, so a sample read alone is
+        bit-identical to the same sample read in a batch (in a worker or not).
+        """
+        if isinstance(item, list):
+            return self.load_batch(item)
+        batch = self.load_batch([item])
+        return {key: value[0] for key, value in batch.items()}
+
+    def load_batch(self, items: Sequence[int | tuple[int, int]]) -> dict:
+        """Read, augment and collate several samples at once.
+
+        Images stay uint8 through the augmentation and become float32 once per batch; all tensors of
+        the batch are views of one buffer (in shared memory inside a DataLoader worker), so a batch
+        crosses the worker queue as one shared-memory handle instead of one per tensor.
+
+        Args:
+            items: indices, or (index, epoch) pairs (a bare index uses `self.epoch`).
+
+        Returns:
+            The collated batch: storage.schema.SAMPLE_FIELDS with a leading batch axis (B,), and
+            `sample_key` as a list of B str.
+
+        Raises:
+            ValueError: on an empty batch or crops of different sizes in one batch.
+            IndexError: on an index out of range.
+        """
+        # 1. Check inputs
+        pairs = [item if isinstance(item, tuple) else (item, self.epoch) for item in items]
+        if not pairs:
+            raise ValueError("load_batch needs at least one item, got none")
+        for index, _ in pairs:
+            if not 0 <= index < len(self):
+                raise IndexError(f"index {index} out of range for a PairedDataset of {len(self)} samples")
+        num_samples = len(pairs)
+        view = self._open_view()
+
+        # 2. Columns of every shard the batch touches, fetched once
+        global_idx = self._selection.indices[np.array([index for index, _ in pairs], dtype=np.int64)]
+        positions = np.searchsorted(view.offsets, global_idx, side="right") - 1
+        local_idx = global_idx - view.offsets[positions]
+        for position in np.unique(positions).tolist():
+            view.shard(position).load_columns(_PAIR_COLUMNS)
+
+        # 3. Per sample: read, draw, augment in uint8 (the same per-sample math whatever the batch), labels
+        #    written straight into the batch buffer
+        batch: _SharedBatch | None = None
+        out: dict[str, np.ndarray] = {}  # numpy views of the batch's tensors, written in place
+        pairs_u8 = masks = None  # (B, 2, S, S, 3) uint8 occluded / de-occluded, (B, 2, S, S) bool hand / object
+        sample_keys: list[str] = []
+        for row, ((index, epoch), position, local) in enumerate(zip(pairs, positions.tolist(), local_idx.tolist())):
+            shard = view.shard(position)
+            raw = {name: shard.sample_array(name, local) for name in _PAIR_SAMPLE_ARRAYS}
+            raw.update({name: shard.column(name)[local] for name in _PAIR_COLUMNS})
+            raw["sample_key"] = str(raw["sample_key"])
+            S = raw["image"].shape[0]
+            if batch is None:
+                batch, out = _SharedBatch.allocate({
+                    "image": (np.float32, (num_samples, 3, S, S)),
+                    "image_deoccluded": (np.float32, (num_samples, 3, S, S)),
+                    "mask_hand": (np.float32, (num_samples, S, S)),
+                    "mask_object": (np.float32, (num_samples, S, S)),
+                    **{name: (dtype, (num_samples, *shape)) for name, (dtype, shape) in _PAIR_LABELS.items()},
+                })
+                pairs_u8 = np.empty((num_samples, 2, S, S, 3), np.uint8)
+                masks = np.empty((num_samples, 2, S, S), bool)
+            elif pairs_u8.shape[2] != S:
+                raise ValueError(f"a batch needs crops of one size, got {pairs_u8.shape[2]} and {S} px "
+                                 f"({raw['sample_key']})")
+            if self.augment is None:
+                params = IDENTITY
+            else:
+                rng = np.random.default_rng(_seed_for(self.seed, epoch, raw["sample_key"]))
+                params = sample_params(self.augment, rng, S)
+            aug = augment_pair_u8(raw, params)
+            pairs_u8[row] = aug["pair"]
+            masks[row, 0], masks[row, 1] = aug["mask_hand"], aug["mask_object"]
+            for name in ("joints_2d", "joints_3d", "mano_pose", "mano_trans", "object_keypoints_2d", "object_pose",
+                         "K"):
+                out[name][row] = aug[name]  # float64 -> float32 rounds like np.asarray(x, np.float32)
+            out["mano_betas"][row] = raw["mano_betas"]
+            out["has_pair"][row] = bool(raw["keep"])
+            out["hand_side"][row] = int(raw["hand_side"])
+            out["grasp"][row] = int(bool(raw["grasp"]))
+            out["object_id"][row] = int(raw["object_id"])
+            out["visibility"][row] = float(raw["visibility"])
+            out["index"][row] = index
+            sample_keys.append(raw["sample_key"])
+
+        # 4. Batch-wide: boxes, and float32 images and masks made once for the batch
+        for box, points in (("hand_box_xyxy", "joints_2d"), ("object_box_xyxy", "object_keypoints_2d")):
+            np.min(out[points], axis=1, out=out[box][:, :2])
+            np.max(out[points], axis=1, out=out[box][:, 2:])
+        # transposed while still uint8 (4x fewer bytes to move), then one division: == astype(float32) / 255
+        images_chw = np.ascontiguousarray(pairs_u8.transpose(1, 0, 4, 2, 3))  # (2, B, 3, S, S)
+        np.divide(images_chw[0], np.float32(_U8_FULL_SCALE), out=out["image"], dtype=np.float32)
+        np.divide(images_chw[1], np.float32(_U8_FULL_SCALE), out=out["image_deoccluded"], dtype=np.float32)
+        np.copyto(out["mask_hand"], masks[:, 0])
+        np.copyto(out["mask_object"], masks[:, 1])
+        return batch.finish(key_order=SAMPLE_KEYS, sample_key=sample_keys)
+
+
+
+
+class _SharedBatch(dict):
+    """A collated batch whose tensors are views of one byte buffer.
+
+    Pickling sends the buffer once (in a DataLoader worker it lives in shared memory, so that is one
+    file-descriptor handover) and rebuilds a plain dict of views on the other side. Pickling each
+    tensor instead costs a socket connection and an fd transfer per tensor (~20 per batch), which
+    measurably loaded the main process. A value replaced after collation is pickled normally.
+    The tensors are torch views of the buffer (never torch.from_numpy of numpy views): pickling a
+    buffer that is not yet in shared memory moves its storage there, and only torch views follow.
+    """
+
+    __slots__ = ("_buffer", "_layout", "_views")
+
+    @classmethod
+    def allocate(cls, fields: dict[str, tuple[type, tuple[int, ...]]]) -> tuple[_SharedBatch, dict[str, np.ndarray]]:
+        """Empty tensors for `fields` (name -> (numpy dtype, shape)) carved from one buffer, and their numpy views."""
+        layout, offset = [], 0
+        for name, (dtype, shape) in fields.items():
+            layout.append((name, offset, dtype, shape))
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            offset += -(-nbytes // _BATCH_ALIGN_BYTES) * _BATCH_ALIGN_BYTES
+        if torch.utils.data.get_worker_info() is not None:
+            # what default_collate does in a worker: allocate in shared memory rather than copy there later
+            buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(offset))
         else:
-            rng = np.random.default_rng(_seed_for(self.seed, epoch, raw["sample_key"]))
-            params = sample_params(self.augment, rng, S)
-        aug = augment_pair(raw, params)
-        joints_2d, keypoints_2d = aug["joints_2d"], aug["object_keypoints_2d"]
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(aug["image"].transpose(2, 0, 1))),
-            "image_deoccluded": torch.from_numpy(np.ascontiguousarray(aug["image_deoccluded"].transpose(2, 0, 1))),
-            "has_pair": torch.tensor(bool(raw["keep"])),
-            "mask_hand": torch.from_numpy(aug["mask_hand"]),
-            "mask_object": torch.from_numpy(aug["mask_object"]),
-            "joints_2d": torch.from_numpy(np.asarray(joints_2d, np.float32)),
-            "joints_3d": torch.from_numpy(np.asarray(aug["joints_3d"], np.float32)),
-            "mano_pose": torch.from_numpy(np.asarray(aug["mano_pose"], np.float32)),
-            "mano_betas": torch.from_numpy(np.asarray(raw["mano_betas"], np.float32)),
-            "mano_trans": torch.from_numpy(np.asarray(aug["mano_trans"], np.float32)),
-            "hand_side": torch.tensor(int(raw["hand_side"]), dtype=torch.int64),
-            "grasp": torch.tensor(int(bool(raw["grasp"])), dtype=torch.int64),
-            "object_keypoints_2d": torch.from_numpy(np.asarray(keypoints_2d, np.float32)),
-            "object_pose": torch.from_numpy(np.asarray(aug["object_pose"], np.float32)),
-            "object_id": torch.tensor(int(raw["object_id"]), dtype=torch.int64),
-            "K": torch.from_numpy(np.asarray(aug["K"], np.float32)),
-            "visibility": torch.tensor(float(raw["visibility"]), dtype=torch.float32),
-            "hand_box_xyxy": torch.from_numpy(_box(joints_2d)),
-            "object_box_xyxy": torch.from_numpy(_box(keypoints_2d)),
-            "sample_key": raw["sample_key"],
-            "index": torch.tensor(index, dtype=torch.int64),
-        }
+            buffer = torch.empty(offset, dtype=torch.uint8)
+        batch = cls(_views_of(buffer, layout))
+        batch._buffer, batch._layout, batch._views = buffer, tuple(layout), dict(batch)
+        return batch, {name: tensor.numpy() for name, tensor in batch.items()}
+
+    def finish(self, key_order: tuple[str, ...], **extra) -> _SharedBatch:
+        """Add the non-tensor fields and put the keys in `key_order`."""
+        items = {**self, **extra}
+        self.clear()
+        self.update((key, items[key]) for key in key_order)
+        return self
+
+    def __reduce__(self):
+        packed = tuple(entry for entry in self._layout if self.get(entry[0]) is self._views[entry[0]])
+        packed_names = {entry[0] for entry in packed}
+        others = {key: value for key, value in self.items() if key not in packed_names}
+        return _rebuild_batch, (self._buffer, packed, others, tuple(self))
 
 
-def _box(points_px: np.ndarray) -> np.ndarray:
-    points = np.asarray(points_px, np.float32)
-    return np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
+def _views_of(buffer: torch.Tensor, layout) -> dict[str, torch.Tensor]:
+    return {name: buffer[offset:offset + math.prod(shape) * np.dtype(dtype).itemsize].view(_TORCH_DTYPES[dtype])
+            .view(shape) for name, offset, dtype, shape in layout}
+
+
+def _rebuild_batch(buffer: torch.Tensor, layout, others: dict, key_order: tuple[str, ...]) -> dict:
+    """Unpickle a _SharedBatch as a plain dict of views of its (shared-memory) buffer."""
+    items = {**_views_of(buffer, layout), **others}
+    return {key: items[key] for key in key_order}
+
+
+_TORCH_DTYPES = {np.float32: torch.float32, np.bool_: torch.bool, np.int64: torch.int64}
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -679,13 +813,22 @@ def make_loader(
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+    # each worker builds a whole collated batch (PairedDataset.load_batch) and sends it as one buffer
+    batches = torch.utils.data.BatchSampler(EpochSampler(len(dataset), shuffle=shuffle, seed=seed), batch_size,
+                                            drop_last=drop_last)
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+        batch_size=None,
+        sampler=batches,
+        collate_fn=_collated,
         num_workers=num_workers,
         multiprocessing_context="spawn" if num_workers > 0 else None,
         persistent_workers=num_workers > 0,
         worker_init_fn=_worker_init if num_workers > 0 else None,
-        drop_last=drop_last,
+        pin_memory=False,
     )
+
+
+def _collated(batch: dict) -> dict:
+    """The loader's collate_fn: PairedDataset already returns a collated batch for a list of items."""
+    return batch

@@ -222,3 +222,51 @@ def test_small_datasets_always_get_a_held_out_sequence():
         assert sorted(splits.values()) == ["train", "val"]
     assert set(assign_splits(keys, 0.0).values()) == {"train"}
     assert assign_splits(keys[:1], 0.1) == {keys[0]: split_of_sequence(keys[0], 0.1)}
+
+
+def test_batch_equals_single_samples_and_pickles_as_one_buffer(tmp_path):
+    from multiprocessing.reduction import ForkingPickler
+
+    annotated, results = make_batch(make_keys(2, 5), every_nth_without_result=3)
+    _write(tmp_path, annotated, results, shard_size=4)  # a batch spanning three shards
+    dataset = PairedDataset(tmp_path, augment=AugmentConfig(), seed=2)
+    items = [(9, 1), (0, 1), (4, 0), (9, 2), (5, 3)]
+    batch = dataset[items]
+    assert list(batch) == list(SAMPLE_KEYS)
+    assert batch["index"].tolist() == [9, 0, 4, 9, 5]
+    for row, item in enumerate(items):
+        single = dataset[item]
+        for key in SAMPLE_KEYS:
+            if key == "sample_key":
+                assert batch[key][row] == single[key]
+            else:
+                assert torch.equal(batch[key][row], single[key]), key
+    assert not torch.equal(batch["image"][0], batch["image"][3])  # same sample, other epoch: other draw
+    # pickles as one buffer and comes back as a plain dict of equal tensors
+    rebuilt = pickle.loads(ForkingPickler.dumps(batch))
+    assert type(rebuilt) is dict and list(rebuilt) == list(SAMPLE_KEYS)
+    for key in SAMPLE_KEYS:
+        if key == "sample_key":
+            assert rebuilt[key] == batch[key]
+        else:
+            assert rebuilt[key].dtype == batch[key].dtype and torch.equal(rebuilt[key], batch[key]), key
+    # a value replaced after collation is pickled as itself
+    batch["image"] = batch["image"] * 0
+    assert float(pickle.loads(pickle.dumps(batch))["image"].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="at least one item"):
+        dataset[[]]
+
+
+def test_pair_colour_equals_colouring_each_image_alone():
+    from storage.augment import AugmentParams, _colour_pair
+
+    rng = np.random.default_rng(0)
+    pair = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    pair[1, :16] = 255  # a bright half next to the seam: a blur of the stack would bleed into image 0
+    params = AugmentParams(0.0, 1.0, (0.0, 0.0), brightness=1.3, contrast=0.7, saturation=1.4, hue_turns=0.1,
+                           blur_sigma_px=1.5)
+    coloured = _colour_pair(pair.copy(), params)
+    for k in range(2):
+        alone = _colour_pair(pair[k:k + 1].copy(), params)[0]
+        np.testing.assert_array_equal(coloured[k], alone)
+    assert not np.array_equal(coloured, pair)
