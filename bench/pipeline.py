@@ -134,17 +134,13 @@ def main() -> None:
                         help="keep the generated synthetic sources here (generation is idempotent; 2,000 frames take minutes)")
     args = parser.parse_args()
 
-    from prefect import flow
-
-    @flow(name="bench-warmup")
-    def warmup() -> int:
-        return 1
+    from flows.build import ping
 
     tmp = Path(tempfile.mkdtemp(prefix="unihope-bench-"))
     source_dir = args.source_dir or tmp
     print(f"work folder {tmp}; cores {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()
-    warmup()
+    ping()
     print(f"Prefect API up in {time.perf_counter() - t0:.1f} s (not counted)")
     rows = []
     try:

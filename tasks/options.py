@@ -239,7 +239,7 @@ def configure_task(
         cache_policy=OutputPresent() if cached else NO_CACHE,
         persist_result=cached and result_storage is not None,
         result_storage=result_storage if cached else None,
-        tags=set(task.tags) | set(tags),
+        tags=set(task.tags) | {tag for tag in tags if tag},  # an empty flow.gpu_tag means untagged
     )
 
 
