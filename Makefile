@@ -41,11 +41,8 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
 bench: install
-	$(PY) bench/annotate.py
-	$(PY) bench/deocclude_quality.py
-	$(PY) bench/deocclude_speed.py
-	$(PY) bench/loader.py
-	$(PY) bench/pipeline.py
+	for b in sources annotate deocclude_quality deocclude_speed loader training_step pipeline; do \
+	  PYTHONPATH=. $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf demo_out .pytest_cache
