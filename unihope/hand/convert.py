@@ -134,15 +134,20 @@ def convert_official_mano(src: Path, dst: Path) -> Path:
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise ValueError(f"MANO file {src} does not exist; pass the official MANO_RIGHT.pkl or MANO_LEFT.pkl")
-    arrays = load_mano_pickle(src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=dst.name, suffix=".incomplete")
+    return write_mano_pickle(load_mano_pickle(src), dst)
+
+
+def write_mano_pickle(arrays: dict[str, Any], path: Path) -> Path:
+    """Write plain-numpy MANO arrays atomically (temp file, then os.replace): a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".incomplete")
     try:
         with os.fdopen(handle, "wb") as tmp_file:
             pickle.dump(arrays, tmp_file, protocol=4)
         os.chmod(tmp_name, CACHE_FILE_MODE)
-        os.replace(tmp_name, dst)
+        os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
-    return dst
+    return path

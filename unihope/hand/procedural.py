@@ -12,9 +12,6 @@ No randomness is used anywhere: the same code always writes the same arrays.
 
 from __future__ import annotations
 
-import os
-import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +34,8 @@ from unihope.hand.constants import (
     SIDES,
     TIP_VERTEX_IDS,
 )
+from unihope.hand.convert import write_mano_pickle
 
-CACHE_FILE_MODE = 0o644  # mkstemp creates 0600; cached models are plain readable files
 # Bump whenever the generated arrays change: it names the cache folder (procedural-v<N>).
 PROCEDURAL_MODEL_VERSION = 1
 
@@ -971,16 +968,4 @@ def write_procedural_mano(path: Path, side: str = "right") -> Path:
     Raises:
         ValueError: if side is not "right" or "left".
     """
-    arrays = build_procedural_mano(side)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".incomplete")
-    try:
-        with os.fdopen(handle, "wb") as tmp_file:
-            pickle.dump(arrays, tmp_file, protocol=4)
-        os.chmod(tmp_name, CACHE_FILE_MODE)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-    return path
+    return write_mano_pickle(build_procedural_mano(side), Path(path))
