@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.timing import best_time_s  # noqa: E402
+
 PROFILE_GROUPS = {  # label -> function names (pstats keys end with these) whose cumulative time counts
     "hand forward (batched, torch)": ("_hand_vertices_by_frame",),
     "object asset lookup + crop": ("load_object_asset", "compute_crop"),
@@ -170,14 +172,6 @@ class NaiveAnnotator:
         return out
 
 
-def best_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
 
 def profile_groups(frames) -> dict[str, float]:
     """Cumulative seconds per PROFILE_GROUPS entry for one optimised 128 px run, and the total."""
@@ -219,7 +213,7 @@ def main() -> None:
         naive = NaiveAnnotator()
         subset = frames[: args.naive_frames]
         naive.annotate(subset[0], True, 128)  # import / first-call costs
-        naive_s = best_seconds(lambda: [naive.annotate(f, g, 128) for f, g in zip(subset, naive.grasp_labels(subset))],
+        naive_s = best_time_s(lambda: [naive.annotate(f, g, 128) for f, g in zip(subset, naive.grasp_labels(subset))],
                                max(1, args.repeats - 1))  # fmt: skip
         naive_fps = len(subset) / naive_s
 
@@ -227,7 +221,7 @@ def main() -> None:
         print(f"\nthreads: {args.threads}   naive baseline: {naive_fps:7.1f} frames/s ({len(subset)} frames)")
         print(f"{'crop':>6} {'frames/s':>10} {'ms/frame':>10} {'x naive':>9}")
         for size_px in (128, 256):
-            seconds = best_seconds(lambda: run_optimised(frames, size_px), args.repeats)
+            seconds = best_time_s(lambda: run_optimised(frames, size_px), args.repeats)
             fps = len(frames) / seconds
             print(f"{size_px:>4}px {fps:10.1f} {1e3 / fps:10.2f} {fps / naive_fps:8.1f}x")
 

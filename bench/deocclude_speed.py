@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.timing import best_time_s  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -32,14 +33,6 @@ from unihope.config import ControlNetConfig, DeocclusionConfig  # noqa: E402
 from unihope.deocclude import build_deoccluder  # noqa: E402
 from unihope.deocclude.testing import SceneBuilder  # noqa: E402
 
-
-def best_time_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

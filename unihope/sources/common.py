@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from storage.schema import Skip, SkipReason
+from storage.schema import FrameRef, Skip, SkipReason
+
+T = TypeVar("T")
 
 STAGE = "source"
 JPEG_SOI = b"\xff\xd8"
@@ -31,6 +35,17 @@ class FrameFileError(Exception):
 def skip(sample_key: str, reason: SkipReason, detail: str) -> Skip:
     """A source-stage Skip."""
     return Skip(sample_key=sample_key, stage=STAGE, reason=reason, detail=detail)
+
+
+def load_each(refs: Sequence[FrameRef], load_one: Callable[[FrameRef], T | Skip]) -> list[T | Skip]:
+    """`load_one` over refs in order; a FrameFileError becomes that frame's Skip, never the batch's failure."""
+    out: list[T | Skip] = []
+    for ref in refs:
+        try:
+            out.append(load_one(ref))
+        except FrameFileError as err:
+            out.append(skip(ref.sample_key, err.reason, err.detail))
+    return out
 
 
 def _read_head_tail(path: Path, head_bytes: int) -> tuple[bytes, bytes, int]:

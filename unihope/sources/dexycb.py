@@ -13,7 +13,7 @@ import yaml
 from storage.schema import NUM_JOINTS, NUM_MANO_BETAS, FrameRecord, FrameRef, Skip, SkipReason
 from unihope.config import HandModelConfig
 from unihope.hand import load_mano_arrays, pca_to_axis_angle
-from unihope.sources.common import FrameFileError, hand_model_path, image_size_wh, png_size_wh, skip
+from unihope.sources.common import FrameFileError, hand_model_path, image_size_wh, load_each, png_size_wh, skip
 from unihope.sources.splits import SplitSpec, dexycb_split
 from unihope.sources.ycb_meshes import MESH_FILE_NAME, YCB_NAMES
 
@@ -178,13 +178,7 @@ class DexYCBSource:
         Returns:
             One FrameRecord or Skip per ref, in the order given.
         """
-        out: list[FrameRecord | Skip] = []
-        for ref in refs:
-            try:
-                out.append(self._load_one(ref))
-            except FrameFileError as err:
-                out.append(skip(ref.sample_key, err.reason, err.detail))
-        return out
+        return load_each(refs, self._load_one)
 
     def _load_one(self, ref: FrameRef) -> FrameRecord | Skip:
         # 1. Sequence-level files (meta.yml, MANO calibration, intrinsics)

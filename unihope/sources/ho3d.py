@@ -20,7 +20,15 @@ from storage.schema import NUM_JOINTS, NUM_MANO_BETAS, NUM_MANO_POSE, FrameRecor
 from unihope.config import HandModelConfig
 from unihope.hand.constants import MANO_TO_DEXYCB_JOINTS
 from unihope.render.camera import project_points
-from unihope.sources.common import FrameFileError, hand_model_path, image_size_wh, png_size_wh, skip, transform_mano_global
+from unihope.sources.common import (
+    FrameFileError,
+    hand_model_path,
+    image_size_wh,
+    load_each,
+    png_size_wh,
+    skip,
+    transform_mano_global,
+)
 from unihope.sources.splits import ho3d_split
 from unihope.sources.ycb_meshes import MESH_FILE_NAME, YCB_NAMES
 
@@ -183,12 +191,7 @@ class HO3DSource:
         Returns:
             One FrameRecord or Skip per ref, in the order given.
         """
-        parsed: list[dict | Skip] = []
-        for ref in refs:
-            try:
-                parsed.append(self._parse_one(ref))
-            except FrameFileError as err:
-                parsed.append(skip(ref.sample_key, err.reason, err.detail))
+        parsed: list[dict | Skip] = load_each(refs, self._parse_one)
         # One batched hand-layer call gives every frame's rest root joint (it depends on betas only).
         valid = [p for p in parsed if isinstance(p, dict)]
         if valid:
