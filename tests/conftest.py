@@ -35,3 +35,25 @@ def synthetic_ho3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "ho3d"
     write_synthetic_dataset(root, SYNTHETIC_HO3D_CONFIG, HandModelConfig())
     return root
+
+
+CAPSULE_SCENE_SIZE_PX = 96  # the de-occlusion and scoring tests assert this crop size
+
+
+@pytest.fixture(scope="session")
+def capsule_scene_builder():
+    """Constructed capsule-hand scenes (hand, box in front, true object-free image); one renderer per session."""
+    from unihope.deocclude.testing import SceneBuilder
+
+    return SceneBuilder(CAPSULE_SCENE_SIZE_PX)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread: on the shared 2-core machine two threads contend and run ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from storage.schema import DeocclusionResult
 from tests.tiny_diffusion import save_tiny_models
@@ -17,37 +16,27 @@ from unihope.deocclude.base import Deoccluder
 from unihope.deocclude.beta import candidate_betas, occlusion_prior_beta
 from unihope.deocclude.hints import depth_hint, inpaint_mask, occluded_hand_mask, segmentation_hint
 from unihope.deocclude.quality import psnr_in_mask
-from unihope.deocclude.testing import SceneBuilder
 
 SIZE_PX = 96
 WORKING_SIZE_PX = 64
 NUM_STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def builder():
-    scene_builder = SceneBuilder(SIZE_PX)
-    yield scene_builder
-
 
 @pytest.fixture(scope="module")
-def scenes(builder):
-    return [builder.build(f"20200101-subject-01/20200101_000000/000000/{seed:06d}", seed=seed) for seed in range(4)]
+def scenes(capsule_scene_builder):
+    return [
+        capsule_scene_builder.build(f"20200101-subject-01/20200101_000000/000000/{seed:06d}", seed=seed)
+        for seed in range(4)
+    ]
 
 
 @pytest.fixture(scope="module")
-def unoccluded(builder):
+def unoccluded(capsule_scene_builder):
     # The box well outside the crop: nothing hidden.
-    return builder.build("20200101-subject-01/20200101_000000/000000/000099", seed=99, object_centre_xy_m=(0.5, 0.5))
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    # Two shared cores: torch's default thread pool oversubscribes them (10x slower under load).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    return capsule_scene_builder.build(
+        "20200101-subject-01/20200101_000000/000000/000099", seed=99, object_centre_xy_m=(0.5, 0.5)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +61,7 @@ def controlnet_cfg(
 
 
 @pytest.fixture(scope="module")
-def controlnet_search(tiny_models, one_thread):
+def controlnet_search(tiny_models, one_torch_thread):
     cfg = controlnet_cfg(tiny_models, beta_policy="search", beta_candidates=(0.2, 0.6, 1.5))
     return build_deoccluder(cfg)
 
@@ -233,7 +222,7 @@ def test_controlnet_shapes_search_and_composite(search_results, scenes):
         assert result.reason == ("kept" if result.keep else "no_gain")
 
 
-def test_controlnet_rerun_is_bit_identical(tiny_models, scenes, search_results, one_thread):
+def test_controlnet_rerun_is_bit_identical(tiny_models, scenes, search_results, one_torch_thread):
     # A freshly loaded de-occluder, same config: the same bytes.
     cfg = controlnet_cfg(tiny_models, beta_policy="search", beta_candidates=(0.2, 0.6, 1.5))
     again = build_deoccluder(cfg).run([scene.frame for scene in scenes[:2]])
@@ -242,7 +231,7 @@ def test_controlnet_rerun_is_bit_identical(tiny_models, scenes, search_results, 
         assert np.array_equal(first.candidate_scores, second.candidate_scores)
 
 
-def test_controlnet_beta_changes_output(controlnet_search, scenes, one_thread):
+def test_controlnet_beta_changes_output(controlnet_search, scenes, one_torch_thread):
     frame = scenes[0].frame
     mask = inpaint_mask(frame, controlnet_search.cfg.mask_dilation_px)
     low = controlnet_search._generate([frame], [mask], np.array([0.2], np.float32))[0]
@@ -251,7 +240,7 @@ def test_controlnet_beta_changes_output(controlnet_search, scenes, one_thread):
     assert difference > 2.0, difference
 
 
-def test_controlnet_per_sample_beta_matches_single_runs(tiny_models, scenes, one_thread):
+def test_controlnet_per_sample_beta_matches_single_runs(tiny_models, scenes, one_torch_thread):
     # occlusion_prior gives each frame its own beta inside one batched call; each must match running that
     # frame alone at that beta (equal up to batched-vs-single float rounding). Guidance on: the ControlNet
     # then sees [uncond; cond], and the per-sample strengths must follow that layout.
@@ -266,7 +255,7 @@ def test_controlnet_per_sample_beta_matches_single_runs(tiny_models, scenes, one
         assert difference.max() <= 2, difference.max()
 
 
-def test_controlnet_with_segmentation_net(tiny_models, scenes, search_results, one_thread):
+def test_controlnet_with_segmentation_net(tiny_models, scenes, search_results, one_torch_thread):
     cfg = controlnet_cfg(tiny_models, segmentation=True, beta_policy="search", beta_candidates=(0.2, 0.6, 1.5))
     results = build_deoccluder(cfg).run([scenes[0].frame])
     result = results[0]

@@ -26,13 +26,7 @@ from unihope_model.enhancement import output_level_loss
 from unihope_model.losses import gaussian_heatmaps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine two threads contend and run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_roi_align_single_sample_matches_hand_computed_bilinear():

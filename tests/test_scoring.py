@@ -15,21 +15,18 @@ from unihope.deocclude.scoring import (
     flexion_angles_deg,
     visible_consistency,
 )
-from unihope.deocclude.testing import SceneBuilder
 
 SIZE_PX = 96
 SEEDS = (0, 1, 2, 3, 4, 5)
 
 
-@pytest.fixture(scope="module")
-def builder():
-    scene_builder = SceneBuilder(SIZE_PX)
-    yield scene_builder
-
 
 @pytest.fixture(scope="module")
-def scenes(builder):
-    return [builder.build(f"20200101-subject-01/20200101_000000/000000/{seed:06d}", seed=seed) for seed in SEEDS]
+def scenes(capsule_scene_builder):
+    return [
+        capsule_scene_builder.build(f"20200101-subject-01/20200101_000000/000000/{seed:06d}", seed=seed)
+        for seed in SEEDS
+    ]
 
 
 def _erase_most_hidden_finger(scene) -> np.ndarray:

@@ -17,13 +17,7 @@ from unihope.config import ConfigError
 from unihope.train_config import TrainConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine two threads contend and run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
