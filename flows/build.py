@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -87,6 +87,13 @@ def default_report_dir(out: str, layout: WorkLayout) -> Path:
     return (local if local is not None else layout.root) / REPORT_DIR_NAME
 
 
+def deocclude_tags(cfg: PipelineConfig) -> list[str]:
+    """Tags of the de-occlusion tasks: `flow.gpu_tag` when the backend runs on a GPU, else none."""
+    from unihope.deocclude import uses_gpu
+
+    return [cfg.flow.gpu_tag] if cfg.flow.gpu_tag and uses_gpu(cfg.deocclusion) else []
+
+
 # ----------------------------------------------------------------------------------------------
 # The flow
 # ----------------------------------------------------------------------------------------------
@@ -124,7 +131,7 @@ def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
     index_task = options(index_source, cached=False)
     grasp_task = options(label_grasp_part, cached=True)
     annotate_task = options(annotate_batch, cached=True)
-    deocclude_task = options(deocclude_batch, cached=True, tags=[config.flow.gpu_tag])
+    deocclude_task = options(deocclude_batch, cached=True, tags=deocclude_tags(config))
     plan_task = options(plan_shards_task, cached=False)
     claim_task = options(claim_output, cached=False)
     pack_task = options(pack_shard, cached=False)
@@ -153,7 +160,7 @@ def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
         )
         for batch in plan.batches
     ]
-    # 4. De-occlusion per batch (tagged gpu), once its batch is annotated.
+    # 4. De-occlusion per batch (tagged gpu for GPU backends), once its batch is annotated.
     deocclude_futures = [
         deocclude_task.submit(
             config.deocclusion, layout, batch.batch_idx, str(layout.annotate_batch_path(batch.batch_idx)),
@@ -204,9 +211,19 @@ def scheduled_build(config_path: str, out: str, source: str | None = None, write
     """
     cfg = resolve_build_config(PipelineConfig.from_yaml(Path(config_path)), out, source,
                                fail_once_env=os.environ.get(FAIL_ONCE_ENV))
-    return build_dataset.with_options(task_runner=make_task_runner(cfg.flow))(
-        config=cfg, out=out, write_report=write_report
-    )
+    return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
+
+
+def build_flow_for(flow_cfg: FlowConfig):
+    """`build_dataset` with the task runner `flow_cfg` names (the runner is duplicated per run)."""
+    return _build_flow_for(flow_cfg.task_runner, flow_cfg.max_workers, flow_cfg.dask_address)
+
+
+@lru_cache(maxsize=8)
+def _build_flow_for(task_runner: str, max_workers: int, dask_address: str | None):
+    # Cached: Flow.with_options regenerates the parameter schema of PipelineConfig (~0.2 s a call).
+    runner_cfg = FlowConfig(task_runner=task_runner, max_workers=max_workers, dask_address=dask_address)
+    return build_dataset.with_options(task_runner=make_task_runner(runner_cfg))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,9 +260,7 @@ def run_build(cfg: PipelineConfig, out: str, write_report: bool = True):
         `unihope.report.DatasetSummary`.
     """
     with api_for_worker_processes(cfg.flow):
-        return build_dataset.with_options(task_runner=make_task_runner(cfg.flow))(
-            config=cfg, out=out, write_report=write_report
-        )
+        return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
 
 
 def run_build_from_cli(

@@ -34,6 +34,18 @@ DEOCCLUDERS: dict[str, Callable[[DeocclusionConfig, Scorer | None], Deoccluder]]
 }
 
 
+# Backends that hold a GPU while they run. Only their tasks carry `flow.gpu_tag`: the tag's
+# concurrency limit exists to share a GPU, and a tagged task pays for a lease request to the API
+# (measured ~2 s per task on Prefect 3.8's SQLite server, docs/performance/pipeline.md), which the
+# CPU-only backends (render, inpaint) have no reason to pay.
+GPU_BACKENDS = frozenset({"controlnet"})
+
+
+def uses_gpu(cfg: DeocclusionConfig) -> bool:
+    """Whether the configured de-occluder may run on a GPU (a GPU backend not pinned to the CPU)."""
+    return cfg.backend in GPU_BACKENDS and cfg.controlnet.device != "cpu"
+
+
 def build_deoccluder(cfg: DeocclusionConfig, scorer: Scorer | None = None) -> Deoccluder:
     """The de-occluder named by `cfg.backend`, ready to `run`.
 
@@ -60,6 +72,7 @@ def build_deoccluder(cfg: DeocclusionConfig, scorer: Scorer | None = None) -> De
 
 __all__ = [
     "DEOCCLUDERS",
+    "GPU_BACKENDS",
     "REASONS",
     "ColourFlexionScorer",
     "Deoccluder",
@@ -69,4 +82,5 @@ __all__ = [
     "Scorer",
     "build_deoccluder",
     "sample_seed",
+    "uses_gpu",
 ]
