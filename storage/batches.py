@@ -2,7 +2,8 @@
 
 The file holds a JSON header (scalar fields, nested record structure, which results are None) and
 every array field stacked over the batch when shapes agree (else one entry per record), each
-Blosc/zstd-compressed. AnnotatedFrame (with its FrameRecord, GraspLabel and Crop) and
+Blosc/lz4-compressed (Blosc reads the codec from each buffer, so older zstd files still load).
+AnnotatedFrame (with its FrameRecord, GraspLabel and Crop) and
 DeocclusionResult round-trip exactly: same values, dtypes, shapes and Python/numpy scalar types.
 """
 
@@ -20,10 +21,13 @@ from storage.io import locate, read_bytes, write_bytes_atomic
 from storage.schema import AnnotatedFrame, Crop, DeocclusionResult, FrameRecord, GraspLabel
 
 BATCH_FORMAT_VERSION = 1
-BATCH_COMPRESSION_LEVEL = 1  # fast: these files live minutes
+BATCH_COMPRESSION_LEVEL = 1
+# lz4, not zstd: these files live minutes and are written once and read twice per build. On a
+# 240-frame batch of 128 px crops lz4-1 saves in 0.72 ms/frame and loads in 0.48 (67 KB/frame),
+# zstd-1 in 1.35 and 0.67 (51 KB/frame): ~1 ms/frame less of the flow's in-task overhead.
 _META_KEY = "__meta__"
 _RECORD_TYPES = {cls.__name__: cls for cls in (AnnotatedFrame, FrameRecord, GraspLabel, Crop, DeocclusionResult)}
-_CODEC = numcodecs.Blosc(cname="zstd", clevel=BATCH_COMPRESSION_LEVEL, shuffle=numcodecs.Blosc.SHUFFLE)
+_CODEC = numcodecs.Blosc(cname="lz4", clevel=BATCH_COMPRESSION_LEVEL, shuffle=numcodecs.Blosc.SHUFFLE)
 
 
 def _flatten(record, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
