@@ -162,6 +162,25 @@ def test_fault_injection_selects_name_or_item_and_first_attempt_only():
     assert not should_fail("annotate", 3, ("annotate:2",), run_count=1)
 
 
+def test_only_gpu_deoccluders_carry_the_gpu_tag():
+    from flows.build import deocclude_tags
+    from tasks.deocclude import deocclude_batch
+    from tasks.options import configure_task
+
+    def cfg(backend: str, device: str = "auto", gpu_tag: str = "gpu") -> PipelineConfig:
+        return PipelineConfig.model_validate({"deocclusion": {"backend": backend, "controlnet": {"device": device}},
+                                              "flow": {"gpu_tag": gpu_tag}})
+
+    assert deocclude_tags(cfg("controlnet")) == ["gpu"]
+    assert deocclude_tags(cfg("controlnet", device="cuda:1")) == ["gpu"]
+    assert deocclude_tags(cfg("controlnet", device="cpu")) == []  # pinned to the CPU: holds no GPU
+    assert deocclude_tags(cfg("controlnet", gpu_tag="")) == []  # tagging switched off
+    assert deocclude_tags(cfg("render")) == deocclude_tags(cfg("inpaint")) == []
+    tagged = configure_task(deocclude_batch, FlowConfig(), result_storage=None, cached=False,
+                            tags=deocclude_tags(cfg("controlnet")))
+    assert "gpu" in tagged.tags
+
+
 def test_progress_lines_report_rate_and_eta():
     now = [0.0]
     lines: list[str] = []
@@ -452,3 +471,36 @@ def test_dask_runner_gives_the_same_dataset_as_threads(reference_build, tmp_path
     # the work really ran in Dask worker processes, not in this one
     pids = {entry["pid"] for entry in read_executions(out / "_work") if entry["stage"] in ("annotate", "deocclude")}
     assert pids and os.getpid() not in pids
+
+
+def test_processes_runner_gives_the_same_dataset_as_threads(reference_build, tmp_path):
+    from flows.build import run_build
+
+    cfg = reference_build["cfg"]
+    proc_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"task_runner": "processes", "fail_once": ()})})
+    out = tmp_path / "data"
+    summary = run_build(proc_cfg, str(out), write_report=False)
+    assert summary.num_samples == reference_build["summary"].num_samples
+    assert dataset_digest(out) == reference_build["digest"]
+    pids = {entry["pid"] for entry in read_executions(out / "_work") if entry["stage"] in ("annotate", "deocclude")}
+    assert pids and os.getpid() not in pids
+
+
+def test_build_into_an_object_store_url_gives_the_same_dataset(reference_build, tmp_path):
+    """An fsspec URL output (memory://, as s3:// goes): shards, manifest and skips land in the store."""
+    import fsspec
+
+    from flows.build import run_build
+
+    cfg = reference_build["cfg"]
+    url_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"fail_once": (), "work_dir": tmp_path / "work"})})
+    url = "memory://unihope-flow-test/data"
+    try:
+        summary = run_build(url_cfg, url, write_report=False)
+        assert summary.num_samples == reference_build["summary"].num_samples
+        assert dataset_digest(url) == reference_build["digest"]
+        stored = {path.rsplit("/", 1)[-1] for path in fsspec.filesystem("memory").ls(url, detail=False)}
+        assert {"manifest.json", "skips.jsonl"} <= stored
+        assert (tmp_path / "work" / "executions.jsonl").is_file()  # batches stay on local disk
+    finally:
+        fsspec.filesystem("memory").rm("/unihope-flow-test", recursive=True)
