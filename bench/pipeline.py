@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -170,6 +171,11 @@ def main() -> None:
             rerun_s, _, _ = run_flow(make_config(root, num_frames, 2), tmp / f"flow2-{num_frames}")
             if not n_direct == n_flow1 == n_flow2:
                 raise RuntimeError(f"sample counts differ: direct {n_direct}, flow {n_flow1}, {n_flow2}")
+            # each rep's flow against the direct run just before it: steadier than fastest vs fastest
+            # when other jobs share the machine
+            paired = sorted(100 * (f[0] / d[0] - 1) for d, f in zip(direct_runs, flow_runs))
+            print(f"[{num_frames}] overhead per rep (flow vs the direct run before it): "
+                  f"{', '.join(f'{x:+.1f}%' for x in paired)}; median {statistics.median(paired):+.1f}%", flush=True)
             rows.append((num_frames, n_direct, direct_s, flow1_s, gaps_s, in_task_s, flow2_s, rerun_s))
             print(f"[{num_frames}] fastest: direct {direct_s:.1f} s | flow 1 worker {flow1_s:.1f} s "
                   f"(overhead {100 * (flow1_s / direct_s - 1):+.1f}%: orchestration {gaps_s:.1f} s, "
