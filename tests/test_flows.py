@@ -459,29 +459,17 @@ def test_sigkill_mid_build_then_rerun_gives_the_uninterrupted_dataset(reference_
     assert dataset_digest(out) == reference_build["digest"]
 
 
-def test_dask_runner_gives_the_same_dataset_as_threads(reference_build, tmp_path):
+@pytest.mark.parametrize("runner", ["dask", "processes"])
+def test_worker_process_runners_give_the_same_dataset_as_threads(reference_build, tmp_path, runner):
     from flows.build import run_build
 
     cfg = reference_build["cfg"]
-    dask_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"task_runner": "dask", "fail_once": ()})})
+    runner_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"task_runner": runner, "fail_once": ()})})
     out = tmp_path / "data"
-    summary = run_build(dask_cfg, str(out), write_report=False)
+    summary = run_build(runner_cfg, str(out), write_report=False)
     assert summary.num_samples == reference_build["summary"].num_samples
     assert dataset_digest(out) == reference_build["digest"]
-    # the work really ran in Dask worker processes, not in this one
-    pids = {entry["pid"] for entry in read_executions(out / "_work") if entry["stage"] in ("annotate", "deocclude")}
-    assert pids and os.getpid() not in pids
-
-
-def test_processes_runner_gives_the_same_dataset_as_threads(reference_build, tmp_path):
-    from flows.build import run_build
-
-    cfg = reference_build["cfg"]
-    proc_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"task_runner": "processes", "fail_once": ()})})
-    out = tmp_path / "data"
-    summary = run_build(proc_cfg, str(out), write_report=False)
-    assert summary.num_samples == reference_build["summary"].num_samples
-    assert dataset_digest(out) == reference_build["digest"]
+    # the work really ran in worker processes, not in this one
     pids = {entry["pid"] for entry in read_executions(out / "_work") if entry["stage"] in ("annotate", "deocclude")}
     assert pids and os.getpid() not in pids
 
