@@ -55,14 +55,23 @@ def locate(url: str | os.PathLike, storage_options: dict | None = None) -> Locat
 def write_bytes_atomic(loc: Location, relative: str, payload: bytes) -> None:
     """Write a small object so that readers see either the old or the complete new content.
 
-    Local disk: temp file in the same folder, fsync, `os.replace`, fsync of the folder.
-    Object stores: one PUT (an object becomes visible only once complete).
+    Local disk: `write_file_atomic`. Object stores: one PUT (an object becomes visible only once complete).
     """
     target = loc.path(relative)
-    if not loc.is_local:
+    if loc.is_local:
+        write_file_atomic(target, payload)
+    else:
         loc.fs.pipe_file(target, payload)
-        return
-    folder = os.path.dirname(target)
+
+
+def write_file_atomic(path: str | os.PathLike, payload: bytes) -> None:
+    """Write a local file so that readers see either nothing (or the old file) or the whole new one.
+
+    A hidden temp file in the same folder (unique per call, so concurrent writers never clash),
+    fsync, `os.replace`, fsync of the folder.
+    """
+    target = os.fspath(path)
+    folder = os.path.dirname(target) or "."
     os.makedirs(folder, exist_ok=True)
     tmp_path = os.path.join(folder, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
     with open(tmp_path, "wb") as handle:

@@ -17,7 +17,7 @@ Layout:
       executions.jsonl                   one line per stage item actually computed (not reused)
       _prefect-results/                  Prefect's persisted task results and cache records
 
-A file exists only once complete (written to `*.incomplete-*`, then renamed), so a build killed
+A file exists only once complete (written to a hidden `.*.tmp-*` file, then renamed), so a build killed
 at any point resumes by skipping what exists and redoing the rest.
 """
 
@@ -27,11 +27,11 @@ import hashlib
 import json
 import os
 import pickle
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.io import write_file_atomic
 from storage.schema import DeocclusionResult, FrameRecord, FrameRef, GraspLabel, Skip, SkipReason
 from unihope.config import PipelineConfig
 
@@ -189,24 +189,8 @@ def make_layout(cfg: PipelineConfig, out: str) -> WorkLayout:
 # ----------------------------------------------------------------------------------------------
 
 
-def incomplete_path(path: Path) -> Path:
-    """A temporary name beside `path`, unique per process and thread (concurrent writers never clash)."""
-    return path.with_name(f"{path.name}.incomplete-{os.getpid()}-{threading.get_ident()}")
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` so that readers see either nothing or the whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = incomplete_path(path)
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: Path, value: object) -> None:
-    atomic_write_bytes(path, json.dumps(value, indent=1, sort_keys=True).encode())
+    write_file_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode())
 
 
 def append_line(path: Path, line: str) -> None:
@@ -409,7 +393,7 @@ class GraspPartOutput:
 
 def save_grasp_part(path: Path, output: GraspPartOutput) -> None:
     """Pickle a part atomically. Pickle is safe here: the build only reads files it wrote itself."""
-    atomic_write_bytes(path, pickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL))
+    write_file_atomic(path, pickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load_grasp_part(path: Path) -> GraspPartOutput:
@@ -427,7 +411,7 @@ def save_results(path: Path, results: list[DeocclusionResult]) -> None:
     cost ~2 ms per frame (a tenth of a 128 px frame's whole pipeline). Pickle, not a storage
     format: the build only reads files it wrote itself.
     """
-    atomic_write_bytes(path, pickle.dumps(tuple(results), protocol=pickle.HIGHEST_PROTOCOL))
+    write_file_atomic(path, pickle.dumps(tuple(results), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load_results(path: Path) -> list[DeocclusionResult]:
@@ -439,7 +423,7 @@ def load_results(path: Path) -> list[DeocclusionResult]:
 
 
 def write_skips(path: Path, skips: list[Skip]) -> None:
-    atomic_write_bytes(path, "".join(json.dumps(s.to_json(), sort_keys=True) + "\n" for s in skips).encode())
+    write_file_atomic(path, "".join(json.dumps(s.to_json(), sort_keys=True) + "\n" for s in skips).encode())
 
 
 def read_skips(path: Path) -> list[Skip]:

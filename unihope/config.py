@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,6 +29,14 @@ class StageConfig(BaseModel):
         """Short, stable hash of the resolved values (sorted JSON)."""
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> Self:
+        """Load from a YAML file path or YAML text; errors name the bad key and the file."""
+        return load_yaml_model(cls, path_or_text)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 class HandModelConfig(StageConfig):
@@ -186,14 +194,6 @@ class PipelineConfig(StageConfig):
     deocclusion: DeocclusionConfig = DeocclusionConfig()
     storage: StorageConfig = StorageConfig()
     flow: FlowConfig = FlowConfig()
-
-    @classmethod
-    def from_yaml(cls, path_or_text: str | Path) -> "PipelineConfig":
-        """Load from a YAML file path or YAML text; errors name the bad key and the file."""
-        return load_yaml_model(cls, path_or_text)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 def load_yaml_model(model_cls: type[M], path_or_text: str | Path) -> M:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from unihope.config import StageConfig, load_yaml_model
+from unihope.config import StageConfig
 
 TRAIN_CONFIG_SCHEMA_VERSION = 1
 
@@ -137,11 +136,3 @@ class TrainConfig(StageConfig):
     eval_every_epochs: int | None = Field(None, ge=1)  # None: evaluate only at the end
     eval_batch_size: int = Field(32, ge=1)
     loss_window_steps: int = Field(10, ge=1)  # train_loss_first/last average this many steps
-
-    @classmethod
-    def from_yaml(cls, path_or_text: str | Path) -> "TrainConfig":
-        """Load from a YAML path or YAML text; errors name the bad key and the file."""
-        return load_yaml_model(cls, path_or_text)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

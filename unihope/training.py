@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from storage.io import write_file_atomic
 from unihope import metrics as M
 from unihope.train_config import TrainConfig
 from unihope_model import (
@@ -447,9 +448,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def _write_checkpoint(out_dir: Path, model, optimizer, state: TrainState, stats, cfg) -> Path:
     ckpt_dir = Path(out_dir) / CHECKPOINT_DIR
     path = save_checkpoint(ckpt_dir / f"step_{state.step:08d}.safetensors", model, optimizer, state, stats, cfg)
-    tmp = ckpt_dir / (LATEST_POINTER + ".incomplete")
-    tmp.write_text(path.name)
-    tmp.replace(ckpt_dir / LATEST_POINTER)
+    write_file_atomic(ckpt_dir / LATEST_POINTER, path.name.encode())
     for old in sorted(ckpt_dir.glob("step_*.safetensors"))[:-NUM_CHECKPOINTS_KEPT]:
         old.unlink()
     return path
@@ -842,10 +841,7 @@ def write_plots(plot_dir: Path, report: EvalReport, stats: TrainStatistics, hist
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
-        fig.tight_layout()
-        paths.append(plot_dir / "loss_curve.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        paths.append(_save_figure(fig, plot_dir / "loss_curve.png"))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.27
     for offset, (name, chosen) in enumerate((("hand-only", report.grasp_label == 0), ("hand-object", report.grasp_label == 1))):
@@ -857,19 +853,23 @@ def write_plots(plot_dir: Path, report: EvalReport, stats: TrainStatistics, hist
     ax.set_xlabel("hand visibility")
     ax.set_ylabel("MPJPE (mm)")
     ax.legend()
-    fig.tight_layout()
-    paths.append(plot_dir / "occlusion_intervals.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save_figure(fig, plot_dir / "occlusion_intervals.png"))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(np.arange(21), report.per_joint_error_mm.mean(axis=0))
     ax.set_xlabel("joint (DexYCB order)")
     ax.set_ylabel("mean error (mm)")
-    fig.tight_layout()
-    paths.append(plot_dir / "per_joint_error.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save_figure(fig, plot_dir / "per_joint_error.png"))
     return paths
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, save at 100 dpi and close a matplotlib figure; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _json_safe(value):

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import trimesh
 
+from storage.io import write_file_atomic
+
 # The 21 YCB objects of DexYCB, in YCB-id order (id = index + 1).
 YCB_NAMES: tuple[str, ...] = (
     "002_master_chef_can",
@@ -349,7 +351,5 @@ def write_ycb_object(obj: YCBObject, models_dir: Path) -> Path:
         t = 3 * face_idx
         lines.append(f"f {a + 1}/{t + 1}/{a + 1} {b + 1}/{t + 2}/{b + 1} {c + 1}/{t + 3}/{c + 1}")
     path = out_dir / MESH_FILE_NAME
-    tmp_path = path.with_suffix(".obj.incomplete")
-    tmp_path.write_text("\n".join(lines) + "\n")
-    tmp_path.replace(path)
+    write_file_atomic(path, ("\n".join(lines) + "\n").encode())
     return path
