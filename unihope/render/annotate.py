@@ -203,7 +203,7 @@ def annotate_frames(
         )
     feature_size_px = size_px // render_cfg.feature_downsample
 
-    # 2. Hand meshes for the whole batch, one forward pass per side.
+    # 2. Hand meshes, one forward pass per frame (batch-invariant).
     hand_vertices_m = _hand_vertices_by_frame(frames, hand_cfg)
 
     # 3. Annotate frame by frame with the process's renderer.
@@ -218,21 +218,24 @@ def annotate_frames(
 
 
 def _hand_vertices_by_frame(frames: Sequence[FrameRecord], hand_cfg: HandModelConfig) -> list[np.ndarray]:
-    """(778, 3) camera-frame hand vertices of every frame, from one batched forward pass per side."""
-    vertices: list[np.ndarray | None] = [None] * len(frames)
-    for side in ("right", "left"):
-        positions = [pos for pos, frame in enumerate(frames) if frame.hand_side == side]
-        if not positions:
-            continue
-        layer, _ = get_hand_layer(side, hand_cfg)
+    """(778, 3) camera-frame hand vertices of every frame, one forward pass per frame.
+
+    One pass per frame, not one per batch: a batched MANO forward is not batch-invariant (BLAS blocks
+    rows differently with the batch size, so a row moves by an ulp with its neighbours), and an ulp of a
+    vertex can move a depth sample by microns or flip an edge pixel. A frame's annotation must depend on
+    that frame alone, whichever batch (or retry, or OOM-halved chunk) it lands in. It costs ~0.5 ms a
+    frame, a few per cent of annotating one.
+    """
+    vertices: list[np.ndarray] = []
+    for frame in frames:
+        layer, _ = get_hand_layer(frame.hand_side, hand_cfg)
         verts_m, _ = layer.forward_numpy(
-            np.stack([frames[pos].mano_pose for pos in positions]).astype(np.float32),
-            np.stack([frames[pos].mano_betas for pos in positions]).astype(np.float32),
-            np.stack([frames[pos].mano_trans for pos in positions]).astype(np.float32),
+            np.asarray(frame.mano_pose, np.float32)[None],
+            np.asarray(frame.mano_betas, np.float32)[None],
+            np.asarray(frame.mano_trans, np.float32)[None],
         )
-        for row, pos in enumerate(positions):
-            vertices[pos] = np.asarray(verts_m[row], dtype=np.float64)
-    return vertices  # type: ignore[return-value]  # every frame has side "right" or "left" (FrameRecord checks)
+        vertices.append(np.asarray(verts_m[0], dtype=np.float64))
+    return vertices
 
 
 def _annotate_one(
