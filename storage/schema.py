@@ -90,8 +90,18 @@ class FrameRecord:
     object_name: str  # e.g. "006_mustard_bottle"
     object_mesh_path: str
     object_pose: np.ndarray  # (3, 4) float32 [R|t] camera-from-object, metres
+    # Grasp reference (UniHOPE): the grasped object's pose at frame 0 of the same sequence and camera,
+    # read from that frame's label file whatever its hand status or whether it is loaded itself.
+    # Consumed by the grasp stage (its result is GraspLabel); not stored in shards. None: the source
+    # gives none, and the grasp stage falls back to the group's earliest loaded frame.
+    grasp_reference_pose: np.ndarray | None = None  # (3, 4) float32 [R|t] camera-from-object, metres
+    grasp_reference_key: str = ""  # sample key of that frame 0
 
     def __post_init__(self) -> None:
+        if self.grasp_reference_pose is not None and np.shape(self.grasp_reference_pose) != (3, 4):
+            raise ValueError(
+                f"{self.sample_key}: grasp_reference_pose must have shape (3, 4), got {np.shape(self.grasp_reference_pose)}"
+            )
         if self.hand_side not in ("right", "left"):
             raise ValueError(f"{self.sample_key}: hand_side must be 'right' or 'left', got {self.hand_side!r}")
         for name, shape in (

@@ -105,7 +105,8 @@ def annotate_batch(
         grasps = [grasp_by_key[record.sample_key] for record in records]
 
         # 3. Annotate; skips first, then the batch file (its existence marks the batch complete).
-        outputs = on_render_thread(annotate_frames, records, grasps, cfg.crop, cfg.render, cfg.hand)
+        outputs = on_render_thread(annotate_frames, records, grasps, cfg.crop, cfg.render, cfg.hand,
+                                   cfg.source.resolved_tip_convention())
         annotated = [item for item in outputs if isinstance(item, AnnotatedFrame)]
         skips = [item for item in outputs if isinstance(item, Skip)]
         write_skips(Path(skips_path), skips)

@@ -118,7 +118,10 @@ def dataset_attrs(cfg: PipelineConfig) -> DatasetAttrs:
     """
     from storage.writer import code_version
 
-    data_cfg = cfg.model_copy(update={"flow": FlowConfig()})
+    # The fingertip convention is recorded resolved ("auto" -> the layout's own): training builds its
+    # hand layer with it (unihope.tip_convention.dataset_tip_convention).
+    source = cfg.source.model_copy(update={"tip_convention": cfg.source.resolved_tip_convention()})
+    data_cfg = cfg.model_copy(update={"flow": FlowConfig(), "source": source})
     config = data_cfg.model_dump(mode="json")
     config.pop("flow")
     return DatasetAttrs(name=cfg.name, source=source_description(cfg), config=config,

@@ -1,7 +1,9 @@
 """Shared pytest fixtures: small synthetic DexYCB / HO3D datasets, generated once per test session.
 
 `synthetic_dexycb`: 2 sequences x 12 frames x 2 cameras (sequence 0 right hand, sequence 1 left hand),
-DexYCB layout, with `truth/` beside it. `synthetic_ho3d`: 2 sequences x 6 frames, HO3D_v2 layout.
+DexYCB layout, with `truth/` beside it, quirks off (every frame annotated) so that tests of later stages
+see every frame. `synthetic_dexycb_quirks`: 2 sequences x 10 frames x 2 cameras with DexYCB's quirks
+(unannotated frames, points.xyz, apriltag, pose.npz). `synthetic_ho3d`: 2 sequences x 6 frames, HO3D_v2 layout.
 Both yield the dataset root (a Path); tests must not modify them (copy first when corrupting files).
 """
 
@@ -14,6 +16,9 @@ import pytest
 from unihope.config import HandModelConfig, SyntheticConfig
 
 SYNTHETIC_DEXYCB_CONFIG = SyntheticConfig(format="dexycb", num_sequences=2, frames_per_sequence=12, num_cameras=2, seed=0)
+SYNTHETIC_DEXYCB_QUIRKS_CONFIG = SyntheticConfig(
+    format="dexycb", num_sequences=2, frames_per_sequence=10, num_cameras=2, seed=2, quirks=True
+)
 SYNTHETIC_HO3D_CONFIG = SyntheticConfig(format="ho3d", num_sequences=2, frames_per_sequence=6, seed=1)
 
 
@@ -24,6 +29,16 @@ def synthetic_dexycb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic") / "dexycb"
     write_synthetic_dataset(root, SYNTHETIC_DEXYCB_CONFIG, HandModelConfig())
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_dexycb_quirks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a small synthetic DexYCB dataset with DexYCB's quirks (see SYNTHETIC_DEXYCB_QUIRKS_CONFIG)."""
+    from unihope.sources.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "dexycb_quirks"
+    write_synthetic_dataset(root, SYNTHETIC_DEXYCB_QUIRKS_CONFIG, HandModelConfig())
     return root
 
 

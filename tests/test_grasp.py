@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -295,3 +297,130 @@ def test_grasp_labels_equal_the_synthetic_truth(synthetic_dexycb: Path):
     # each label's reference is frame 0 of its own sequence and camera
     for frame, x in zip(shuffled, labels, strict=True):
         assert x.reference_key == f"{frame.sequence_key}/{frame.serial}/000000"
+
+
+# --- grasp reference = frame 0 of the same sequence and camera (upstream's rule) --------------------------
+
+
+def upstream_grasp_label(root: Path, sequence_key: str, serial: str, frame_idx: int, grasp_ind: int) -> tuple[float, float, bool]:
+    """UniHOPE's prepare_grasp_dexycb rule, written out: labels_000000.npz of the camera is the reference."""
+
+    def T(idx: int) -> np.ndarray:
+        pose_y = np.load(root / sequence_key / serial / f"labels_{idx:06d}.npz")["pose_y"][grasp_ind].astype(np.float64)
+        return np.vstack([pose_y, [0.0, 0.0, 0.0, 1.0]])
+
+    rel = np.linalg.inv(T(frame_idx)) @ T(0)
+    rre_deg = float(np.degrees(np.arccos(np.clip((np.trace(rel[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+    rte_m = float(np.linalg.norm(rel[:3, 3]))
+    return rre_deg, rte_m, rre_deg > 5.0 or rte_m > 0.05
+
+
+def test_grasp_reference_is_frame_0_even_when_it_cannot_be_loaded(synthetic_dexycb: Path, tmp_path: Path):
+    import yaml
+
+    from unihope.sources.dexycb import DexYCBSource
+
+    # 1. A copy whose first camera has no annotated hand up to and past the start of the lift, and one
+    #    truncated JPEG after it.
+    root = tmp_path / "dexycb"
+    shutil.copytree(synthetic_dexycb, root, ignore=shutil.ignore_patterns("truth"))
+    phases = json.loads((synthetic_dexycb / "truth" / "phases.json").read_text())
+    source = DexYCBSource(root)
+    sequence_key = source.sequence_keys()[0]
+    refs = [ref for ref in source.index() if ref.sequence_key == sequence_key]
+    serial = refs[0].serial
+    first_lift = min(r.frame_idx for r in refs if r.serial == serial and phases[r.sample_key] == "lift")
+    for frame_idx in range(first_lift + 1):
+        path = root / sequence_key / serial / f"labels_{frame_idx:06d}.npz"
+        labels = dict(np.load(path))
+        labels.update(pose_m=np.zeros_like(labels["pose_m"]), joint_3d=np.full_like(labels["joint_3d"], -1.0),
+                      joint_2d=np.full_like(labels["joint_2d"], -1.0))  # fmt: skip
+        np.savez_compressed(path, **labels)
+    truncated_idx = first_lift + 2
+    jpeg = root / sequence_key / serial / f"color_{truncated_idx:06d}.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+
+    # 2. Load: those frames are skipped with their reasons, the others loaded.
+    loaded = source.load(refs)
+    skips = {item.sample_key: item.reason for item in loaded if isinstance(item, Skip)}
+    expected_skips = {f"{sequence_key}/{serial}/{i:06d}": SkipReason.NO_VALID_HAND for i in range(first_lift + 1)}
+    expected_skips[f"{sequence_key}/{serial}/{truncated_idx:06d}"] = SkipReason.CORRUPT_FILE
+    assert skips == expected_skips
+    records = [item for item in loaded if isinstance(item, FrameRecord)]
+
+    # 3. Every other frame is labelled as upstream labels it, against frame 0 of its camera.
+    grasp_ind = yaml.safe_load((root / sequence_key / "meta.yml").read_text())["ycb_grasp_ind"]
+    labels = label_grasps(records, GraspConfig())
+    for record, label in zip(records, labels, strict=True):
+        rre_deg, rte_m, is_grasping = upstream_grasp_label(root, sequence_key, record.serial, record.frame_idx, grasp_ind)
+        assert label.is_grasping == is_grasping, record.sample_key
+        assert label.rre_deg == pytest.approx(rre_deg, abs=0.02) and label.rte_m == pytest.approx(rte_m, abs=1e-6)
+        assert label.reference_key == f"{sequence_key}/{record.serial}/000000"
+    by_key = {label.sample_key: label for label in labels}
+    first_loaded = by_key[f"{sequence_key}/{serial}/{first_lift + 1:06d}"]
+    assert first_loaded.is_grasping and first_loaded.rte_m > 0.05  # mid-lift: grasping against frame 0
+    assert sum(label.is_grasping for label in labels) == sum(phases[r.sample_key] == "lift" for r in records)
+
+    # 4. The same labels when frame 0 is not even listed (a split or max_frames cut it off).
+    later = [ref for ref in refs if ref.frame_idx > first_lift]
+    later_records = [item for item in DexYCBSource(root).load(later) if isinstance(item, FrameRecord)]
+    later_labels = {x.sample_key: x for x in label_grasps(later_records, GraspConfig())}
+    for key, label in later_labels.items():
+        assert (label.is_grasping, label.rre_deg, label.rte_m, label.reference_key) == (
+            by_key[key].is_grasping, by_key[key].rre_deg, by_key[key].rte_m, by_key[key].reference_key)
+
+    # 5. An unreadable frame-0 label file: the camera's frames are skipped, never labelled against another frame.
+    (root / sequence_key / serial / "labels_000000.npz").write_bytes(b"not a zip")
+    reloaded = DexYCBSource(root).load([ref for ref in refs if ref.serial == serial])
+    assert {item.reason for item in reloaded if isinstance(item, Skip) and item.reason != SkipReason.NO_VALID_HAND} == {
+        SkipReason.NO_REFERENCE_FRAME, SkipReason.CORRUPT_FILE}
+    assert not any(isinstance(item, FrameRecord) for item in reloaded)
+
+
+def test_ho3d_grasp_reference_is_frame_0_meta(synthetic_ho3d: Path, tmp_path: Path):
+    import pickle
+
+    from unihope.sources.ho3d import HO3DSource, load_ho3d_meta
+
+    root = tmp_path / "ho3d"
+    shutil.copytree(synthetic_ho3d, root, ignore=shutil.ignore_patterns("truth"))
+    meta_path = root / "train" / "ABF10" / "meta" / "0000.pkl"
+    meta = load_ho3d_meta(meta_path, root)
+    meta["handPose"] = None  # frame 0 without a hand annotation
+    meta_path.write_bytes(pickle.dumps(meta, protocol=2))
+    source = HO3DSource(root, "train")
+    loaded = source.load([ref for ref in source.index() if ref.sequence_key == "train/ABF10"])
+    assert isinstance(loaded[0], Skip) and loaded[0].reason == SkipReason.NO_VALID_HAND
+    records = [item for item in loaded if isinstance(item, FrameRecord)]
+    assert len(records) == len(loaded) - 1 > 2
+    R_ref = cv2.Rodrigues(np.asarray(meta["objRot"], np.float64).reshape(3, 1))[0]
+    for record, label in zip(records, label_grasps(records, GraspConfig()), strict=True):
+        cur = load_ho3d_meta(root / "train" / "ABF10" / "meta" / f"{record.frame_idx:04d}.pkl", root)
+        R_cur = cv2.Rodrigues(np.asarray(cur["objRot"], np.float64).reshape(3, 1))[0]
+        rre_deg = np.degrees(np.arccos(np.clip((np.trace(R_cur.T @ R_ref) - 1) / 2, -1, 1)))  # the GL flip cancels
+        rte_m = np.linalg.norm(np.ravel(cur["objTrans"]) - np.ravel(meta["objTrans"]))
+        assert label.reference_key == "train/ABF10/0000"
+        assert label.rre_deg == pytest.approx(rre_deg, abs=0.02) and label.rte_m == pytest.approx(rte_m, abs=1e-5)
+
+
+def test_grasp_labels_equal_truth_on_quirky_data_whose_frame_0_has_no_hand(synthetic_dexycb_quirks: Path):
+    from unihope.config import HandModelConfig, SourceConfig
+    from unihope.sources import open_source
+
+    source = open_source(SourceConfig(kind="dexycb", root=synthetic_dexycb_quirks), HandModelConfig())
+    frames = [item for item in source.load(source.index()) if isinstance(item, FrameRecord)]
+    assert not any(frame.frame_idx == 0 for frame in frames)  # every camera starts unannotated
+    truth = json.loads((synthetic_dexycb_quirks / "truth" / "grasp.json").read_text())
+    labels = label_grasps(frames, GraspConfig())
+    assert [(x.sample_key, x.is_grasping) for x in labels] == [(f.sample_key, truth[f.sample_key]) for f in frames]
+    assert all(x.reference_key.endswith("/000000") for x in labels) and 0 < sum(x.is_grasping for x in labels) < len(labels)
+
+
+def test_label_grasps_rejects_records_disagreeing_on_the_reference():
+    frames = sequence_frames("a", 0, [(0, 0), (30, 0.0)])
+    with_reference = dataclasses.replace(frames[1], grasp_reference_pose=frames[0].object_pose,
+                                         grasp_reference_key="s/seq/a/000000")  # fmt: skip
+    with pytest.raises(ValueError, match="disagree on the grasp reference"):
+        label_grasps([frames[0], with_reference], GraspConfig())
+    (label,) = label_grasps([with_reference], GraspConfig())  # frame 0 itself not loaded
+    assert label.reference_key == "s/seq/a/000000" and label.rre_deg == pytest.approx(30.0, abs=1e-4)

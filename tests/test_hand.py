@@ -17,6 +17,7 @@ from unihope.hand import (
     FINGER_NAMES,
     MANO_FINGER_JOINTS,
     PROCEDURAL_MODEL_VERSION,
+    TIP_CONVENTIONS,
     TIP_VERTEX_IDS,
     HandLayer,
     axis_angle_to_pca,
@@ -35,6 +36,9 @@ AXIS_ANGLE_MIRROR = np.tile([1.0, -1.0, -1.0], 16)  # global orient + 15 joints
 STILL_TOL_M = 1e-6  # "unchanged": float32 LBS noise is far below this
 # Palm skin allowed to follow a posed digit: near a finger's knuckle, or the thenar skin around the thumb.
 PALM_FOLLOW_RADIUS_M = {"thumb": 0.05, "index": 0.025, "middle": 0.025, "ring": 0.025, "little": 0.025}
+# On real MANO the conventions' fingertip vertices lie a few mm apart; on ours every one must be on the tip.
+TIP_ON_FINGERTIP_TOL_M = 0.003
+MIDDLE_TIP_JOINT = 12  # DexYCB order
 
 
 @pytest.fixture(scope="module")
@@ -172,27 +176,65 @@ def test_posing_one_finger_moves_only_that_finger(finger: str, right_layer: Hand
     assert moved_m[TIP_VERTEX_IDS[finger]] > 0.01
 
 
-def test_tip_vertices_are_farthest_along_their_finger(right_arrays: dict) -> None:
-    verts = right_arrays["v_template"]
-    labels = vertex_finger_labels(right_arrays["weights"])
-    joints = right_arrays["J_regressor"] @ verts
-    for label, finger in enumerate(FINGER_NAMES, start=1):
-        tip_idx = TIP_VERTEX_IDS[finger]
-        assert labels[tip_idx] == label
-        last_joint = joints[MANO_FINGER_JOINTS[finger][2]]
-        direction = (verts[tip_idx] - last_joint) / np.linalg.norm(verts[tip_idx] - last_joint)
-        finger_idx = np.flatnonzero(labels == label)
-        assert finger_idx[np.argmax(verts[finger_idx] @ direction)] == tip_idx
-        # Rounded tip: the neighbouring ring is within a few millimetres of the tip vertex.
-        nearest_m = np.sort(np.linalg.norm(verts[finger_idx] - verts[tip_idx], axis=1))[1]
-        assert nearest_m < 0.005
+def _fingertip_vertex(verts: np.ndarray, joints: np.ndarray, labels: np.ndarray, finger: str) -> int:
+    """The fingertip, defined without any tip id: the finger's vertex farthest along its PIP -> DIP bone."""
+    label = FINGER_NAMES.index(finger) + 1
+    _, pip_idx, dip_idx = MANO_FINGER_JOINTS[finger]
+    direction = (joints[dip_idx] - joints[pip_idx]) / np.linalg.norm(joints[dip_idx] - joints[pip_idx])
+    finger_idx = np.flatnonzero(labels == label)
+    return int(finger_idx[np.argmax((verts[finger_idx] - joints[dip_idx]) @ direction)])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_every_tip_convention_lies_on_the_fingertips(side: str, right_path: Path, left_path: Path) -> None:
+    with open(right_path if side == "right" else left_path, "rb") as handle:
+        arrays = pickle.load(handle, encoding="latin1")
+    verts = arrays["v_template"]
+    labels = vertex_finger_labels(arrays["weights"])
+    joints = arrays["J_regressor"] @ verts
+    layer = HandLayer(side, model_path=right_path if side == "right" else left_path)
+    rng = np.random.default_rng(11)
+    posed_pose = np.concatenate([np.zeros((2, 3)), np.stack([curl_pose(0.6, 0.5), rng.normal(0.0, 0.3, 45)])], axis=1)
+    posed_verts, _ = layer.forward_numpy(posed_pose, np.zeros((2, 10)), np.zeros((2, 3)))
+    for convention, ids_by_side in TIP_CONVENTIONS.items():
+        for finger, tip_idx in zip(FINGER_NAMES, ids_by_side[side]):
+            fingertip_idx = _fingertip_vertex(verts, joints, labels, finger)
+            where = f"{side} {convention} {finger} (vertex {tip_idx})"
+            assert labels[tip_idx] == FINGER_NAMES.index(finger) + 1, where
+            assert np.linalg.norm(verts[tip_idx] - verts[fingertip_idx]) < TIP_ON_FINGERTIP_TOL_M, where
+            # Posed (curled, random): the tip vertices stay on the fingertip (skinned to the distal bone).
+            gap_m = np.linalg.norm(posed_verts[:, tip_idx] - posed_verts[:, fingertip_idx], axis=1)
+            assert gap_m.max() < TIP_ON_FINGERTIP_TOL_M + 0.0005, where
+    # Rounded tip: the neighbouring ring is within a few millimetres of the apex.
+    for finger in FINGER_NAMES:
+        fingertip_idx = _fingertip_vertex(verts, joints, labels, finger)
+        finger_idx = np.flatnonzero(labels == FINGER_NAMES.index(finger) + 1)
+        assert np.sort(np.linalg.norm(verts[finger_idx] - verts[fingertip_idx], axis=1))[1] < 0.005
+
+
+@pytest.mark.parametrize("convention", list(TIP_CONVENTIONS))
+def test_layer_tip_joints_follow_the_convention(convention: str, left_path: Path) -> None:
+    layer = HandLayer("left", model_path=left_path, tip_convention=convention)
+    assert layer.tip_convention == convention
+    verts, joints = layer.forward_numpy(np.zeros((1, 48)), np.zeros((1, 10)), np.zeros((1, 3)))
+    for k, tip_idx in enumerate(TIP_CONVENTIONS[convention]["left"]):
+        np.testing.assert_array_equal(joints[0, 4 * k + 4], verts[0, tip_idx])
+
+
+def test_layer_rejects_unknown_tip_convention(right_path: Path) -> None:
+    with pytest.raises(ValueError, match="tip convention 'mano'.*manopth, ho3d, smplx"):
+        HandLayer("right", model_path=right_path, tip_convention="mano")
+    assert HandLayer("right", model_path=right_path).tip_convention == "manopth"  # DexYCB's, the default
 
 
 def test_left_mirrors_right(right_layer: HandLayer, left_layer: HandLayer, right_arrays: dict, left_path: Path) -> None:
     right_verts, right_joints = _pose_right(right_layer, np.zeros((1, 45)))
     left_verts, left_joints = _pose_right(left_layer, np.zeros((1, 45)))
     np.testing.assert_allclose(left_verts, right_verts * MIRROR_XYZ, atol=1e-6)
-    np.testing.assert_allclose(left_joints, right_joints * MIRROR_XYZ, atol=1e-6)
+    # manopth's left middle tip is vertex 445 (the right's is 444): every other joint mirrors exactly.
+    same = [j for j in range(21) if j != MIDDLE_TIP_JOINT]
+    np.testing.assert_allclose(left_joints[:, same], right_joints[:, same] * MIRROR_XYZ, atol=1e-6)
+    np.testing.assert_array_equal(left_joints[:, MIDDLE_TIP_JOINT], left_verts[:, 445])
     np.testing.assert_array_equal(left_layer.faces, right_layer.faces[:, ::-1])
     # A posed, shaped hand: mirrored pose (axis-angle components 1, 2 negated), x of transl negated.
     rng = np.random.default_rng(3)
@@ -202,7 +244,7 @@ def test_left_mirrors_right(right_layer: HandLayer, left_layer: HandLayer, right
     right_verts, right_joints = right_layer.forward_numpy(pose_right, betas, transl_right)
     left_verts, left_joints = left_layer.forward_numpy(pose_right * AXIS_ANGLE_MIRROR, betas, transl_right * MIRROR_XYZ)
     np.testing.assert_allclose(left_verts, right_verts * MIRROR_XYZ, atol=2e-6)
-    np.testing.assert_allclose(left_joints, right_joints * MIRROR_XYZ, atol=2e-6)
+    np.testing.assert_allclose(left_joints[:, same], right_joints[:, same] * MIRROR_XYZ, atol=2e-6)
     left_arrays = load_mano_arrays(left_path)
     np.testing.assert_allclose(left_arrays["hands_mean"], right_arrays["hands_mean"] * AXIS_ANGLE_MIRROR[3:])
 
@@ -290,8 +332,8 @@ def test_layer_joint_order_and_tips(right_layer: HandLayer, right_path: Path) ->
     inputs = [torch.tensor(rng.normal(0.0, s, (3, n)), dtype=torch.float32) for s, n in scales_and_sizes]
     output = right_layer(*inputs)
     assert output.vertices.shape == (3, 778, 3) and output.joints.shape == (3, 21, 3)
-    for k, finger in enumerate(FINGER_NAMES):
-        torch.testing.assert_close(output.joints[:, 4 * k + 4], output.vertices[:, TIP_VERTEX_IDS[finger]])
+    for k, tip_idx in enumerate(TIP_CONVENTIONS["manopth"]["right"]):  # the layer's default convention
+        torch.testing.assert_close(output.joints[:, 4 * k + 4], output.vertices[:, tip_idx])
     mano = smplx.MANO(model_path=str(right_path), use_pca=False, flat_hand_mean=True)
     raw = mano(global_orient=inputs[0], hand_pose=inputs[1], betas=inputs[2], transl=inputs[3])
     torch.testing.assert_close(output.joints[:, 0], raw.joints[:, 0])

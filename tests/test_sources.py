@@ -32,7 +32,14 @@ MIN_MASK_IOU = 0.9
 
 @pytest.fixture(scope="module")
 def layers() -> dict[str, HandLayer]:
+    """Hand layers with DexYCB's (manopth's) fingertips, the layer's default."""
     return {side: HandLayer(side=side) for side in ("right", "left")}
+
+
+@pytest.fixture(scope="module")
+def ho3d_layers() -> dict[str, HandLayer]:
+    """Hand layers with HO3D's fingertips."""
+    return {side: HandLayer(side=side, tip_convention="ho3d") for side in ("right", "left")}
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +186,7 @@ def test_dexycb_truth_image_differs_only_around_the_object(synthetic_dexycb: Pat
 # --- HO3D layout, read back -----------------------------------------------------------------------
 
 
-def test_ho3d_roundtrip_with_opengl_flip(synthetic_ho3d: Path, ho3d_records, layers):
+def test_ho3d_roundtrip_with_opengl_flip(synthetic_ho3d: Path, ho3d_records, ho3d_layers):
     cfg = SYNTHETIC_HO3D_CONFIG
     assert len(ho3d_records) == cfg.num_sequences * cfg.frames_per_sequence
     record = ho3d_records[0]
@@ -191,13 +198,13 @@ def test_ho3d_roundtrip_with_opengl_flip(synthetic_ho3d: Path, ho3d_records, lay
     # HO3D order (MANO 16 + tips) -> DexYCB order, flipped: wrist = HO3D joint 0, thumb tip = HO3D joint 16
     np.testing.assert_allclose(record.joints_3d[0], meta["handJoints3D"][0] * [1, -1, -1], atol=1e-6)
     np.testing.assert_allclose(record.joints_3d[4], meta["handJoints3D"][16] * [1, -1, -1], atol=1e-6)
-    joints = _layer_joints(layers, ho3d_records)
+    joints = _layer_joints(ho3d_layers, ho3d_records)
     assert np.abs(joints - np.stack([r.joints_3d for r in ho3d_records])).max() < JOINT_TOL_M
     for record in ho3d_records:
         assert np.abs(project_points(record.joints_3d, record.K) - record.joints_2d).max() < 1e-3
         assert np.isclose(np.linalg.det(record.object_pose[:, :3]), 1.0, atol=1e-4)
     # the raw (unflipped) MANO parameters would not reproduce the flipped joints
-    _, raw = layers["right"].forward_numpy(meta["handPose"][None], meta["handBeta"][None], meta["handTrans"][None])
+    _, raw = ho3d_layers["right"].forward_numpy(meta["handPose"][None], meta["handBeta"][None], meta["handTrans"][None])
     assert np.abs(raw[0] - ho3d_records[0].joints_3d).max() > 0.1
 
 
@@ -427,3 +434,159 @@ def test_open_source_errors_name_the_fix(tmp_path: Path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not an empty folder"):
         write_synthetic_dataset(tmp_path / "busy", TINY, HandModelConfig())
+
+
+# --- fingertip conventions ------------------------------------------------------------------------
+
+# DexYCB's joint order from MANO's 16 joints plus the 5 tips (thumb..little), written out here on its own.
+DEXYCB_FROM_MANO_AND_TIPS = [0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20]
+MANOPTH_TIPS = {"right": [745, 317, 444, 556, 673], "left": [745, 317, 445, 556, 673]}
+SMPLX_TIPS = [744, 320, 443, 554, 671]
+
+
+def _smplx_joints_from_pose_m(side: str, pose_m: np.ndarray, betas: np.ndarray, tips: list[int]) -> np.ndarray:
+    """(21, 3) joints of a plain smplx MANO forward of DexYCB's pose_m (PCA 45, flat_hand_mean=False)."""
+    import smplx
+    import torch
+
+    model = smplx.create(str(resolve_mano_path(side)), model_type="mano", is_rhand=side == "right", use_pca=True,
+                         num_pca_comps=45, flat_hand_mean=False)  # fmt: skip
+    # smplx quietly turns PCA off at 45 components (hand_pose is then taken as axis-angle), so the
+    # coefficients go through its own loaded basis here; it still adds the mean (flat_hand_mean=False).
+    assert not model.use_pca
+    hand_pose = np.asarray(pose_m[3:48], np.float64) @ np.asarray(model.np_hand_components, np.float64)
+    as_tensor = lambda a: torch.tensor(np.asarray(a, np.float32)[None])  # noqa: E731
+    with torch.no_grad():
+        out = model(global_orient=as_tensor(pose_m[:3]), hand_pose=as_tensor(hand_pose), betas=as_tensor(betas),
+                    transl=as_tensor(pose_m[48:51]))  # fmt: skip
+    joints = torch.cat([out.joints[0, :16], out.vertices[0, tips]]).numpy()
+    return joints[DEXYCB_FROM_MANO_AND_TIPS]
+
+
+def test_synthetic_dexycb_labels_equal_smplx_forward_at_manopth_tips(synthetic_dexycb: Path, dexycb_records):
+    checked = {"right": 0, "left": 0}
+    for record in dexycb_records[::5]:
+        labels = np.load(Path(record.image_path).with_name(f"labels_{record.frame_idx:06d}.npz"))
+        subject = record.sequence_key.split("/")[0]
+        betas = __import__("yaml").safe_load((synthetic_dexycb / "calibration" / f"mano_{subject}" / "mano.yml").read_text())["betas"]
+        pose_m = labels["pose_m"][0]
+        expected = _smplx_joints_from_pose_m(record.hand_side, pose_m, betas, MANOPTH_TIPS[record.hand_side])
+        np.testing.assert_allclose(labels["joint_3d"][0], expected, atol=2e-5, err_msg=record.sample_key)
+        # smplx's own tip ids are another vertex: the labels are not theirs (about 2 mm away here).
+        smplx_tips = _smplx_joints_from_pose_m(record.hand_side, pose_m, betas, SMPLX_TIPS)[[4, 8, 12, 16, 20]]
+        assert np.linalg.norm(labels["joint_3d"][0][[4, 8, 12, 16, 20]] - smplx_tips, axis=1).max() > 1e-3
+        checked[record.hand_side] += 1
+    assert min(checked.values()) >= 3
+
+
+def test_sources_carry_their_tip_convention(synthetic_dexycb: Path, synthetic_ho3d: Path, tmp_path: Path):
+    from unihope.config import ConfigError, PipelineConfig
+    from unihope.tip_convention import recorded_tip_convention
+
+    hand = HandModelConfig()
+    assert open_source(SourceConfig(kind="dexycb", root=synthetic_dexycb), hand).tip_convention == "manopth"
+    assert open_source(SourceConfig(kind="ho3d", root=synthetic_ho3d), hand).tip_convention == "ho3d"
+    assert open_source(SourceConfig(kind="dexycb", root=synthetic_dexycb, tip_convention="smplx"), hand).tip_convention == "smplx"
+    synthetic_ho3d_cfg = SourceConfig(kind="synthetic", root=tmp_path, synthetic=SyntheticConfig(format="ho3d"))
+    assert synthetic_ho3d_cfg.resolved_tip_convention() == "ho3d"
+    assert SourceConfig().resolved_tip_convention() == "manopth"  # synthetic DexYCB layout
+    with pytest.raises(ValueError, match="synthetic dexycb source writes its labels with 'manopth' tips"):
+        SourceConfig(kind="synthetic", tip_convention="ho3d")
+    with pytest.raises(ConfigError, match="source.tip_convention"):
+        PipelineConfig.from_yaml("source:\n  kind: dexycb\n  root: /data\n  tip_convention: mano\n")
+    with pytest.raises(ValueError, match="unknown tip convention 'mano'"):
+        DexYCBSource(synthetic_dexycb, tip_convention="mano")
+    # What a build records, and how training reads it back (old builds: the layout's own).
+    from tasks.pack import dataset_attrs
+
+    attrs = dataset_attrs(PipelineConfig(source=SourceConfig(kind="ho3d", root=synthetic_ho3d)))
+    assert attrs.config["source"]["tip_convention"] == "ho3d"
+    assert recorded_tip_convention(attrs.config) == "ho3d"
+    assert recorded_tip_convention({"source": {"kind": "synthetic", "synthetic": {"format": "dexycb"}}}) == "manopth"
+    assert recorded_tip_convention({"source": {"kind": "dexycb", "tip_convention": "smplx"}}) == "smplx"
+
+
+# --- DexYCB's quirks in the synthetic source ------------------------------------------------------
+
+
+def test_quirks_unannotated_frames_are_skipped_with_a_reason(synthetic_dexycb_quirks: Path):
+    unannotated = set(json.loads((synthetic_dexycb_quirks / "truth" / "unannotated.json").read_text()))
+    source = DexYCBSource(synthetic_dexycb_quirks)
+    refs = source.index()
+    loaded = source.load(refs)
+    skips = {item.sample_key: item for item in loaded if isinstance(item, Skip)}
+    assert set(skips) == unannotated
+    assert {s.reason for s in skips.values()} == {SkipReason.NO_VALID_HAND}
+    assert all("hand not annotated" in s.detail for s in skips.values())
+    # at the start of every camera, and scattered later in the sequence
+    by_camera: dict[tuple[str, str], list[int]] = {}
+    for ref in refs:
+        if ref.sample_key in unannotated:
+            by_camera.setdefault((ref.sequence_key, ref.serial), []).append(ref.frame_idx)
+    assert len(by_camera) == 4 and all(frames[0] == 0 for frames in by_camera.values())
+    assert any(np.any(np.diff(frames) > 1) for frames in by_camera.values())
+    for key in unannotated:
+        labels = np.load(synthetic_dexycb_quirks / f"{key.rsplit('/', 1)[0]}/labels_{key.rsplit('/', 1)[1]}.npz")
+        assert np.all(labels["pose_m"] == 0) and labels["pose_m"].shape == (1, 51)
+        assert np.all(labels["joint_3d"] == -1) and np.all(labels["joint_2d"] == -1)
+        assert not np.any(labels["seg"] == 255) and labels["pose_y"].shape[1:] == (3, 4)
+    records = [item for item in loaded if isinstance(item, FrameRecord)]
+    assert len(records) == len(refs) - len(unannotated) > 0
+
+
+def test_quirks_files_read_as_dex_ycb_toolkit_reads_them(synthetic_dexycb_quirks: Path):
+    import yaml
+    from scipy.spatial.transform import Rotation
+
+    # 1. points.xyz beside every textured_simple.obj: "x y z" metres on the mesh's surface
+    for model_dir in sorted((synthetic_dexycb_quirks / "models").iterdir()):
+        points = np.loadtxt(model_dir / "points.xyz")
+        mesh = trimesh.load(model_dir / "textured_simple.obj", force="mesh")
+        assert points.shape == (2620, 3)
+        assert np.all(points >= mesh.bounds[0] - 1e-5) and np.all(points <= mesh.bounds[1] + 1e-5)
+        triangles = mesh.triangles
+        for point in points[:: len(points) // 20]:  # on the surface: some triangle passes within 1e-5 m
+            closest = trimesh.triangles.closest_point(triangles, np.repeat(point[None], len(triangles), axis=0))
+            assert np.linalg.norm(closest - point, axis=1).min() < 1e-5
+    # 2. extrinsics.yml: 3x4 world-from-camera per serial, `apriltag` and `master`, as SequenceLoader views them
+    sequence_key = DexYCBSource(synthetic_dexycb_quirks).sequence_keys()[1]
+    meta = yaml.safe_load((synthetic_dexycb_quirks / sequence_key / "meta.yml").read_text())
+    extr = yaml.safe_load((synthetic_dexycb_quirks / "calibration" / f"extrinsics_{meta['extrinsics']}" / "extrinsics.yml").read_text())
+    T = {name: np.asarray(value, dtype=np.float64).reshape(3, 4) for name, value in extr["extrinsics"].items()}
+    assert set(T) == set(meta["serials"]) | {"apriltag"} and extr["master"] in meta["serials"]
+    np.testing.assert_allclose(T["apriltag"][:, :3] @ T["apriltag"][:, :3].T, np.eye(3), atol=1e-9)
+    # 3. pose.npz (world frame): camera = extrinsics^-1 @ world gives the per-camera labels
+    pose = np.load(synthetic_dexycb_quirks / sequence_key / "pose.npz")
+    num_objects = len(meta["ycb_ids"])
+    assert pose["pose_y"].shape == (meta["num_frames"], num_objects, 7) and pose["pose_m"].shape == (meta["num_frames"], 1, 51)
+    layer = HandLayer(side=meta["mano_sides"][0])
+    betas = np.asarray(yaml.safe_load((synthetic_dexycb_quirks / "calibration" / f"mano_{meta['mano_calib'][0]}" / "mano.yml").read_text())["betas"])
+    arrays = load_mano_arrays(resolve_mano_path(meta["mano_sides"][0]))
+    for serial in meta["serials"]:
+        R_wc, t_wc = T[serial][:, :3], T[serial][:, 3]
+        for frame_idx in (0, 5, 9):
+            labels = np.load(synthetic_dexycb_quirks / sequence_key / serial / f"labels_{frame_idx:06d}.npz")
+            for obj_idx in range(num_objects):
+                q, t = pose["pose_y"][frame_idx, obj_idx, :4], pose["pose_y"][frame_idx, obj_idx, 4:]
+                R_world = Rotation.from_quat(q).as_matrix()  # (x, y, z, w), scipy's order as the toolkit's
+                np.testing.assert_allclose(R_wc.T @ R_world, labels["pose_y"][obj_idx][:, :3], atol=1e-5)
+                np.testing.assert_allclose(R_wc.T @ (t - t_wc), labels["pose_y"][obj_idx][:, 3], atol=1e-5)
+            pose_m = pose["pose_m"][frame_idx, 0].astype(np.float64)
+            if np.all(labels["pose_m"] == 0):
+                assert np.all(pose_m == 0)
+                continue
+            hand_pose = arrays["hands_mean"] + pose_m[3:48] @ arrays["hands_components"]
+            _, joints_world = layer.forward_numpy(np.concatenate([pose_m[:3], hand_pose])[None], betas[None], pose_m[None, 48:])
+            np.testing.assert_allclose((joints_world[0] - t_wc) @ R_wc, labels["joint_3d"][0], atol=1e-4)
+
+
+def test_quirks_off_writes_none_of_them(synthetic_dexycb: Path):
+    import yaml
+
+    assert not list((synthetic_dexycb / "models").glob("*/points.xyz"))
+    assert not list(synthetic_dexycb.glob("*/*/pose.npz"))
+    (extrinsics_path,) = (synthetic_dexycb / "calibration").glob("extrinsics_*/extrinsics.yml")
+    assert "apriltag" not in yaml.safe_load(extrinsics_path.read_text())["extrinsics"]
+    assert not (synthetic_dexycb / "truth" / "unannotated.json").exists()
+    with pytest.raises(ValueError, match="quirks are DexYCB's"):
+        SyntheticConfig(format="ho3d", quirks=True)

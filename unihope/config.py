@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 CONFIG_SCHEMA_VERSION = 1
 M = TypeVar("M", bound=BaseModel)
+# Whose fingertip vertices each on-disk layout's 21-joint labels use (see unihope.hand.TIP_CONVENTIONS):
+# DexYCB's joint_3d comes from manopth's MANO layer, HO3D's handJoints3D from the HO3D toolkit's.
+TIP_CONVENTION_OF_LAYOUT: dict[str, str] = {"dexycb": "manopth", "ho3d": "ho3d"}
 
 
 class StageConfig(BaseModel):
@@ -56,6 +59,15 @@ class SyntheticConfig(StageConfig):
     seed: int = 0
     image_width_px: int = 640
     image_height_px: int = 480
+    # DexYCB's quirks (dexycb format): frames whose hand is not annotated (at a camera's start and
+    # scattered), models/<name>/points.xyz, an `apriltag` extrinsics entry, per-sequence pose.npz
+    quirks: bool = False
+
+    @model_validator(mode="after")
+    def _check_quirks(self) -> "SyntheticConfig":
+        if self.quirks and self.format != "dexycb":
+            raise ValueError(f"synthetic.quirks are DexYCB's; format={self.format!r} has none (set quirks: false)")
+        return self
 
 
 class SourceConfig(StageConfig):
@@ -66,6 +78,27 @@ class SourceConfig(StageConfig):
     split: str = "all"  # dexycb: all | s{0..3}_{train,val,test}; ho3d: all | train | evaluation
     synthetic: SyntheticConfig = SyntheticConfig()
     max_frames: int | None = Field(None, ge=1)  # cap for quick runs; None = all
+    # Fingertip vertices of the 21 joints: "auto" = the layout's own (DexYCB manopth, HO3D ho3d). Name
+    # another only for a dataset in that layout whose labels were made with other tip ids.
+    tip_convention: Literal["auto", "manopth", "ho3d", "smplx"] = "auto"
+
+    def layout(self) -> str:
+        """The on-disk layout read: "dexycb" or "ho3d" (a synthetic source's format)."""
+        return self.synthetic.format if self.kind == "synthetic" else self.kind
+
+    def resolved_tip_convention(self) -> str:
+        """The tip convention in force: `tip_convention`, or the layout's own for "auto"."""
+        return TIP_CONVENTION_OF_LAYOUT[self.layout()] if self.tip_convention == "auto" else self.tip_convention
+
+    @model_validator(mode="after")
+    def _check_tip_convention(self) -> "SourceConfig":
+        native = TIP_CONVENTION_OF_LAYOUT[self.layout()]
+        if self.kind == "synthetic" and self.tip_convention not in ("auto", native):
+            raise ValueError(
+                f"source.tip_convention={self.tip_convention!r}: the synthetic {self.synthetic.format} source "
+                f"writes its labels with {native!r} tips, as the real dataset; use 'auto' or {native!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_root(self) -> "SourceConfig":

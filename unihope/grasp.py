@@ -1,4 +1,4 @@
-"""Grasp labels: the grasped object's motion against its sequence's first frame (UniHOPE's RRE/RTE rule)."""
+"""Grasp labels: the grasped object's motion against frame 0 of its sequence and camera (UniHOPE's RRE/RTE rule)."""
 
 from __future__ import annotations
 
@@ -78,8 +78,12 @@ def label_grasps(
 ) -> list[GraspLabel]:
     """Label every frame as grasping or not from the object's motion since its sequence's first frame.
 
-    Frames are grouped by (sequence_key, serial); each group's reference is its earliest `frame_idx`
-    present in `frames`. Within a group the errors are computed in one vectorised call.
+    Frames are grouped by (sequence_key, serial). As upstream, a group's reference is frame 0 of that
+    sequence and camera, which the source read from frame 0's own label file into each record
+    (`grasp_reference_pose`), so it holds even when frame 0 itself was skipped (no annotated hand,
+    unreadable image) or left out (split, max_frames). Records without a reference (a source that
+    gives none) fall back to the group's earliest loaded `frame_idx`. Within a group the errors are
+    computed in one vectorised call.
 
     Args:
         frames: records of any number of sequences and cameras, in any order.
@@ -92,7 +96,8 @@ def label_grasps(
         One `GraspLabel` per input frame, in input order.
 
     Raises:
-        ValueError: on duplicate sample keys or non-finite object poses.
+        ValueError: on duplicate sample keys, non-finite object poses, or a group whose records
+            disagree on their reference (some with one and some without, or different frames).
     """
     # 1. Check inputs.
     keys = [frame.sample_key for frame in frames]
@@ -109,19 +114,18 @@ def label_grasps(
     for pos, frame in enumerate(frames):
         groups.setdefault((frame.sequence_key, frame.serial), []).append(pos)
 
-    # 3. Vectorised RRE / RTE per group against its earliest frame.
+    # 3. Vectorised RRE / RTE per group against its reference.
     labels: list[GraspLabel | None] = [None] * len(frames)
     for (sequence_key, serial), positions in groups.items():
-        ref_pos = min(positions, key=lambda pos: frames[pos].frame_idx)
+        reference_key, reference_pose = _group_reference([frames[pos] for pos in positions], sequence_key, serial)
         poses = np.stack([frames[pos].object_pose for pos in positions])
         try:
-            rre_deg, rte_m = relative_pose_errors(frames[ref_pos].object_pose, poses)
+            rre_deg, rte_m = relative_pose_errors(reference_pose, poses)
         except ValueError as err:
             raise ValueError(f"sequence {sequence_key!r}, camera {serial!r}: {err}") from err
         is_grasping_rule = (rre_deg > cfg.rre_threshold_deg) | (rte_m > cfg.rte_threshold_m)
 
         # 4. Build labels, applying manual overrides.
-        reference_key = frames[ref_pos].sample_key
         for row, pos in enumerate(positions):
             key = frames[pos].sample_key
             is_override = key in overrides
@@ -134,3 +138,21 @@ def label_grasps(
                 source="override" if is_override else "rule",
             )
     return labels  # type: ignore[return-value]  # every position was filled in step 4
+
+
+def _group_reference(group: Sequence[FrameRecord], sequence_key: str, serial: str) -> tuple[str, np.ndarray]:
+    """(reference sample key, (3, 4) reference object pose) of one (sequence, camera) group.
+
+    Raises:
+        ValueError: when the group's records disagree on their reference.
+    """
+    with_reference = [frame for frame in group if frame.grasp_reference_pose is not None]
+    if not with_reference:
+        earliest = min(group, key=lambda frame: frame.frame_idx)
+        return earliest.sample_key, earliest.object_pose
+    if len(with_reference) != len(group) or len({frame.grasp_reference_key for frame in group}) != 1:
+        raise ValueError(
+            f"sequence {sequence_key!r}, camera {serial!r}: records disagree on the grasp reference "
+            f"({sorted({frame.grasp_reference_key or '<none>' for frame in group})}); load them with one source"
+        )
+    return with_reference[0].grasp_reference_key, with_reference[0].grasp_reference_pose

@@ -96,11 +96,12 @@ def build_model(cfg: TrainConfig, hand_layer: nn.Module) -> UniHOPEModel:
     return model
 
 
-def build_hand_layer() -> nn.Module:
-    """The project's right-hand MANO layer (left samples are mirrored to it)."""
+def build_hand_layer(tip_convention: str = "manopth") -> nn.Module:
+    """The project's right-hand MANO layer (left samples are mirrored to it), with the fingertips of
+    the dataset's convention (`unihope.tip_convention.dataset_tip_convention`)."""
     from unihope.hand import HandLayer
 
-    return HandLayer(side="right")
+    return HandLayer(side="right", tip_convention=tip_convention)
 
 
 # ---------------------------------------------------------------- batches
@@ -911,7 +912,9 @@ def run_training_from_cli(config_path: Path, data_url: str, out_dir: Path) -> Tr
     train_set = open_paired_dataset(data_url, cfg.data.train_split, cfg, cfg.data.max_train_samples, augment_on=True)
     eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples)
     print(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url})")
-    result = train(cfg, train_set, eval_set, Path(out_dir), build_hand_layer())
+    from unihope.tip_convention import dataset_tip_convention
+
+    result = train(cfg, train_set, eval_set, Path(out_dir), build_hand_layer(dataset_tip_convention(data_url)))
     print(f"checkpoint: {result.checkpoint_path}")
     print(f"metrics:    {Path(out_dir) / 'metrics.json'}")
     return result
@@ -922,7 +925,9 @@ def run_evaluation_from_cli(config_path: Path, checkpoint_path: Path, data_url: 
     cfg = TrainConfig.from_yaml(Path(config_path))
     _apply_cpu_threads(cfg)
     device = resolve_device(cfg.device)
-    model = build_model(cfg, build_hand_layer()).to(device)
+    from unihope.tip_convention import dataset_tip_convention
+
+    model = build_model(cfg, build_hand_layer(dataset_tip_convention(data_url))).to(device)
     _, stats = load_checkpoint(Path(checkpoint_path), model)
     if stats is None:
         raise ValueError(f"{checkpoint_path} carries no training statistics; evaluate a checkpoint from `unihope train`")

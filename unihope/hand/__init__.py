@@ -2,12 +2,15 @@
 
 from unihope.hand.assets import describe_hand_model, resolve_mano_path
 from unihope.hand.constants import (
+    DEFAULT_TIP_CONVENTION,
     FINGER_NAMES,
     MANO_FINGER_JOINTS,
     MANO_TO_DEXYCB_JOINTS,
     NUM_MANO_FACES,
     NUM_MANO_VERTICES,
+    TIP_CONVENTIONS,
     TIP_VERTEX_IDS,
+    tip_vertex_ids,
 )
 from unihope.hand.convert import convert_official_mano
 from unihope.hand.layer import (
@@ -22,12 +25,14 @@ from unihope.hand.preview import render_grasp_preview
 from unihope.hand.procedural import PROCEDURAL_MODEL_VERSION, build_procedural_mano, curl_pose, mirror_mano
 
 __all__ = [
+    "DEFAULT_TIP_CONVENTION",
     "FINGER_NAMES",
     "MANO_FINGER_JOINTS",
     "MANO_TO_DEXYCB_JOINTS",
     "NUM_MANO_FACES",
     "NUM_MANO_VERTICES",
     "PROCEDURAL_MODEL_VERSION",
+    "TIP_CONVENTIONS",
     "TIP_VERTEX_IDS",
     "HandLayer",
     "HandOutput",
@@ -41,5 +46,6 @@ __all__ = [
     "pca_to_axis_angle",
     "render_grasp_preview",
     "resolve_mano_path",
+    "tip_vertex_ids",
     "vertex_finger_labels",
 ]

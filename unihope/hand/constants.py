@@ -13,8 +13,35 @@ SIDES = ("right", "left")
 
 FINGER_NAMES = ("thumb", "index", "middle", "ring", "little")
 
-# smplx's MANO fingertip vertex ids (smplx.vertex_ids.VERTEX_IDS["mano"]), in FINGER_NAMES order.
-TIP_VERTEX_IDS: dict[str, int] = {"thumb": 744, "index": 320, "middle": 443, "ring": 554, "little": 671}
+# Fingertip vertex ids of the 21-joint hand, per convention and side, thumb..little (FINGER_NAMES order).
+# The field uses three: manopth (dex-ycb-toolkit's MANO layer, hence DexYCB's joint_3d; its left hand
+# takes 445 for the middle tip), the HO3D toolkit (its patched setup_mano.py, hence HO3D's
+# handJoints3D) and smplx (smplx.vertex_ids.VERTEX_IDS["mano"]). On real MANO they lie a few mm apart;
+# the procedural hand puts every one of them on its fingertip (unihope.hand.procedural).
+TIP_CONVENTIONS: dict[str, dict[str, tuple[int, int, int, int, int]]] = {
+    "manopth": {"right": (745, 317, 444, 556, 673), "left": (745, 317, 445, 556, 673)},
+    "ho3d": {"right": (744, 333, 444, 555, 672), "left": (744, 333, 444, 555, 672)},
+    "smplx": {"right": (744, 320, 443, 554, 671), "left": (744, 320, 443, 554, 671)},
+}
+# The convention HandLayer uses when none is named: DexYCB's (manopth), the project's primary dataset.
+DEFAULT_TIP_CONVENTION = "manopth"
+
+# smplx's fingertip ids by finger name (kept for callers that index vertices by finger; every
+# convention's tip vertex lies on the same fingertip of the procedural hand).
+TIP_VERTEX_IDS: dict[str, int] = dict(zip(FINGER_NAMES, TIP_CONVENTIONS["smplx"]["right"]))
+
+
+def tip_vertex_ids(convention: str, side: str) -> tuple[int, int, int, int, int]:
+    """Fingertip vertex ids (thumb..little) of a convention for one side.
+
+    Raises:
+        ValueError: for an unknown convention or side.
+    """
+    if convention not in TIP_CONVENTIONS:
+        raise ValueError(f"unknown tip convention {convention!r}; valid: {', '.join(TIP_CONVENTIONS)}")
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    return TIP_CONVENTIONS[convention][side]
 
 # MANO joint order: 0 wrist, 1-3 index, 4-6 middle, 7-9 little, 10-12 ring, 13-15 thumb.
 # Each finger's joints from the palm outwards (MCP, PIP, DIP; for the thumb CMC, MCP, IP).

@@ -11,6 +11,7 @@ import torch
 
 from unihope.hand.assets import resolve_mano_path
 from unihope.hand.constants import (
+    DEFAULT_TIP_CONVENTION,
     FINGER_NAMES,
     MANO_JOINT_FINGER_LABEL,
     MANO_TO_DEXYCB_JOINTS,
@@ -18,13 +19,16 @@ from unihope.hand.constants import (
     NUM_HAND_POSE_DIMS,
     NUM_MANO_JOINTS,
     SIDES,
+    TIP_CONVENTIONS,
     TIP_VERTEX_IDS,
+    tip_vertex_ids,
 )
 from unihope.hand.convert import load_mano_pickle
 
 __all__ = [
     "FINGER_NAMES",
     "MANO_TO_DEXYCB_JOINTS",
+    "TIP_CONVENTIONS",
     "TIP_VERTEX_IDS",
     "HandLayer",
     "HandOutput",
@@ -144,33 +148,44 @@ def vertex_finger_labels(weights: np.ndarray) -> np.ndarray:
 
 
 class HandLayer(torch.nn.Module):
-    """smplx MANO (full 45-d axis-angle pose, flat hand mean) returning DexYCB-ordered joints."""
+    """smplx MANO (full 45-d axis-angle pose, flat hand mean) returning DexYCB-ordered joints.
 
-    def __init__(self, side: str = "right", model_path: Path | None = None) -> None:
+    The five fingertip joints are vertices, and which vertices depends on the dataset's convention
+    (`TIP_CONVENTIONS`): build the layer with the convention of the data it is compared against
+    (a source's `tip_convention`, a dataset's recorded one). The default is manopth's, DexYCB's.
+    """
+
+    def __init__(
+        self, side: str = "right", model_path: Path | None = None, tip_convention: str = DEFAULT_TIP_CONVENTION
+    ) -> None:
         """Builds the layer.
 
         Args:
             side: "right" or "left".
             model_path: a MANO_RIGHT.pkl / MANO_LEFT.pkl file; None -> resolve_mano_path(side)
                 (the cached procedural hand).
+            tip_convention: whose fingertip vertex ids give joints 4, 8, 12, 16, 20: "manopth"
+                (DexYCB, the default), "ho3d" or "smplx".
 
         Raises:
-            ValueError: if side is unknown or model_path does not exist.
+            ValueError: if side or tip_convention is unknown or model_path does not exist.
         """
         super().__init__()
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        tip_ids = tip_vertex_ids(tip_convention, side)
         path = Path(model_path) if model_path is not None else resolve_mano_path(side)
         if not path.is_file():
             raise ValueError(f"MANO model file {path} does not exist")
         self.side = side
         self.model_path = path
+        self.tip_convention = tip_convention
         # smplx takes the side from a file name containing RIGHT; is_rhand matters for folders only.
         self.mano = smplx.MANO(
             model_path=str(path), is_rhand=side == "right", use_pca=False, flat_hand_mean=True,
             num_pca_comps=NUM_HAND_POSE_DIMS, batch_size=1,
         )
-        self.register_buffer("tip_vertex_idx", torch.tensor(list(TIP_VERTEX_IDS.values()), dtype=torch.long))
+        self.register_buffer("tip_vertex_idx", torch.tensor(tip_ids, dtype=torch.long))
         self.register_buffer("dexycb_order", torch.tensor(MANO_TO_DEXYCB_JOINTS, dtype=torch.long))
 
     @property

@@ -1,8 +1,10 @@
 """Deterministic procedural right/left hand written in MANO's own pickle format.
 
 The real MANO model is licensed; this module builds a stand-in with exactly MANO's sizes and
-conventions (778 vertices, 1538 faces, 16 joints in MANO's tree, smplx's fingertip vertex ids) so
-that `smplx.MANO` loads it unchanged and every downstream stage can run without the licensed file.
+conventions (778 vertices, 1538 faces, 16 joints in MANO's tree) so that `smplx.MANO` loads it
+unchanged and every downstream stage can run without the licensed file. Every fingertip vertex id
+the field uses (manopth's, HO3D's and smplx's, `TIP_CONVENTIONS`) lies on its fingertip: the apex
+takes manopth's id, the others sit on the ring just behind the apex (about 2 mm away, as on MANO).
 
 Geometry is built in a palm frame (a: wrist -> fingers, w: towards the thumb, h: towards the back
 of the hand) and mapped to MANO's world frame at the end (fingers along -x, thumb towards +z,
@@ -32,12 +34,12 @@ from unihope.hand.constants import (
     NUM_MANO_VERTICES,
     NUM_WRIST_BOUNDARY_VERTICES,
     SIDES,
-    TIP_VERTEX_IDS,
+    TIP_CONVENTIONS,
 )
 from unihope.hand.convert import write_mano_pickle
 
 # Bump whenever the generated arrays change: it names the cache folder (procedural-v<N>).
-PROCEDURAL_MODEL_VERSION = 1
+PROCEDURAL_MODEL_VERSION = 2  # v2: every tip convention on the fingertips
 
 # Palm frame -> MANO world frame: a -> -x, w -> +z, h -> +y (a proper rotation, det +1).
 PALM_TO_WORLD = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
@@ -145,6 +147,9 @@ DIGITS: dict[str, DigitSpec] = {
 FINGER_RINGS = ((0, 0.25), (0, 0.5), (0, 0.75), (1, 0.0), (1, 0.5), (2, 0.0), (2, 0.33))
 THUMB_RINGS = ((0, 0.42), (0, 0.62), (0, 0.82), (1, 0.0), (1, 0.35), (1, 0.7), (2, 0.0), (2, 0.33))
 TIP_HEMISPHERE_DEG = (0.0, 45.0, 72.0)
+# The fingertip apex takes this convention's id (right hand; DexYCB's); the other conventions' ids go to
+# the last hemisphere ring's most palmar vertices (the pad), nearest first.
+TIP_APEX_CONVENTION = "manopth"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +390,8 @@ class _RawHand:
     arc_m: np.ndarray  # (778,) arc length from the digit base joint
     centre_m: np.ndarray  # (778, 3) ring centre
     base_loop_owners: dict[int, tuple[int, ...]]  # palm vertex -> digit labels sharing it
-    tip_vertex_idx: dict[str, int]  # finger name -> vertex index (before the final permutation)
+    tip_vertex_idx: dict[str, int]  # finger name -> apex vertex index (before the final permutation)
+    tip_ring_idx: dict[str, tuple[int, ...]]  # finger name -> last ring's vertices, most palmar first
     skeletons: dict[str, _DigitSkeleton]
 
 
@@ -479,9 +485,12 @@ def _build_raw_hand() -> _RawHand:
 
     # 5. Fingers: 7 body rings + 3 tip-hemisphere rings + tip vertex on each base loop.
     tip_vertex_idx: dict[str, int] = {}
+    tip_ring_idx: dict[str, tuple[int, ...]] = {}
     for name in FINGER_NAMES[1:]:
         base_loop = [knuckle_idx[key] for key in finger_loop_keys[name]]
-        tip_vertex_idx[name] = _add_digit_tube(mesh, faces, skeletons[name], name, base_loop, FINGER_RINGS, None)
+        tip_vertex_idx[name], tip_ring_idx[name] = _add_digit_tube(
+            mesh, faces, skeletons[name], name, base_loop, FINGER_RINGS, None
+        )
 
     # 6. Thumb: its base loop is the opening left in the palm's radial-palmar edge.
     rows, cols = THUMB_HOLE_ROWS, THUMB_HOLE_COLUMNS
@@ -499,7 +508,7 @@ def _build_raw_hand() -> _RawHand:
     if hole_angles_rad[-1] < hole_angles_rad[0]:
         hole_loop = hole_loop[::-1]
         hole_angles_rad = hole_angles_rad[::-1]
-    tip_vertex_idx["thumb"] = _add_digit_tube(
+    tip_vertex_idx["thumb"], tip_ring_idx["thumb"] = _add_digit_tube(
         mesh, faces, thumb_skel, "thumb", hole_loop, THUMB_RINGS, float(hole_angles_rad[0])
     )
 
@@ -535,6 +544,7 @@ def _build_raw_hand() -> _RawHand:
         centre_m=np.array(mesh.centre)[keep],
         base_loop_owners={int(old_to_final[k]): v for k, v in base_loop_owners.items()},
         tip_vertex_idx={k: int(old_to_final[v]) for k, v in tip_vertex_idx.items()},
+        tip_ring_idx={k: tuple(int(old_to_final[i]) for i in v) for k, v in tip_ring_idx.items()},
         skeletons=skeletons,
     )
 
@@ -547,8 +557,12 @@ def _add_digit_tube(
     base_loop: list[int],
     ring_specs: tuple[tuple[int, float], ...],
     phase_rad: float | None,
-) -> int:
-    """Adds the rings and tip of one digit on top of its base loop; returns the tip vertex index."""
+) -> tuple[int, tuple[int, ...]]:
+    """Adds the rings and tip of one digit on top of its base loop.
+
+    Returns:
+        The apex vertex index and the last ring's vertex indices, most palmar first.
+    """
     label = FINGER_NAMES.index(name) + 1
     num = FINGER_RING_SIZE
     slot_angles_rad = 2.0 * np.pi * np.arange(num) / num + (phase_rad or 0.0)
@@ -576,7 +590,9 @@ def _add_digit_tube(
     tip = skel.joints_m[3]
     tip_idx = mesh.add(tip, label, total_m, tip)
     faces += [(previous[k], previous[(k + 1) % num], tip_idx) for k in range(num)]
-    return tip_idx
+    _, dorsal = _digit_frame(skel.dirs[2], skel.dorsal_ref)
+    dorsal_height = [float((mesh.positions[i] - tip) @ dorsal) for i in previous]
+    return tip_idx, tuple(previous[k] for k in np.argsort(dorsal_height, kind="stable"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -850,12 +866,28 @@ def curl_pose(curl_amount: float, thumb_opposition: float) -> np.ndarray:
     return pose
 
 
-def _tip_permutation(tip_vertex_idx: dict[str, int], num_verts: int) -> np.ndarray:
-    """new -> old vertex order that puts each tip vertex at smplx's fingertip id."""
+def _tip_targets() -> dict[str, list[int]]:
+    """Per finger, the distinct fingertip ids of every convention and side: the apex's id first."""
+    targets = {}
+    for finger_idx, name in enumerate(FINGER_NAMES):
+        apex_id = TIP_CONVENTIONS[TIP_APEX_CONVENTION]["right"][finger_idx]
+        others = {ids[finger_idx] for sides in TIP_CONVENTIONS.values() for ids in sides.values()} - {apex_id}
+        targets[name] = [apex_id, *sorted(others)]
+    return targets
+
+
+def _tip_permutation(raw: _RawHand, num_verts: int) -> np.ndarray:
+    """new -> old vertex order that puts every convention's fingertip id on the fingertip.
+
+    The apex takes the first id of `_tip_targets`, the last ring's most palmar vertices the others.
+    """
     new_to_old = np.full(num_verts, -1)
-    for name, target_idx in TIP_VERTEX_IDS.items():
-        new_to_old[target_idx] = tip_vertex_idx[name]
-    remaining = iter(sorted(set(range(num_verts)) - set(tip_vertex_idx.values())))
+    for name, target_ids in _tip_targets().items():
+        sources = [raw.tip_vertex_idx[name], *raw.tip_ring_idx[name]]
+        for target_idx, old_idx in zip(target_ids, sources):
+            new_to_old[target_idx] = old_idx
+    placed = set(new_to_old[new_to_old >= 0].tolist())
+    remaining = iter(sorted(set(range(num_verts)) - placed))
     for new_idx in range(num_verts):
         if new_to_old[new_idx] < 0:
             new_to_old[new_idx] = next(remaining)
@@ -900,8 +932,8 @@ def build_procedural_mano(side: str = "right") -> dict[str, Any]:
     ).reshape(len(v_template), 3, -1)
     hands_components, hands_mean = _synergy_basis(raw.skeletons)
 
-    # 4. Put the tips at smplx's fingertip ids.
-    new_to_old = _tip_permutation(raw.tip_vertex_idx, len(v_template))
+    # 4. Put every convention's fingertip ids on the fingertips.
+    new_to_old = _tip_permutation(raw, len(v_template))
     old_to_new = np.argsort(new_to_old)
     kintree_table = np.array([[2**32 - 1 if p < 0 else p for p in MANO_PARENTS], list(range(NUM_MANO_JOINTS))],
                              dtype=np.int64)

@@ -59,7 +59,7 @@ class ObjectAsset:
 # file, both far more than annotating a frame, and worker processes annotate many batches: keep one of
 # each per process, keyed by what makes them differ. They hold no per-frame state.
 _RENDERERS: dict[tuple[int, str], AnnotationRenderer] = {}
-_HAND_LAYERS: dict[tuple[str, str], tuple[object, HandPartGeometry]] = {}
+_HAND_LAYERS: dict[tuple[str, str, str], tuple[object, HandPartGeometry]] = {}
 _OBJECTS: dict[str, ObjectAsset | Skip] = {}  # keyed by ObjectAsset.cache_key
 
 
@@ -71,13 +71,17 @@ def get_renderer(size_px: int, platform: str) -> AnnotationRenderer:
     return _RENDERERS[key]
 
 
-def get_hand_layer(side: str, hand_cfg: HandModelConfig) -> tuple[object, HandPartGeometry]:
-    """The process's `HandLayer` for `side` and its part faces / embedding colours (created on first use)."""
+def get_hand_layer(
+    side: str, hand_cfg: HandModelConfig, tip_convention: str = "manopth"
+) -> tuple[object, HandPartGeometry]:
+    """The process's `HandLayer` for `side` (fingertips of `tip_convention`, the source's) and its part
+    faces / embedding colours (created on first use)."""
     from unihope.hand import HandLayer, resolve_mano_path, vertex_finger_labels
 
-    key = (side, hand_cfg.config_hash())
+    key = (side, hand_cfg.config_hash(), tip_convention)
     if key not in _HAND_LAYERS:
-        layer = HandLayer(side=side, model_path=resolve_mano_path(side, hand_cfg.mano_dir, hand_cfg.cache_dir))
+        layer = HandLayer(side=side, model_path=resolve_mano_path(side, hand_cfg.mano_dir, hand_cfg.cache_dir),
+                          tip_convention=tip_convention)
         template_vertices_m, _ = layer.forward_numpy(
             np.zeros((1, 48), np.float32), np.zeros((1, 10), np.float32), np.zeros((1, 3), np.float32)
         )
@@ -171,6 +175,7 @@ def annotate_frames(
     crop_cfg: CropConfig,
     render_cfg: RenderConfig,
     hand_cfg: HandModelConfig,
+    tip_convention: str = "manopth",
 ) -> list[AnnotatedFrame | Skip]:
     """Crop, render and annotate a batch of frames; bad frames become Skips, never exceptions.
 
@@ -180,6 +185,8 @@ def annotate_frames(
         crop_cfg: crop size and box scales.
         render_cfg: GL platform, feature-map downsampling, relative depth range, occlusion bins.
         hand_cfg: which MANO files the hand layer uses.
+        tip_convention: the source's fingertip convention (`FrameSource.tip_convention`), so that the
+            layer's joints are the records' joints.
 
     Returns:
         One `AnnotatedFrame` or `Skip` per input frame, in input order.
@@ -204,20 +211,22 @@ def annotate_frames(
     feature_size_px = size_px // render_cfg.feature_downsample
 
     # 2. Hand meshes, one forward pass per frame (batch-invariant).
-    hand_vertices_m = _hand_vertices_by_frame(frames, hand_cfg)
+    hand_vertices_m = _hand_vertices_by_frame(frames, hand_cfg, tip_convention)
 
     # 3. Annotate frame by frame with the process's renderer.
     renderer = get_renderer(size_px, render_cfg.platform)
     results: list[AnnotatedFrame | Skip] = []
     for pos, (frame, grasp) in enumerate(zip(frames, grasps, strict=True)):
-        _, hand_geometry = get_hand_layer(frame.hand_side, hand_cfg)
+        _, hand_geometry = get_hand_layer(frame.hand_side, hand_cfg, tip_convention)
         results.append(
             _annotate_one(frame, grasp, hand_vertices_m[pos], hand_geometry, renderer, crop_cfg, render_cfg, feature_size_px)
         )
     return results
 
 
-def _hand_vertices_by_frame(frames: Sequence[FrameRecord], hand_cfg: HandModelConfig) -> list[np.ndarray]:
+def _hand_vertices_by_frame(
+    frames: Sequence[FrameRecord], hand_cfg: HandModelConfig, tip_convention: str = "manopth"
+) -> list[np.ndarray]:
     """(778, 3) camera-frame hand vertices of every frame, one forward pass per frame.
 
     One pass per frame, not one per batch: a batched MANO forward is not batch-invariant (BLAS blocks
@@ -228,7 +237,7 @@ def _hand_vertices_by_frame(frames: Sequence[FrameRecord], hand_cfg: HandModelCo
     """
     vertices: list[np.ndarray] = []
     for frame in frames:
-        layer, _ = get_hand_layer(frame.hand_side, hand_cfg)
+        layer, _ = get_hand_layer(frame.hand_side, hand_cfg, tip_convention)
         verts_m, _ = layer.forward_numpy(
             np.asarray(frame.mano_pose, np.float32)[None],
             np.asarray(frame.mano_betas, np.float32)[None],

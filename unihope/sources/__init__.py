@@ -19,6 +19,7 @@ class FrameSource(Protocol):
     """What every reader offers."""
 
     dataset: str
+    tip_convention: str  # whose fingertip vertices its joints_3d use ("manopth" | "ho3d" | "smplx")
 
     def index(self) -> list[FrameRef]: ...
 
@@ -28,13 +29,15 @@ class FrameSource(Protocol):
 def _open_dexycb(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
     from unihope.sources.dexycb import DexYCBSource
 
-    return DexYCBSource(Path(cfg.root), split=cfg.split, hand_cfg=hand_cfg, max_frames=cfg.max_frames)
+    return DexYCBSource(Path(cfg.root), split=cfg.split, hand_cfg=hand_cfg, max_frames=cfg.max_frames,
+                        tip_convention=cfg.resolved_tip_convention())
 
 
 def _open_ho3d(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
     from unihope.sources.ho3d import HO3DSource
 
-    return HO3DSource(Path(cfg.root), split=cfg.split, hand_cfg=hand_cfg, max_frames=cfg.max_frames)
+    return HO3DSource(Path(cfg.root), split=cfg.split, hand_cfg=hand_cfg, max_frames=cfg.max_frames,
+                      tip_convention=cfg.resolved_tip_convention())
 
 
 def _open_synthetic(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:

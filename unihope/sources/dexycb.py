@@ -11,8 +11,8 @@ import numpy as np
 import yaml
 
 from storage.schema import NUM_JOINTS, NUM_MANO_BETAS, FrameRecord, FrameRef, Skip, SkipReason
-from unihope.config import HandModelConfig
-from unihope.hand import load_mano_arrays, pca_to_axis_angle
+from unihope.config import TIP_CONVENTION_OF_LAYOUT, HandModelConfig
+from unihope.hand import load_mano_arrays, pca_to_axis_angle, tip_vertex_ids
 from unihope.sources.common import FrameFileError, hand_model_path, image_size_wh, load_each, png_size_wh, skip
 from unihope.sources.splits import SplitSpec, dexycb_split
 from unihope.sources.ycb_meshes import MESH_FILE_NAME, YCB_NAMES
@@ -27,6 +27,7 @@ IMAGE_SIZE_TAG = "640x480"  # calibration/intrinsics/<serial>_640x480.yml
 NUM_POSE_M = 51  # 3 global axis-angle + 45 PCA coefficients + 3 translation
 INVALID_JOINT_VALUE = -1.0  # joint_3d is filled with -1 on frames without a hand
 HAND_LABEL_KEYS = ("pose_y", "pose_m", "joint_3d", "joint_2d")
+GRASP_REFERENCE_FRAME_IDX = 0  # UniHOPE measures the object's motion against labels_000000.npz of the camera
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +51,19 @@ class DexYCBSource:
         split: "all" or "s{0..3}_{train,val,test}" (see `unihope.sources.splits`).
         hand_cfg: which MANO files convert the PCA poses (the components and mean of that model).
         max_frames: keep only the first N listed frames (quick runs); None = all.
+        tip_convention: whose fingertip vertices the label files' joint_3d use; DexYCB's is manopth's
+            (dex-ycb-toolkit's MANO layer).
 
     Raises:
-        ValueError: when the root is not a folder or the split is unknown.
+        ValueError: when the root is not a folder, the split or the tip convention is unknown.
     """
 
     dataset = DATASET
 
-    def __init__(self, root: Path, split: str = "all", hand_cfg: HandModelConfig | None = None, max_frames: int | None = None):
+    def __init__(self, root: Path, split: str = "all", hand_cfg: HandModelConfig | None = None, max_frames: int | None = None,
+                 tip_convention: str = TIP_CONVENTION_OF_LAYOUT[DATASET]):  # fmt: skip
+        tip_vertex_ids(tip_convention, "right")  # raises on an unknown convention
+        self.tip_convention = tip_convention
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"DexYCB root {self.root} is not a folder; point source.root at the dataset folder")
@@ -68,6 +74,7 @@ class DexYCBSource:
         self._sequences: dict[str, DexYCBSequence | Skip] = {}
         self._intrinsics: dict[str, np.ndarray] = {}
         self._pca_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._references: dict[tuple[str, str], np.ndarray | Skip] = {}
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -167,6 +174,31 @@ class DexYCBSource:
             self._pca_arrays[side] = (arrays["hands_components"], arrays["hands_mean"])
         return self._pca_arrays[side]
 
+    def _grasp_reference(self, sequence: DexYCBSequence, serial: str) -> np.ndarray | Skip:
+        """(3, 4) float32 pose of the grasped object in frame 0 of this camera, or a Skip saying why not.
+
+        As UniHOPE's grasp script: `pose_y[ycb_grasp_ind]` of `labels_000000.npz`, whether or not that
+        frame has an annotated hand, a readable image, or is in the split / under max_frames.
+        """
+        cache_key = (sequence.sequence_key, serial)
+        if cache_key not in self._references:
+            path = self.root / sequence.sequence_key / serial / LABEL_FORMAT.format(GRASP_REFERENCE_FRAME_IDX)
+            ref_key = f"{sequence.sequence_key}/{serial}/{GRASP_REFERENCE_FRAME_IDX:06d}"
+            try:
+                pose_y = _read_pose_y(path)
+            except FrameFileError as err:
+                self._references[cache_key] = skip(ref_key, SkipReason.NO_REFERENCE_FRAME,
+                                                   f"grasp reference unreadable: {err.detail}")  # fmt: skip
+            else:
+                if pose_y.shape[0] <= sequence.grasp_idx or not np.all(np.isfinite(pose_y[sequence.grasp_idx])):
+                    self._references[cache_key] = skip(
+                        ref_key, SkipReason.NO_REFERENCE_FRAME,
+                        f"grasp reference {path}: no finite pose_y row {sequence.grasp_idx} (ycb_grasp_ind)",
+                    )
+                else:
+                    self._references[cache_key] = pose_y[sequence.grasp_idx].astype(np.float32)
+        return self._references[cache_key]
+
     # -- loading -------------------------------------------------------------------------------
 
     def load(self, refs: list[FrameRef]) -> list[FrameRecord | Skip]:
@@ -203,7 +235,8 @@ class DexYCBSource:
         pose_m = labels["pose_m"].reshape(-1)
         joints_3d = labels["joint_3d"].reshape(NUM_JOINTS, 3)
         if np.all(joints_3d == INVALID_JOINT_VALUE) or np.all(pose_m == 0):
-            return skip(ref.sample_key, SkipReason.NO_VALID_HAND, f"{label_path}: joint_3d all -1 or pose_m all 0")
+            return skip(ref.sample_key, SkipReason.NO_VALID_HAND,
+                        f"{label_path}: hand not annotated (joint_3d all -1 or pose_m all 0; upstream skips it)")  # fmt: skip
 
         # 4. Grasped object and its mesh
         object_id = sequence.ycb_ids[sequence.grasp_idx]
@@ -217,7 +250,12 @@ class DexYCBSource:
         if pose_y.shape[0] <= sequence.grasp_idx:
             return skip(ref.sample_key, SkipReason.CORRUPT_FILE, f"{label_path}: pose_y has no row {sequence.grasp_idx}")
 
-        # 5. MANO: PCA coefficients (flat_hand_mean=False) -> absolute axis-angle
+        # 5. Grasp reference: frame 0 of this camera, from its own label file
+        reference_pose = self._grasp_reference(sequence, ref.serial)
+        if isinstance(reference_pose, Skip):
+            return skip(ref.sample_key, reference_pose.reason, reference_pose.detail)
+
+        # 6. MANO: PCA coefficients (flat_hand_mean=False) -> absolute axis-angle
         components, mean = self._pca(sequence.hand_side)
         hand_pose = pca_to_axis_angle(pose_m[None, 3:48].astype(np.float64), components, mean)[0]
         mano_pose = np.concatenate([pose_m[:3].astype(np.float64), hand_pose])
@@ -242,6 +280,8 @@ class DexYCBSource:
             object_name=object_name,
             object_mesh_path=str(mesh_path),
             object_pose=pose_y[sequence.grasp_idx].astype(np.float32),
+            grasp_reference_pose=reference_pose.copy(),
+            grasp_reference_key=f"{ref.sequence_key}/{ref.serial}/{GRASP_REFERENCE_FRAME_IDX:06d}",
         )
 
 
@@ -255,6 +295,22 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise FrameFileError(SkipReason.CORRUPT_FILE, f"{path}: expected a mapping")
     return data
+
+
+def _read_pose_y(path: Path) -> np.ndarray:
+    """`pose_y` [n_obj, 3, 4] of one labels_*.npz (the grasp reference needs nothing else)."""
+    if not path.is_file():
+        raise FrameFileError(SkipReason.MISSING_FILE, f"missing file {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            pose_y = np.asarray(npz["pose_y"])
+    except KeyError as err:
+        raise FrameFileError(SkipReason.CORRUPT_FILE, f"{path}: missing array {err}") from err
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise FrameFileError(SkipReason.CORRUPT_FILE, f"{path}: unreadable npz ({err})") from err
+    if pose_y.ndim != 3 or pose_y.shape[1:] != (3, 4):
+        raise FrameFileError(SkipReason.CORRUPT_FILE, f"{path}: pose_y must be [n, 3, 4], got {pose_y.shape}")
+    return pose_y
 
 
 def _read_labels(path: Path) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from storage.schema import NUM_JOINTS, NUM_MANO_BETAS, NUM_MANO_POSE, FrameRecord, FrameRef, Skip, SkipReason
-from unihope.config import HandModelConfig
+from unihope.config import TIP_CONVENTION_OF_LAYOUT, HandModelConfig
 from unihope.hand.constants import MANO_TO_DEXYCB_JOINTS
 from unihope.render.camera import project_points
 from unihope.sources.common import (
@@ -40,6 +40,7 @@ FRAME_NAME = "{:04d}"
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0])  # its own inverse
 # Depth PNG: metres = (R + 256 G) * scale (HO3D's encoding of 16-bit depth in two 8-bit channels).
 HO3D_DEPTH_SCALE_M = 0.00012498664727900177
+GRASP_REFERENCE_FRAME_IDX = 0  # the object's motion is measured against the sequence's frame 0 (as DexYCB's)
 META_KEYS = ("handPose", "handBeta", "handTrans", "handJoints3D", "objRot", "objTrans", "objName", "camMat")
 
 # HO3D stores 21 joints as MANO's 16 followed by the 5 tips (thumb..little), the same order as
@@ -115,9 +116,10 @@ class HO3DSource:
         hand_cfg: which MANO files give the rest root joint used to convert the translation.
         models_dir: YCB models folder (`<name>/textured_simple.obj`); default `<root>/models`.
         max_frames: keep only the first N listed frames; None = all.
+        tip_convention: whose fingertip vertices handJoints3D uses; HO3D's is its toolkit's ("ho3d").
 
     Raises:
-        ValueError: when the root is not a folder or the split is unknown.
+        ValueError: when the root is not a folder, the split or the tip convention is unknown.
     """
 
     dataset = DATASET
@@ -129,7 +131,12 @@ class HO3DSource:
         hand_cfg: HandModelConfig | None = None,
         models_dir: Path | None = None,
         max_frames: int | None = None,
+        tip_convention: str = TIP_CONVENTION_OF_LAYOUT[DATASET],
     ):
+        from unihope.hand import tip_vertex_ids
+
+        tip_vertex_ids(tip_convention, HO3D_HAND_SIDE)  # raises on an unknown convention
+        self.tip_convention = tip_convention
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"HO3D root {self.root} is not a folder; point source.root at the HO3D_v2 folder")
@@ -139,6 +146,7 @@ class HO3DSource:
         self.models_dir = Path(models_dir) if models_dir is not None else self.root / "models"
         self.max_frames = max_frames
         self._layer = None
+        self._references: dict[str, np.ndarray | Skip] = {}
 
     def index(self) -> list[FrameRef]:
         """Every frame of the split: from `<split>.txt` when present, else from the rgb folders."""
@@ -179,7 +187,8 @@ class HO3DSource:
         if self._layer is None:
             from unihope.hand import HandLayer
 
-            self._layer = HandLayer(side=HO3D_HAND_SIDE, model_path=hand_model_path(self.hand_cfg, HO3D_HAND_SIDE))
+            self._layer = HandLayer(side=HO3D_HAND_SIDE, model_path=hand_model_path(self.hand_cfg, HO3D_HAND_SIDE),
+                                    tip_convention=self.tip_convention)
         return self._layer
 
     def load(self, refs: list[FrameRef]) -> list[FrameRecord | Skip]:
@@ -206,6 +215,34 @@ class HO3DSource:
         num = betas.shape[0]
         _, joints = layer.forward_numpy(np.zeros((num, NUM_MANO_POSE)), betas, np.zeros((num, 3)))
         return np.asarray(joints)[:, 0].astype(np.float64)
+
+    def _grasp_reference(self, sequence_key: str) -> np.ndarray | Skip:
+        """(3, 4) OpenCV camera-from-object pose in the sequence's frame-0 meta, or a Skip saying why not.
+
+        The rule of DexYCB's grasp labels (UniHOPE): the reference is frame 0 whatever its hand
+        annotation or image, read from its own meta file (with the same safe unpickler and root check).
+        """
+        if sequence_key not in self._references:
+            folder, seq = sequence_key.split("/", 1)
+            name = FRAME_NAME.format(GRASP_REFERENCE_FRAME_IDX)
+            ref_key = f"{sequence_key}/{name}"
+            try:
+                meta = load_ho3d_meta(self.root / folder / seq / "meta" / f"{name}.pkl", self.root)
+                R = cv2.Rodrigues(np.asarray(meta["objRot"], dtype=np.float64).reshape(3, 1))[0]
+                t = np.asarray(meta["objTrans"], dtype=np.float64).reshape(3)
+            except FrameFileError as err:
+                self._references[sequence_key] = skip(ref_key, SkipReason.NO_REFERENCE_FRAME, f"grasp reference: {err.detail}")
+            except (KeyError, TypeError, ValueError, cv2.error) as err:
+                self._references[sequence_key] = skip(
+                    ref_key, SkipReason.NO_REFERENCE_FRAME, f"grasp reference meta {name}.pkl: no object pose ({err!r})"
+                )
+            else:
+                pose = np.concatenate([GL_FROM_CV @ R, (GL_FROM_CV @ t)[:, None]], axis=1)
+                self._references[sequence_key] = (
+                    pose.astype(np.float32) if np.all(np.isfinite(pose))
+                    else skip(ref_key, SkipReason.NO_REFERENCE_FRAME, f"grasp reference meta {name}.pkl: non-finite object pose")
+                )  # fmt: skip
+        return self._references[sequence_key]
 
     def _parse_one(self, ref: FrameRef) -> dict | Skip:
         # 1. Files exist and are complete
@@ -249,8 +286,13 @@ class HO3DSource:
         mesh_path = self.models_dir / object_name / MESH_FILE_NAME
         if not mesh_path.is_file():
             return skip(ref.sample_key, SkipReason.MESH_MISSING, f"missing object mesh {mesh_path}")
+
+        # 4. Grasp reference: the sequence's frame 0
+        reference_pose = self._grasp_reference(ref.sequence_key)
+        if isinstance(reference_pose, Skip):
+            return skip(ref.sample_key, reference_pose.reason, reference_pose.detail)
         return {"ref": ref, "image_path": image_path, "depth_path": depth_path, "size_wh": size_wh,
-                "object_name": object_name, "mesh_path": mesh_path, **arrays}  # fmt: skip
+                "object_name": object_name, "mesh_path": mesh_path, "reference_pose": reference_pose, **arrays}  # fmt: skip
 
     def _to_record(self, item: dict) -> FrameRecord:
         # OpenGL -> OpenCV for joints, object pose and the MANO global parameters.
@@ -282,4 +324,6 @@ class HO3DSource:
             object_name=item["object_name"],
             object_mesh_path=str(item["mesh_path"]),
             object_pose=object_pose.astype(np.float32),
+            grasp_reference_pose=item["reference_pose"].copy(),
+            grasp_reference_key=f"{ref.sequence_key}/{FRAME_NAME.format(GRASP_REFERENCE_FRAME_IDX)}",
         )

@@ -10,6 +10,13 @@ Beside the dataset, `truth/` holds what only the generator knows (never read by 
 `grasp.json` (sample key -> grasping, from the motion phases), `phases.json`, `visibility.json`
 (visible / full hand pixels per view) and an object-free rendering of every view (the true
 de-occluded image: same camera, lights and background, the grasped object removed).
+
+With `SyntheticConfig.quirks` (DexYCB layout) the dataset also has what real DexYCB has beyond the
+files the pipeline reads: frames whose hand is not annotated (`pose_m` all 0, `joint_3d` / `joint_2d`
+all -1, no hand in `seg`; at the start of every sequence and scattered, the same frames in every
+camera as the annotation is per sequence), `models/<name>/points.xyz`, an `apriltag` entry in
+`extrinsics.yml`, and a per-sequence `pose.npz` (world frame, as dex-ycb-toolkit's SequenceLoader
+reads it). `truth/unannotated.json` lists the unannotated sample keys.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 import trimesh
 import yaml
 
-from unihope.config import HandModelConfig, SyntheticConfig
+from unihope.config import TIP_CONVENTION_OF_LAYOUT, HandModelConfig, SyntheticConfig
 from unihope.hand import HandLayer, axis_angle_to_pca, curl_pose, load_mano_arrays, vertex_finger_labels
 from unihope.hand.constants import AXIS_ANGLE_MIRROR_SIGNS, MANO_FINGER_JOINTS, MANO_TO_DEXYCB_JOINTS
 from unihope.render.camera import project_points
@@ -36,9 +43,16 @@ from unihope.sources.dexycb import COLOR_FORMAT, DEPTH_FORMAT, IMAGE_SIZE_TAG, L
 from unihope.sources.ho3d import GL_FROM_CV, encode_ho3d_depth
 from unihope.sources.splits import DEXYCB_SERIALS, DEXYCB_SUBJECTS
 from unihope.sources.synthetic_render import get_scene_renderer, look_at_cv, table_texture, table_trimesh
-from unihope.sources.ycb_meshes import MESH_FILE_NAME, YCB_NAMES, YCBObject, build_ycb_object, write_ycb_object
+from unihope.sources.ycb_meshes import (
+    MESH_FILE_NAME,
+    YCB_NAMES,
+    YCBObject,
+    build_ycb_object,
+    write_ycb_object,
+    write_ycb_points,
+)
 
-GENERATOR_VERSION = 1  # bump when the written data changes
+GENERATOR_VERSION = 2  # bump when the written data changes (v2: the layout's tip convention)
 COMPLETE_MARKER = ".synthetic_complete.json"
 TRUTH_DIR = "truth"
 JPEG_QUALITY = 92
@@ -90,6 +104,14 @@ LIGHT_DIRECTIONS_WORLD = (np.array([0.3, 0.45, -1.0]), np.array([-0.6, -0.2, -0.
 HO3D_SEQUENCE_NAMES = ("ABF10", "BB10", "GPMF10", "GSF10", "MC1", "MDF10", "ND2", "SB10", "ShSu10", "SiBF10",
                        "SiS1", "SM2", "SMu1", "SS1")  # fmt: skip
 HO3D_SPLIT = "train"
+
+# DexYCB quirks (SyntheticConfig.quirks).
+QUIRK_START_UNANNOTATED_RANGE = (1, 3)  # unannotated frames at a sequence's start (inclusive range)
+QUIRK_SCATTERED_UNANNOTATED_FRACTION = 0.1  # share of the later frames without a hand annotation
+INVALID_JOINT_VALUE = -1.0  # DexYCB fills joint_3d / joint_2d of unannotated frames with -1
+SEG_HAND_LABEL = 255
+POSE_FILE = "pose.npz"  # per sequence: pose_y (T, n_obj, 7) quaternion xyzw + t, pose_m (T, hands, 51); world frame
+APRILTAG_WORLD_M = (-0.4, -0.3, 0.0)  # the tag lies flat on the table, its x/y along the world's
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +460,12 @@ class _SequenceWriter:
     def __init__(self, root: Path, cfg: SyntheticConfig, hand_cfg: HandModelConfig):
         self.root = root
         self.cfg = cfg
-        self.layers = {side: HandLayer(side=side, model_path=hand_model_path(hand_cfg, side)) for side in ("right", "left")}
+        # Labels use the layout's own fingertips (DexYCB manopth, HO3D ho3d), as the real dataset's do.
+        self.tip_convention = TIP_CONVENTION_OF_LAYOUT[cfg.format]
+        self.layers = {
+            side: HandLayer(side=side, model_path=hand_model_path(hand_cfg, side), tip_convention=self.tip_convention)
+            for side in ("right", "left")
+        }
         self.finger_labels = {
             side: vertex_finger_labels(load_mano_arrays(layer.model_path)["weights"]) for side, layer in self.layers.items()
         }
@@ -455,6 +482,8 @@ class _SequenceWriter:
         models_dir = self.root / "models"
         for obj in self.objects.values():
             write_ycb_object(obj, models_dir)
+            if self.cfg.quirks:
+                write_ycb_points(obj, models_dir)
 
     def render_mesh(self, name: str):
         """pyrender mesh of an object as the readers will load it: from the written OBJ, not the in-memory mesh."""
@@ -600,6 +629,40 @@ def _subject_betas(cfg: SyntheticConfig, subject: str) -> np.ndarray:
     return np.clip(rng.normal(0.0, BETAS_STD, 10), -2.0, 2.0).astype(np.float32)
 
 
+def _unannotated_frames(cfg: SyntheticConfig, sequence_key: str) -> frozenset[int]:
+    """Frames of a sequence whose hand is not annotated (quirks only): a few at the start, some scattered."""
+    if not cfg.quirks:
+        return frozenset()
+    rng = np.random.default_rng(_seed_from(cfg.seed, sequence_key, "unannotated"))
+    num_frames = cfg.frames_per_sequence
+    num_start = min(int(rng.integers(QUIRK_START_UNANNOTATED_RANGE[0], QUIRK_START_UNANNOTATED_RANGE[1] + 1)),
+                    max(1, num_frames // 4))  # fmt: skip
+    scattered = {i for i in range(num_start, num_frames) if rng.random() < QUIRK_SCATTERED_UNANNOTATED_FRACTION}
+    return frozenset(range(num_start)) | frozenset(scattered)
+
+
+def _pose_y_row(T_world_from_obj: np.ndarray) -> np.ndarray:
+    """(7,) pose.npz row: quaternion (x, y, z, w, scipy's order as the toolkit reads it) + translation."""
+    from scipy.spatial.transform import Rotation
+
+    return np.concatenate([Rotation.from_matrix(T_world_from_obj[:3, :3]).as_quat(), T_world_from_obj[:3, 3]])
+
+
+def _write_sequence_pose_npz(path: Path, seq: dict, pca: dict, unannotated: frozenset[int]) -> None:
+    """DexYCB's per-sequence pose.npz, world frame: pose_y (T, n_obj, 7), pose_m (T, 1, 51) (0 = not annotated)."""
+    trajectory: _Trajectory = seq["trajectory"]
+    num = len(trajectory.phases)
+    pose_y = np.zeros((num, len(seq["ycb_names"]), 7))
+    for obj_idx, name in enumerate(seq["ycb_names"]):
+        for frame_idx in range(num):
+            T = trajectory.T_world_from_grasped[frame_idx] if name == seq["grasped"] else seq["static_poses"][name]
+            pose_y[frame_idx, obj_idx] = _pose_y_row(T)
+    coeffs = axis_angle_to_pca(trajectory.hand_pose, pca["hands_components"], pca["hands_mean"])
+    pose_m = np.concatenate([trajectory.global_orient_world, coeffs, trajectory.transl_world_m], axis=1)[:, None]
+    pose_m[sorted(unannotated)] = 0.0
+    np.savez_compressed(path, pose_y=pose_y.astype(np.float32), pose_m=pose_m.astype(np.float32))
+
+
 def _write_dexycb(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
     root = writer.root
     cameras = _camera_subset(writer.rig, cfg.num_cameras)
@@ -612,11 +675,16 @@ def _write_dexycb(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
              "depth": {"fx": float(K[0, 0]), "fy": float(K[1, 1]), "ppx": float(K[0, 2]), "ppy": float(K[1, 2])}},
         )  # fmt: skip
     extrinsics_name = "20200702_151821"
-    _write_yaml(
-        root / "calibration" / f"extrinsics_{extrinsics_name}" / "extrinsics.yml",
-        {"extrinsics": {c.serial: np.linalg.inv(c.T_cam_from_world)[:3].reshape(-1).round(6).tolist() for c in cameras},
-         "master": cameras[0].serial, "frame": "world (table plane z = 0) from camera, row-major 3x4"},
-    )  # fmt: skip
+    # world-from-camera, row-major 3x4 (the toolkit maps camera points to the world with it)
+    extrinsics = {c.serial: np.linalg.inv(c.T_cam_from_world)[:3].reshape(-1).round(6).tolist() for c in cameras}
+    if cfg.quirks:  # DexYCB's file: the tag's world-from-tag pose beside the cameras, nothing else
+        extrinsics["apriltag"] = np.hstack([np.eye(3), np.array(APRILTAG_WORLD_M)[:, None]]).reshape(-1).tolist()
+        extrinsics_file = {"extrinsics": extrinsics, "master": cameras[0].serial}
+    else:
+        extrinsics_file = {"extrinsics": extrinsics, "master": cameras[0].serial,
+                           "frame": "world (table plane z = 0) from camera, row-major 3x4"}  # fmt: skip
+    _write_yaml(root / "calibration" / f"extrinsics_{extrinsics_name}" / "extrinsics.yml", extrinsics_file)
+    unannotated_keys: list[str] = []
 
     # 2. Sequences
     sequence_keys = []
@@ -635,25 +703,39 @@ def _write_dexycb(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
              "extrinsics": extrinsics_name},
         )  # fmt: skip
         pca = writer.pca[side]
+        unannotated = _unannotated_frames(cfg, sequence_key)
+        if cfg.quirks:
+            _write_sequence_pose_npz(root / sequence_key / POSE_FILE, seq, pca, unannotated)
         for camera, frame_idx, view, labels in writer.render_sequence(seq, cameras):
             frame_dir = root / sequence_key / camera.serial
             coeffs = axis_angle_to_pca(labels["hand_pose"][None], pca["hands_components"], pca["hands_mean"])[0]
             pose_m = np.concatenate([labels["orient_cam"], coeffs, labels["transl_cam"]])[None].astype(np.float32)
-            joints = labels["joints_cam"]
+            joints_3d = labels["joints_cam"][None].astype(np.float32)
+            joints_2d = project_points(labels["joints_cam"], camera.K)[None].astype(np.float32)
+            seg = view.seg
+            key = f"{sequence_key}/{camera.serial}/{frame_idx:06d}"
+            if frame_idx in unannotated:  # as DexYCB: no hand annotation, so none in the rendered seg either
+                pose_m = np.zeros_like(pose_m)
+                joints_3d = np.full_like(joints_3d, INVALID_JOINT_VALUE)
+                joints_2d = np.full_like(joints_2d, INVALID_JOINT_VALUE)
+                seg = np.where(seg == SEG_HAND_LABEL, 0, seg).astype(seg.dtype)
+                unannotated_keys.append(key)
             _write_jpeg(frame_dir / COLOR_FORMAT.format(frame_idx), view.color_rgb)
             _write_png(frame_dir / DEPTH_FORMAT.format(frame_idx), np.round(view.depth_m * M_TO_MM).astype(np.uint16))
             np.savez_compressed(
                 frame_dir / LABEL_FORMAT.format(frame_idx),
-                seg=view.seg,
+                seg=seg,
                 pose_y=np.stack([T[:3] for T in labels["T_cam_from_objs"]]).astype(np.float32),
                 pose_m=pose_m,
-                joint_3d=joints[None].astype(np.float32),
-                joint_2d=project_points(joints, camera.K)[None].astype(np.float32),
+                joint_3d=joints_3d,
+                joint_2d=joints_2d,
             )
-            key = f"{sequence_key}/{camera.serial}/{frame_idx:06d}"
             _write_jpeg(root / TRUTH_DIR / sequence_key / camera.serial / COLOR_FORMAT.format(frame_idx), view.color_no_object_rgb)
             writer.record_truth(key, seq["trajectory"].phases[frame_idx], view)
         sequence_keys.append(sequence_key)
+    if cfg.quirks:
+        (root / TRUTH_DIR).mkdir(parents=True, exist_ok=True)
+        (root / TRUTH_DIR / "unannotated.json").write_text(json.dumps(sorted(unannotated_keys), indent=0))
     return sequence_keys
 
 

@@ -48,6 +48,8 @@ YCB_NAMES: tuple[str, ...] = (
 MESH_FILE_NAME = "textured_simple.obj"
 MTL_FILE_NAME = "textured_simple.obj.mtl"
 TEXTURE_FILE_NAME = "texture_map.png"
+POINTS_FILE_NAME = "points.xyz"  # YCB's surface point sample, "x y z" metres per line (UniHOPE's loader reads it)
+NUM_MODEL_POINTS = 2620  # as many as YCB-Video's points.xyz files hold
 TEXTURE_SIZE_PX = 256
 CYLINDER_SECTIONS = 48
 CAP_V_BOTTOM = 0.02  # texture rows reserved for the bottom / top caps
@@ -352,4 +354,26 @@ def write_ycb_object(obj: YCBObject, models_dir: Path) -> Path:
         lines.append(f"f {a + 1}/{t + 1}/{a + 1} {b + 1}/{t + 2}/{b + 1} {c + 1}/{t + 3}/{c + 1}")
     path = out_dir / MESH_FILE_NAME
     write_file_atomic(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+def write_ycb_points(obj: YCBObject, models_dir: Path, num_points: int = NUM_MODEL_POINTS) -> Path:
+    """Write `<models_dir>/<name>/points.xyz`: points sampled on the object's surface, object frame.
+
+    The sample is seeded by the object's name, so the same object always gets the same points.
+
+    Args:
+        obj: the object.
+        models_dir: the dataset's `models/` folder.
+        num_points: how many points.
+
+    Returns:
+        Path of the written file.
+    """
+    seed = int.from_bytes(obj.name.encode()[:8].ljust(8, b"\0"), "little")
+    points, _ = trimesh.sample.sample_surface(obj.mesh, num_points, seed=seed)
+    out_dir = Path(models_dir) / obj.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / POINTS_FILE_NAME
+    write_file_atomic(path, ("\n".join(f"{x:.6f} {y:.6f} {z:.6f}" for x, y, z in points) + "\n").encode())
     return path
