@@ -590,3 +590,36 @@ def test_quirks_off_writes_none_of_them(synthetic_dexycb: Path):
     assert not (synthetic_dexycb / "truth" / "unannotated.json").exists()
     with pytest.raises(ValueError, match="quirks are DexYCB's"):
         SyntheticConfig(format="ho3d", quirks=True)
+
+
+def test_ho3d_preset_holds_ho3d_upstream_values(tmp_path: Path):
+    from flows.build import resolve_build_config
+    from unihope.config import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(Path(__file__).parent.parent / "configs" / "ho3d.yaml")
+    assert cfg.crop.size_px == 256
+    assert cfg.deocclusion.max_visibility == 0.8
+    assert cfg.source.tip_convention == "ho3d" and cfg.source.layout() == "ho3d" and cfg.source.split == "train"
+    assert PipelineConfig.from_yaml(cfg.to_yaml()) == cfg
+    real = resolve_build_config(cfg, str(tmp_path / "out"), source=f"ho3d:{tmp_path}")
+    assert real.source.kind == "ho3d" and real.source.resolved_tip_convention() == "ho3d"
+    assert real.crop.size_px == 256 and real.deocclusion.max_visibility == 0.8
+
+
+def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
+    from storage.writer import finalize, write_shard
+    from storage_fixtures import make_batch, make_keys
+    from unihope.config import StorageConfig
+    from unihope.tip_convention import dataset_tip_convention
+    from unihope.training import build_hand_layer
+
+    attrs = {"name": "t", "source": "ho3d:/data", "config": {"source": {"kind": "ho3d", "tip_convention": "ho3d"}},
+             "config_hash": "abc"}  # fmt: skip
+    annotated, results = make_batch(make_keys(1, 3))
+    url = tmp_path / "data"
+    write_shard(url, 0, annotated, results, attrs, StorageConfig(shard_size=6))
+    assert dataset_tip_convention(url) == "ho3d"  # from the shard, while the build is in progress
+    finalize(url, attrs, [])
+    assert dataset_tip_convention(url) == "ho3d"  # from the manifest
+    layer = build_hand_layer(dataset_tip_convention(url))
+    assert layer.tip_convention == "ho3d" and layer.tip_vertex_idx.tolist() == [744, 333, 444, 555, 672]
