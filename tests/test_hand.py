@@ -30,6 +30,7 @@ from unihope.hand import (
     vertex_finger_labels,
 )
 from unihope.hand.convert import load_mano_pickle
+from unihope.hand.procedural import left_vertex_order
 
 MIRROR_XYZ = np.array([-1.0, 1.0, 1.0])
 AXIS_ANGLE_MIRROR = np.tile([1.0, -1.0, -1.0], 16)  # global orient + 15 joints
@@ -38,7 +39,6 @@ STILL_TOL_M = 1e-6  # "unchanged": float32 LBS noise is far below this
 PALM_FOLLOW_RADIUS_M = {"thumb": 0.05, "index": 0.025, "middle": 0.025, "ring": 0.025, "little": 0.025}
 # On real MANO the conventions' fingertip vertices lie a few mm apart; on ours every one must be on the tip.
 TIP_ON_FINGERTIP_TOL_M = 0.003
-MIDDLE_TIP_JOINT = 12  # DexYCB order
 
 
 @pytest.fixture(scope="module")
@@ -230,12 +230,13 @@ def test_layer_rejects_unknown_tip_convention(right_path: Path) -> None:
 def test_left_mirrors_right(right_layer: HandLayer, left_layer: HandLayer, right_arrays: dict, left_path: Path) -> None:
     right_verts, right_joints = _pose_right(right_layer, np.zeros((1, 45)))
     left_verts, left_joints = _pose_right(left_layer, np.zeros((1, 45)))
-    np.testing.assert_allclose(left_verts, right_verts * MIRROR_XYZ, atol=1e-6)
-    # manopth's left middle tip is vertex 445 (the right's is 444): every other joint mirrors exactly.
-    same = [j for j in range(21) if j != MIDDLE_TIP_JOINT]
-    np.testing.assert_allclose(left_joints[:, same], right_joints[:, same] * MIRROR_XYZ, atol=1e-6)
-    np.testing.assert_array_equal(left_joints[:, MIDDLE_TIP_JOINT], left_verts[:, 445])
-    np.testing.assert_array_equal(left_layer.faces, right_layer.faces[:, ::-1])
+    # Left vertex i mirrors right vertex order[i]: the identity but for 444 <-> 445, so that manopth's
+    # left middle tip (445) mirrors its right one (444) and the default layers' joints mirror exactly.
+    order = left_vertex_order()
+    assert [i for i in range(778) if order[i] != i] == [444, 445] and order[445] == 444
+    np.testing.assert_allclose(left_verts, right_verts[:, order] * MIRROR_XYZ, atol=1e-6)
+    np.testing.assert_allclose(left_joints, right_joints * MIRROR_XYZ, atol=1e-6)
+    np.testing.assert_array_equal(left_layer.faces, order[right_layer.faces[:, ::-1]])
     # A posed, shaped hand: mirrored pose (axis-angle components 1, 2 negated), x of transl negated.
     rng = np.random.default_rng(3)
     pose_right = rng.normal(0.0, 0.4, (2, 48))
@@ -243,8 +244,8 @@ def test_left_mirrors_right(right_layer: HandLayer, left_layer: HandLayer, right
     transl_right = rng.normal(0.0, 0.1, (2, 3))
     right_verts, right_joints = right_layer.forward_numpy(pose_right, betas, transl_right)
     left_verts, left_joints = left_layer.forward_numpy(pose_right * AXIS_ANGLE_MIRROR, betas, transl_right * MIRROR_XYZ)
-    np.testing.assert_allclose(left_verts, right_verts * MIRROR_XYZ, atol=2e-6)
-    np.testing.assert_allclose(left_joints[:, same], right_joints[:, same] * MIRROR_XYZ, atol=2e-6)
+    np.testing.assert_allclose(left_verts, right_verts[:, order] * MIRROR_XYZ, atol=2e-6)
+    np.testing.assert_allclose(left_joints, right_joints * MIRROR_XYZ, atol=2e-6)
     left_arrays = load_mano_arrays(left_path)
     np.testing.assert_allclose(left_arrays["hands_mean"], right_arrays["hands_mean"] * AXIS_ANGLE_MIRROR[3:])
 

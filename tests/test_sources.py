@@ -621,5 +621,10 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     assert dataset_tip_convention(url) == "ho3d"  # from the shard, while the build is in progress
     finalize(url, attrs, [])
     assert dataset_tip_convention(url) == "ho3d"  # from the manifest
-    layer = build_hand_layer(dataset_tip_convention(url))
+    from storage.reader import PairedDataset
+    from unihope.tip_convention import tip_convention_of_dataset
+    from unihope.training import FirstSamples
+
+    layer = build_hand_layer(tip_convention_of_dataset(FirstSamples(PairedDataset(url), 2)))  # as `unihope train`
     assert layer.tip_convention == "ho3d" and layer.tip_vertex_idx.tolist() == [744, 333, 444, 555, 672]
+    assert tip_convention_of_dataset([]) == "manopth"  # in memory: no record, the default

@@ -51,3 +51,21 @@ def dataset_tip_convention(url: str | os.PathLike, storage_options: dict | None 
         return recorded_tip_convention(view.shard(0).attrs.get("dataset", {}).get("config", {}))
     finally:
         view.close()
+
+
+def tip_convention_of_dataset(dataset, default: str = "manopth") -> str:
+    """The recorded tip convention behind a training dataset (a PairedDataset, possibly wrapped).
+
+    Wrappers exposing `.dataset` (e.g. training's FirstSamples) are unwrapped down to the object with
+    the store's `url`. A dataset with no store behind it (built in memory, e.g. in tests) records no
+    convention: its samples come from whatever hand layer made them, and `default` is returned.
+
+    Raises:
+        ValueError: when the store has no committed shard.
+    """
+    inner = dataset
+    while not hasattr(inner, "url") and hasattr(inner, "dataset"):
+        inner = inner.dataset
+    if not hasattr(inner, "url"):
+        return default
+    return dataset_tip_convention(inner.url, getattr(inner, "storage_options", None))

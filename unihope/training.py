@@ -912,9 +912,9 @@ def run_training_from_cli(config_path: Path, data_url: str, out_dir: Path) -> Tr
     train_set = open_paired_dataset(data_url, cfg.data.train_split, cfg, cfg.data.max_train_samples, augment_on=True)
     eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples)
     print(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url})")
-    from unihope.tip_convention import dataset_tip_convention
+    from unihope.tip_convention import tip_convention_of_dataset
 
-    result = train(cfg, train_set, eval_set, Path(out_dir), build_hand_layer(dataset_tip_convention(data_url)))
+    result = train(cfg, train_set, eval_set, Path(out_dir), build_hand_layer(tip_convention_of_dataset(train_set)))
     print(f"checkpoint: {result.checkpoint_path}")
     print(f"metrics:    {Path(out_dir) / 'metrics.json'}")
     return result
@@ -925,13 +925,13 @@ def run_evaluation_from_cli(config_path: Path, checkpoint_path: Path, data_url: 
     cfg = TrainConfig.from_yaml(Path(config_path))
     _apply_cpu_threads(cfg)
     device = resolve_device(cfg.device)
-    from unihope.tip_convention import dataset_tip_convention
+    from unihope.tip_convention import tip_convention_of_dataset
 
-    model = build_model(cfg, build_hand_layer(dataset_tip_convention(data_url))).to(device)
+    eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples)
+    model = build_model(cfg, build_hand_layer(tip_convention_of_dataset(eval_set))).to(device)
     _, stats = load_checkpoint(Path(checkpoint_path), model)
     if stats is None:
         raise ValueError(f"{checkpoint_path} carries no training statistics; evaluate a checkpoint from `unihope train`")
-    eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples)
     report = evaluate(model, eval_set, cfg, stats, device)
     summary = report.summary(stats)
     out_dir = Path(out_dir)

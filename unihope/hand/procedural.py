@@ -39,7 +39,7 @@ from unihope.hand.constants import (
 from unihope.hand.convert import write_mano_pickle
 
 # Bump whenever the generated arrays change: it names the cache folder (procedural-v<N>).
-PROCEDURAL_MODEL_VERSION = 2  # v2: every tip convention on the fingertips
+PROCEDURAL_MODEL_VERSION = 3  # v3: every tip convention on the fingertips; left 444 <-> 445
 
 # Palm frame -> MANO world frame: a -> -x, w -> +z, h -> +y (a proper rotation, det +1).
 PALM_TO_WORLD = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
@@ -898,7 +898,8 @@ def build_procedural_mano(side: str = "right") -> dict[str, Any]:
     """Builds the procedural hand as the dict MANO's pickle holds.
 
     Args:
-        side: "right" or "left" (the left hand is the exact mirror of the right, see mirror_mano).
+        side: "right" or "left" (the left hand is the exact mirror of the right, see mirror_mano, with
+            vertices 444 and 445 exchanged, see left_vertex_order).
 
     Returns:
         Keys v_template (778, 3) m, f (1538, 3) uint32, J_regressor (16, 778) csc, kintree_table
@@ -951,7 +952,32 @@ def build_procedural_mano(side: str = "right") -> dict[str, Any]:
         "bs_style": "lbs",
         "bs_type": "lrotmin",
     }
-    return mirror_mano(arrays) if side == "left" else arrays
+    return _swap_left_tip_vertices(mirror_mano(arrays)) if side == "left" else arrays
+
+
+def left_vertex_order() -> np.ndarray:
+    """(778,) left vertex -> the right vertex it mirrors: identity except where manopth's tip ids differ.
+
+    manopth takes the left middle tip from vertex 445 and the right one from 444 (so that each is
+    the other's mirror on MANO); the procedural left hand exchanges those two vertices of the exact
+    mirror, so manopth's left joints are the mirror of its right joints, as on real MANO.
+    """
+    order = np.arange(NUM_MANO_VERTICES)
+    for right_id, left_id in zip(TIP_CONVENTIONS["manopth"]["right"], TIP_CONVENTIONS["manopth"]["left"]):
+        order[left_id], order[right_id] = right_id, left_id
+    return order
+
+
+def _swap_left_tip_vertices(arrays: dict[str, Any]) -> dict[str, Any]:
+    """The mirrored arrays with their vertices renumbered by `left_vertex_order` (a relabelling only)."""
+    new_to_old = left_vertex_order()
+    old_to_new = np.argsort(new_to_old)
+    swapped = dict(arrays)
+    for name in ("v_template", "weights", "shapedirs", "posedirs"):
+        swapped[name] = arrays[name][new_to_old]
+    swapped["f"] = old_to_new[arrays["f"]].astype(arrays["f"].dtype)
+    swapped["J_regressor"] = scipy.sparse.csc_matrix(arrays["J_regressor"][:, new_to_old])
+    return swapped
 
 
 def mirror_mano(arrays: dict[str, Any]) -> dict[str, Any]:
