@@ -465,3 +465,21 @@ def test_feature_labels_and_depth_are_the_scene_pass_at_feature_pixel_centres(tm
     assert centre_z == pytest.approx(lo[2] - 0.03, abs=1e-3)
     relative = np.clip((result.depth_scene[np.ix_(centres, centres)] - (lo[2] - 0.02)) / 0.1, -1, 1)
     np.testing.assert_allclose(result.relative_depth_map, np.where(result.seg_map > 0, relative, 0.0), atol=1e-6)
+
+
+def test_annotation_crops_by_upstreams_rule_from_joints_and_box_keypoints(tmp_path: Path):
+    """The annotated crop is UniHOPE's box of the 2D joints and the object mesh's 21 box keypoints."""
+    from tests.test_crop import reference_box_keypoints, reference_crop_box
+
+    _, _, _, verts, _ = hand_frame_geometry()
+    lo, hi = verts.min(0), verts.max(0)
+    box_min = [hi[0] - 0.01, lo[1] - 0.03, lo[2]]  # beside the hand, sticking out of its box
+    box_max = [hi[0] + 0.07, lo[1] + 0.05, lo[2] + 0.05]
+    frame, _ = make_frame(tmp_path, "test/seq/cam/000009", box_min, box_max)
+    free, held = annotate_frames([frame, frame], [label(frame), label(frame, True)], CropConfig(), RenderConfig(),
+                                 HAND_CFG)  # fmt: skip
+    assert isinstance(free, AnnotatedFrame) and isinstance(held, AnnotatedFrame)
+    keypoints_2d = project_points(reference_box_keypoints(box_min, box_max), K_FULL)
+    np.testing.assert_allclose(free.crop.box_xyxy, reference_crop_box(frame.joints_2d, None, False), atol=1e-6)
+    np.testing.assert_allclose(held.crop.box_xyxy, reference_crop_box(frame.joints_2d, keypoints_2d, True), atol=1e-6)
+    assert held.crop.box_xyxy[2] > free.crop.box_xyxy[2]  # the object widened the grasping crop

@@ -88,6 +88,10 @@ class GraspConfig(StageConfig):
 class CropConfig(StageConfig):
     """UniHOPE's square crop around the hand box (x1.5) united with the object box (x1.5) when grasping."""
 
+    # unihope: boxes of the 21 2D joints and the 21 projected object box keypoints, integer centres,
+    # clipped to the image (UniHOPE's loader); mesh: boxes of the projected hand / object mesh vertices
+    # (whole mesh inside, ~1.15x larger). See unihope/crop.py and docs/DATASETS.md.
+    rule: Literal["unihope", "mesh"] = "unihope"
     size_px: int = Field(128, ge=32, le=1024)  # 128 DexYCB, 256 HO3D upstream
     hand_box_scale: float = Field(1.5, gt=0)
     object_box_scale: float = Field(1.5, gt=0)
