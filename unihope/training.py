@@ -36,6 +36,7 @@ from unihope_model import (
     teacher_pass,
     total_loss,
 )
+from unihope_model.roi_align import HAND_ROI_BOX_SCALE, OBJECT_ROI_BOX_SCALE, points_box_xyxy
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -144,7 +145,7 @@ def _resize_uv(uv: torch.Tensor, ratio: float) -> torch.Tensor:
 def prepare_batch(
     batch: dict, cfg: TrainConfig, device: torch.device, epoch: int = 0, is_train: bool = False
 ) -> PreparedBatch:
-    """Mirror left hands, resize to the model input and (training only) apply target-focused masking.
+    """Mirror left hands, resize to the model input, make the RoI boxes and (training only) apply masking.
 
     Args:
         batch: a collated batch of `storage.reader.PairedDataset` samples.
@@ -178,12 +179,6 @@ def prepare_batch(
     joints_2d = _mirror_u(batch["joints_2d"].float(), crop, flip)
     object_kp = _mirror_u(batch["object_keypoints_2d"].float(), crop, flip)
 
-    def mirror_box(box: torch.Tensor) -> torch.Tensor:
-        box = box.float()
-        mirrored = torch.stack([crop - 1 - box[:, 2], box[:, 1], crop - 1 - box[:, 0], box[:, 3]], dim=1)
-        return torch.where(flip[:, None], mirrored, box)
-
-    hand_boxes, object_boxes = mirror_box(batch["hand_box_xyxy"]), mirror_box(batch["object_box_xyxy"])
     joints_3d = batch["joints_3d"].float().clone()
     joints_3d[..., 0] = torch.where(flip[:, None], -joints_3d[..., 0], joints_3d[..., 0])
     signs = torch.tensor(MIRROR_POSE_SIGNS).repeat(16)
@@ -197,8 +192,9 @@ def prepare_batch(
         mask_hand = F.interpolate(mask_hand[:, None], size=(size, size), mode="area")[:, 0]
         mask_object = F.interpolate(mask_object[:, None], size=(size, size), mode="area")[:, 0]
         joints_2d, object_kp = _resize_uv(joints_2d, ratio), _resize_uv(object_kp, ratio)
-        hand_boxes = _resize_uv(hand_boxes.reshape(-1, 2, 2), ratio).reshape(-1, 4)
-        object_boxes = _resize_uv(object_boxes.reshape(-1, 2, 2), ratio).reshape(-1, 4)
+    # UniHOPE's RoI boxes, made as upstream makes them: in model-input px after augmentation and mirroring
+    hand_boxes = points_box_xyxy(joints_2d, HAND_ROI_BOX_SCALE)
+    object_boxes = points_box_xyxy(object_kp, OBJECT_ROI_BOX_SCALE)
 
     # 4. Target-focused masking (HOMAE) on the occluded image only; the de-occluded target stays clean
     keys = [str(k) for k in batch["sample_key"]]
