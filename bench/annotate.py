@@ -131,7 +131,8 @@ class NaiveAnnotator:
         asset = self.load_object_asset(frame.object_mesh_path, frame.sample_key)
         T = np.asarray(frame.object_pose, np.float64)
         grasp = GraspLabel(frame.sample_key, 0.0, 0.0, is_grasping, frame.sample_key)
-        crop = compute_crop(frame, grasp, CropConfig(size_px=size_px), verts, asset.vertices_obj_m @ T[:, :3].T + T[:, 3])
+        crop = compute_crop(frame, grasp, CropConfig(size_px=size_px), verts, asset.vertices_obj_m @ T[:, :3].T + T[:, 3],
+                            asset.keypoints_obj_m @ T[:, :3].T + T[:, 3])
         width, height = frame.image_size_wh
 
         renderer = pyrender.OffscreenRenderer(width, height)

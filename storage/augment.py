@@ -152,10 +152,15 @@ def _colour_pair(pair: np.ndarray, params: AugmentParams) -> np.ndarray:
     """Brightness, contrast, saturation, hue (fixed order), then blur, on both uint8 RGB images of a pair.
 
     uint8 lookup tables keep this ~20x cheaper than float math (it runs for every training sample).
-    Brightness and contrast share one table per image (the contrast pivot is that brightened image's
-    mean gray); saturation scales HSV's S channel and hue rotates its H channel. The two images are
-    stacked as one (2S, S, 3) array so every pixel-wise op is one OpenCV call for the pair; the gray
-    mean and the blur run per image, so the result equals colouring each image on its own.
+    Brightness and contrast share one table for the whole pair; saturation scales HSV's S channel and
+    hue rotates its H channel. Every step is then one pixel-wise function applied to both images, so
+    pixels equal in the stored pair stay equal (the pair differs only where it was de-occluded).
+    The contrast pivot is the first (occluded) image's brightened mean gray, used for both: the
+    occluded image, the model's input, is coloured exactly as it would be on its own (torchvision's
+    adjust_contrast pivots on the image's own mean, as upstream's loader does), and the de-occluded
+    target follows it. Pivoting each image on its own mean (upstream applies its transforms to each
+    image separately) put equal pixels up to 9 grey levels apart. The two images are stacked as one
+    (2S, S, 3) array so every pixel-wise op is one OpenCV call for the pair; the blur runs per image.
 
     Args:
         pair: (2, S, S, 3) uint8, C-contiguous; overwritten.
@@ -168,12 +173,10 @@ def _colour_pair(pair: np.ndarray, params: AugmentParams) -> np.ndarray:
     num_images, S = pair.shape[0], pair.shape[1]
     stacked = pair.reshape(num_images * S, S, 3)  # a view: pixel-wise ops see both images at once
     if params.brightness != 1.0 or params.contrast != 1.0:
-        gray = cv2.cvtColor(stacked, cv2.COLOR_RGB2GRAY).reshape(num_images, S, S)
-        for k in range(num_images):
-            gray_mean = float(gray[k].mean()) * params.brightness
-            table = np.clip(levels * params.brightness, 0, 255)
-            table = np.clip((table - gray_mean) * params.contrast + gray_mean, 0, 255)
-            cv2.LUT(pair[k], np.round(table).astype(np.uint8), dst=pair[k])
+        gray_mean = float(cv2.cvtColor(pair[0], cv2.COLOR_RGB2GRAY).mean()) * params.brightness
+        table = np.clip(levels * params.brightness, 0, 255)
+        table = np.clip((table - gray_mean) * params.contrast + gray_mean, 0, 255)
+        cv2.LUT(stacked, np.round(table).astype(np.uint8), dst=stacked)
     if params.saturation != 1.0 or params.hue_turns != 0.0:
         hsv = cv2.cvtColor(stacked, cv2.COLOR_RGB2HSV)  # uint8: H in [0, 180)
         hue_table = np.round(np.mod(levels + params.hue_turns * HUE_LEVELS, HUE_LEVELS)).astype(np.uint8) % HUE_LEVELS

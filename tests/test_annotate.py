@@ -275,7 +275,9 @@ def test_feature_maps_ranges_and_values(tmp_path: Path):
     ys, xs = np.nonzero(interior)
     z = centre_z + result.relative_depth_map[ys, xs] * 0.1  # invert the documented scaling
     points = (np.stack([xs, ys, np.ones_like(xs)], axis=1) @ np.linalg.inv(K_feature).T) * z[:, None]
-    expected_noc = (points - np.asarray(box_min)) / (np.asarray(box_max) - np.asarray(box_min))
+    # Song et al.'s NOC: one scale (the longest side) for all axes, centred in the unit cube
+    box_centre, longest_m = (np.asarray(box_min) + np.asarray(box_max)) / 2, float(np.subtract(box_max, box_min).max())
+    expected_noc = (points - box_centre) / longest_m + 0.5
     np.testing.assert_allclose(result.dense_map[ys, xs], expected_noc, atol=0.03)
     assert np.allclose(z, box_min[2], atol=1e-3)  # the visible face is the front face
     # hand pixels: the dense map is the template embedding, so it lies inside the unit cube and varies
@@ -465,3 +467,34 @@ def test_feature_labels_and_depth_are_the_scene_pass_at_feature_pixel_centres(tm
     assert centre_z == pytest.approx(lo[2] - 0.03, abs=1e-3)
     relative = np.clip((result.depth_scene[np.ix_(centres, centres)] - (lo[2] - 0.02)) / 0.1, -1, 1)
     np.testing.assert_allclose(result.relative_depth_map, np.where(result.seg_map > 0, relative, 0.0), atol=1e-6)
+
+
+def test_annotation_crops_by_upstreams_rule_from_joints_and_box_keypoints(tmp_path: Path):
+    """The annotated crop is UniHOPE's box of the 2D joints and the object mesh's 21 box keypoints."""
+    from tests.test_crop import reference_box_keypoints, reference_crop_box
+
+    _, _, _, verts, _ = hand_frame_geometry()
+    lo, hi = verts.min(0), verts.max(0)
+    box_min = [hi[0] - 0.01, lo[1] - 0.03, lo[2]]  # beside the hand, sticking out of its box
+    box_max = [hi[0] + 0.07, lo[1] + 0.05, lo[2] + 0.05]
+    frame, _ = make_frame(tmp_path, "test/seq/cam/000009", box_min, box_max)
+    free, held = annotate_frames([frame, frame], [label(frame), label(frame, True)], CropConfig(), RenderConfig(),
+                                 HAND_CFG)  # fmt: skip
+    assert isinstance(free, AnnotatedFrame) and isinstance(held, AnnotatedFrame)
+    keypoints_2d = project_points(reference_box_keypoints(box_min, box_max), K_FULL)
+    np.testing.assert_allclose(free.crop.box_xyxy, reference_crop_box(frame.joints_2d, None, False), atol=1e-6)
+    np.testing.assert_allclose(held.crop.box_xyxy, reference_crop_box(frame.joints_2d, keypoints_2d, True), atol=1e-6)
+    assert held.crop.box_xyxy[2] > free.crop.box_xyxy[2]  # the object widened the grasping crop
+
+
+def test_object_coordinates_keep_the_aspect():
+    """A 4 x 2 x 1 box maps to [0, 1] x [0.25, 0.75] x [0.375, 0.625]: one scale, centred (not per axis)."""
+    corners = box_corners([0.3, -0.1, 2.0], [0.34, -0.08, 2.01])  # 4 x 2 x 1 cm, off the origin
+    noc = unit_cube_coordinates(corners)
+    np.testing.assert_allclose(noc.min(0), [0.0, 0.25, 0.375], atol=1e-6)
+    np.testing.assert_allclose(noc.max(0), [1.0, 0.75, 0.625], atol=1e-6)
+    # distances scale by one factor: the shape is similar to the input
+    pair_m = np.linalg.norm(corners[:, None] - corners[None], axis=-1)
+    pair_noc = np.linalg.norm(noc[:, None].astype(np.float64) - noc[None], axis=-1)
+    np.testing.assert_allclose(pair_noc, pair_m / 0.04, atol=1e-6)
+    np.testing.assert_allclose(unit_cube_coordinates(np.zeros((3, 3))), 0.5)  # a point: the cube's centre

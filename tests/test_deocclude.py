@@ -170,7 +170,7 @@ def test_filter_drops_not_occluded_and_no_gain(scenes):
     result = strict.run([frame])[0]
     assert (result.keep, result.reason) == (False, "not_occluded")
     # A margin no candidate can clear: no gain.
-    demanding = build_deoccluder(DeocclusionConfig(backend="render", keep_margin=1.0)).run([frame])[0]
+    demanding = build_deoccluder(DeocclusionConfig(backend="render", keep_rule="or", keep_margin=1.0)).run([frame])[0]
     assert (demanding.keep, demanding.reason) == (False, "no_gain")
     assert demanding.deocclusion_score > demanding.original_score  # it did improve, just not by the margin
 
@@ -180,7 +180,7 @@ def test_filter_drops_not_occluded_and_no_gain(scenes):
         def _generate(self, frames, masks, betas):
             return [f.image for f in frames]
 
-    unchanged = Identity(DeocclusionConfig()).run([frame])[0]
+    unchanged = Identity(DeocclusionConfig(keep_rule="or")).run([frame])[0]
     assert (unchanged.keep, unchanged.reason) == (False, "no_gain")
     assert unchanged.deocclusion_score == pytest.approx(unchanged.original_score)
 
@@ -218,8 +218,7 @@ def test_controlnet_shapes_search_and_composite(search_results, scenes):
         best = int(np.argmax(result.candidate_scores))
         assert result.beta == pytest.approx(result.candidate_betas[best])
         assert result.deocclusion_score == pytest.approx(result.candidate_scores[best])
-        assert result.keep == (result.deocclusion_score > result.original_score)
-        assert result.reason == ("kept" if result.keep else "no_gain")
+        assert result.keep and result.reason == "kept"  # the default occ rule keeps every generated (occluded) frame
 
 
 def test_controlnet_rerun_is_bit_identical(tiny_models, scenes, search_results, one_torch_thread):
@@ -284,3 +283,20 @@ def test_missing_weights_name_the_field(tiny_models, tmp_path):
                 update={"controlnet": controlnet_cfg(tiny_models).controlnet.model_copy(update={"dtype": "float16"})}
             )
         )
+
+
+def test_keep_rule_decides_through_run(scenes):
+    frame = scenes[0].frame
+    below = frame.visibility - 0.01  # the frame fails the occ test
+    results = {
+        rule: build_deoccluder(DeocclusionConfig(backend="render", keep_rule=rule, max_visibility=below,
+                                                 **overrides)).run([frame])[0]
+        for rule, overrides in (("occ", {}), ("score", {}), ("and", {"keep_margin": 1.0}),
+                                ("all", {"keep_margin": 1.0}), ("none", {"generate_max_visibility": 1.0}))
+    }  # fmt: skip
+    assert (results["occ"].keep, results["occ"].reason) == (False, "not_occluded")
+    assert np.isnan(results["occ"].deocclusion_score)  # occ cannot keep it: nothing was generated
+    assert (results["score"].keep, results["score"].reason) == (True, "kept")  # generated and better
+    assert (results["and"].keep, results["and"].reason) == (False, "no_gain")  # both tests drop it
+    assert (results["all"].keep, results["all"].reason) == (True, "kept")
+    assert (results["none"].keep, results["none"].reason) == (False, "rule_none")

@@ -364,7 +364,7 @@ def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(refer
     shutil.copytree(reference_build["out"], out)
     before = read_executions(out / "_work")
     cfg = reference_build["cfg"]
-    changed = cfg.model_copy(update={"deocclusion": cfg.deocclusion.model_copy(update={"keep_margin": 0.5})})
+    changed = cfg.model_copy(update={"deocclusion": cfg.deocclusion.model_copy(update={"keep_rule": "score", "keep_margin": 0.5})})
     summary = build_dataset(config=changed, out=str(out))
     new = read_executions(out / "_work")[len(before):]
     by_stage: dict[str, list[int]] = {}
@@ -374,7 +374,7 @@ def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(refer
         "deocclude": list(range(NUM_BATCHES)), "pack": list(range(summary.num_shards)), "finalize": [0]}
     digest = dataset_digest(out)
     reference = reference_build["digest"]
-    # annotation is reused byte for byte; the stricter keep margin keeps no pair
+    # annotation is reused byte for byte; the score rule with a margin no score clears keeps no pair
     for name in ("__keys__", "image", "mask_hand", "depth_scene", "visibility", "joints_2d", "grasp"):
         assert digest[name] == reference[name], name
     assert summary.num_pairs_kept == 0

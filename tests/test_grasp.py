@@ -1,4 +1,7 @@
-"""Grasp labels (RRE/RTE rule, grouping, overrides) and UniHOPE's crop (boxes, affine, intrinsics, skips)."""
+"""Grasp labels (RRE/RTE rule, grouping, overrides) and the crop's mesh rule (boxes, affine, intrinsics, skips).
+
+UniHOPE's (default) crop rule is tested against an independent implementation in tests/test_crop.py.
+"""
 
 from __future__ import annotations
 
@@ -197,7 +200,7 @@ def test_crop_affine_agrees_with_crop_intrinsics(size_px: int):
     joints_3d = rng.normal(size=(21, 3)) * 0.03 + [0.05, -0.02, 0.55]
     frame = make_frame(joints_3d=joints_3d)
     hand = cloud((0.05, -0.02, 0.55), (0.06, 0.05, 0.03))
-    crop = compute_crop(frame, grasp_for(frame, False), CropConfig(size_px=size_px), hand, None)
+    crop = compute_crop(frame, grasp_for(frame, False), CropConfig(rule="mesh", size_px=size_px), hand, None)
     assert isinstance(crop, Crop)
     via_K = project_points(frame.joints_3d, crop.K)
     via_affine = apply_affine(frame.joints_2d, crop.affine)
@@ -214,7 +217,7 @@ def test_crop_affine_agrees_with_crop_intrinsics(size_px: int):
 def test_crop_affine_is_what_warpaffine_applies():
     frame = make_frame()
     hand = cloud((0.0, 0.0, 0.5), (0.05, 0.05, 0.02))
-    crop = compute_crop(frame, grasp_for(frame, False), CropConfig(size_px=128), hand, None)
+    crop = compute_crop(frame, grasp_for(frame, False), CropConfig(rule="mesh", size_px=128), hand, None)
     u, v = 331.3, 246.6
     ys, xs = np.mgrid[:480, :640]
     image = np.exp(-((xs - u) ** 2 + (ys - v) ** 2) / (2 * 6.0**2)).astype(np.float32)  # smooth blob at (u, v)
@@ -228,8 +231,8 @@ def test_crop_includes_object_only_when_grasping():
     frame = make_frame()
     hand = cloud((0.0, 0.0, 0.5), (0.04, 0.04, 0.02))
     obj = cloud((0.12, 0.05, 0.5), (0.03, 0.03, 0.03), seed=3)
-    free = compute_crop(frame, grasp_for(frame, False), CropConfig(), hand, obj)
-    held = compute_crop(frame, grasp_for(frame, True), CropConfig(), hand, obj)
+    free = compute_crop(frame, grasp_for(frame, False), CropConfig(rule="mesh"), hand, obj)
+    held = compute_crop(frame, grasp_for(frame, True), CropConfig(rule="mesh"), hand, obj)
     assert isinstance(free, Crop) and isinstance(held, Crop)
     obj_uv = project_points(obj, K_FULL)
     obj_lo, obj_hi = obj_uv.min(0), obj_uv.max(0)
@@ -242,7 +245,7 @@ def test_crop_includes_object_only_when_grasping():
 
 def test_crop_skips_with_reasons():
     frame = make_frame()
-    cfg = CropConfig()
+    cfg = CropConfig(rule="mesh")
     grasp = grasp_for(frame, True)
     hand = cloud((0.0, 0.0, 0.5), (0.04, 0.04, 0.02))
     obj = cloud((0.05, 0.0, 0.5), (0.03, 0.03, 0.03))

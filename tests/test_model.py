@@ -245,3 +245,74 @@ def test_gaussian_heatmap_peaks_at_the_joint_bin():
     heatmap = gaussian_heatmaps(points, 8)[0, 0]
     assert float(heatmap[5, 2]) == pytest.approx(1.0)
     assert int(heatmap.argmax()) == 5 * 8 + 2
+
+
+# ---------------------------------------------------------------- one box convention for decoding and losses
+
+EDGE_SHIFTS_PX = {  # where the 2D points sit in a 64 px crop: their x1.1 / x1.0 boxes cross these edges
+    "left": (-20.0, 0.0), "top": (0.0, -20.0), "right": (30.0, 0.0), "bottom": (0.0, 30.0), "all": None,
+}
+
+
+def _points_crossing(edge: str, gen: torch.Generator) -> torch.Tensor:
+    """(2, 21, 2) points in a 64 px crop whose box crosses `edge` ("all": a box larger than the crop)."""
+    if EDGE_SHIFTS_PX[edge] is None:
+        return torch.rand(2, 21, 2, generator=gen) * 80 - 8  # spans about [-8, 72] on both axes
+    points = torch.rand(2, 21, 2, generator=gen) * 34 + 15  # about [15, 49]
+    return points + torch.tensor(EDGE_SHIFTS_PX[edge])
+
+
+@pytest.mark.parametrize("edge", sorted(EDGE_SHIFTS_PX))
+def test_a_perfect_2d_target_decodes_back_when_boxes_cross_the_crop_edge(edge: str, monkeypatch):
+    """The losses normalise 2D targets with the boxes the model decodes with, so a loss of 0 decodes exactly."""
+    from unihope_model.heads import heatmap_argmax_box
+    from unihope_model.roi_align import (
+        HAND_ROI_BOX_SCALE, OBJECT_ROI_BOX_SCALE, box_to_roi_px, points_box_xyxy, roi_px_to_box,
+    )  # fmt: skip
+
+    # 1. Points and UniHOPE's RoI boxes, crossing the crop edge
+    torch.manual_seed(0)
+    model = UniHOPEModel(tiny_spec(), FakeHandLayer()).eval()
+    gen = torch.Generator().manual_seed(1)
+    joints, keypoints = _points_crossing(edge, gen), _points_crossing(edge, gen)
+    hand_boxes, object_boxes = points_box_xyxy(joints, HAND_ROI_BOX_SCALE), points_box_xyxy(keypoints, OBJECT_ROI_BOX_SCALE)
+    crossing = torch.cat([hand_boxes[:, :2] < -0.5, hand_boxes[:, 2:] > 63.5], dim=1)
+    assert crossing[:, ["left", "top", "right", "bottom"].index(edge)].all() if edge != "all" else crossing.all()
+    images = torch.rand(2, 3, 64, 64, generator=gen)
+    _, base_targets = _batch(size=64, batch=2)
+    targets = LossTargets(**{**base_targets.__dict__, "joints_2d_px": joints, "hand_boxes_xyxy_px": hand_boxes,
+                             "object_keypoints_2d_px": keypoints, "object_boxes_xyxy_px": object_boxes,
+                             "grasp": torch.tensor([1, 1])})  # fmt: skip
+    with torch.no_grad():
+        out = model(images, hand_boxes, object_boxes)
+
+    # 2. Heads that output the perfect targets in the box units of the model's own boxes
+    size = out.heatmaps.shape[-1]
+    kp_box = roi_px_to_box(out.object_boxes_xyxy_px, keypoints)
+    heatmaps = gaussian_heatmaps(roi_px_to_box(out.hand_boxes_xyxy_px, joints), size)
+    mano_mean, mano_logvar = out.mano_mean, out.mano_logvar
+    monkeypatch.setattr(model.hand_decoder, "forward", lambda features: (heatmaps, mano_mean, mano_logvar))
+    monkeypatch.setattr(model.object_decoder, "forward", lambda features: (
+        kp_box, kp_box[:, :, None, None, :].expand(-1, -1, size, size, -1), torch.zeros(2, 21, size, size)))
+    with torch.no_grad():
+        perfect = model(images, hand_boxes, object_boxes)
+
+    # 3. The losses call it perfect, and it decodes back to the targets
+    terms = supervised_losses(perfect, targets, LossWeights())
+    assert float(terms["joints2d"]) == 0.0
+    assert float(terms["object_keypoints"]) == 0.0
+    torch.testing.assert_close(perfect.object_keypoints_2d_px, keypoints, rtol=0, atol=1e-4)
+    torch.testing.assert_close(perfect.joints_2d_px, box_to_roi_px(perfect.hand_boxes_xyxy_px, heatmap_argmax_box(heatmaps)))
+    # the heatmap soft-argmax itself is biased toward bin centres, by under half a bin (8 bins per box here)
+    bin_px = (perfect.hand_boxes_xyxy_px[:, 2:] - perfect.hand_boxes_xyxy_px[:, :2]) / size
+    assert float(((perfect.joints_2d_px - joints).abs() / bin_px[:, None]).max()) < 0.5
+
+
+def test_roi_boxes_follow_upstream():
+    from unihope_model.roi_align import points_box_xyxy
+
+    points = torch.tensor([[[10.0, 20.0], [31.0, 25.0], [15.0, 41.0]]])  # box x [10, 31], y [20, 41]
+    # centre (20.5, 30.5) truncated to (20, 30); half-sizes 21 * 1.1 / 2 = 11.55
+    torch.testing.assert_close(points_box_xyxy(points, 1.1), torch.tensor([[8.45, 18.45, 31.55, 41.55]]))
+    negative = points - 40.0  # centre (-19.5, -9.5) truncates toward 0: (-19, -9)
+    torch.testing.assert_close(points_box_xyxy(negative, 1.0), torch.tensor([[-29.5, -19.5, -8.5, 1.5]]))

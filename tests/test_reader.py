@@ -257,7 +257,7 @@ def test_batch_equals_single_samples_and_pickles_as_one_buffer(tmp_path):
         dataset[[]]
 
 
-def test_pair_colour_equals_colouring_each_image_alone():
+def test_pair_colour_keeps_the_occluded_image_as_alone_and_no_blur_crosses_the_seam():
     from storage.augment import AugmentParams, _colour_pair
 
     rng = np.random.default_rng(0)
@@ -266,7 +266,46 @@ def test_pair_colour_equals_colouring_each_image_alone():
     params = AugmentParams(0.0, 1.0, (0.0, 0.0), brightness=1.3, contrast=0.7, saturation=1.4, hue_turns=0.1,
                            blur_sigma_px=1.5)
     coloured = _colour_pair(pair.copy(), params)
-    for k in range(2):
-        alone = _colour_pair(pair[k:k + 1].copy(), params)[0]
-        np.testing.assert_array_equal(coloured[k], alone)
+    # the occluded image (the model's input) is coloured exactly as on its own
+    np.testing.assert_array_equal(coloured[0], _colour_pair(pair[:1].copy(), params)[0])
+    # the de-occluded image: turned upside down, its bright half leaves the seam; a blur across the
+    # seam would change the result, a per-image blur (symmetric kernel and border) does not
+    flipped = _colour_pair(np.stack([pair[0], pair[1, ::-1]]), params)
+    np.testing.assert_array_equal(coloured[1], flipped[1, ::-1])
     assert not np.array_equal(coloured, pair)
+
+
+@pytest.mark.parametrize("with_geometry", [False, True])
+def test_pair_differing_in_a_patch_stays_identical_outside_it(with_geometry: bool):
+    """Every colour parameter is drawn and applied once per pair: pixels equal in the pair stay equal."""
+    import cv2
+
+    from storage.augment import AugmentConfig, augment_pair_u8, geometry, sample_params
+
+    S = 64
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
+    deoccluded = image.copy()
+    patch = np.zeros((S, S), bool)
+    patch[20:36, 24:44] = True
+    deoccluded[patch] = (230, 40, 200)  # a bright patch: it moves the de-occluded image's mean a lot
+    K = np.array([[120.0, 0.0, 31.5], [0.0, 120.0, 31.5], [0.0, 0.0, 1.0]])
+    sample = {"image": image, "image_deoccluded": deoccluded, "mask_hand": patch, "mask_object": patch,
+              "joints_2d": np.full((21, 2), 30.0), "object_keypoints_2d": np.full((21, 2), 30.0),
+              "joints_3d": np.full((21, 3), 0.5), "mano_pose": np.zeros(48, np.float32),
+              "mano_trans": np.zeros(3, np.float32), "object_pose": np.hstack([np.eye(3), [[0.0], [0.0], [0.5]]]),
+              "K": K}  # fmt: skip
+    cfg = AugmentConfig() if with_geometry else AugmentConfig(scale_jitter=0, center_jitter=0, max_rotation_deg=0)
+    for seed in range(6):
+        params = sample_params(cfg, np.random.default_rng(seed), S)
+        out = augment_pair_u8(sample, params)
+        # where the patch went, widened by what the bilinear warp and the blur spread (<= 3 px)
+        moved = patch.astype(np.uint8)
+        if with_geometry:
+            M, _, _ = geometry(params, K, S)
+            moved = cv2.warpAffine(moved, M[:2], (S, S), flags=cv2.INTER_LINEAR)
+            moved = np.maximum(moved, cv2.warpAffine(patch.astype(np.uint8), M[:2], (S, S), flags=cv2.INTER_NEAREST))
+        reach = cv2.dilate((moved > 0).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        assert (~reach).sum() > S * S / 4
+        np.testing.assert_array_equal(out["image"][~reach], out["image_deoccluded"][~reach])
+        assert not np.array_equal(out["image"], image)  # the draw did change the colours

@@ -25,14 +25,10 @@ SKIPS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def dataset_url(tmp_path_factory) -> str:
-    from storage.writer import finalize, write_shard
-
-    url = str(tmp_path_factory.mktemp("report") / "data")
-    keys = make_keys(2, 5)
+def fixture_samples():
+    """The dataset's annotated frames and de-occlusion results (deterministic in the keys)."""
     annotated, results = [], []
-    for i, key in enumerate(keys):
+    for i, key in enumerate(make_keys(2, 5)):
         frame = make_annotated(key, crop_size_px=32, visibility=VISIBILITIES[i])
         annotated.append(frame)
         if i == NO_RESULT:
@@ -40,6 +36,15 @@ def dataset_url(tmp_path_factory) -> str:
         else:
             result = make_result(frame, keep=i in KEPT_BETAS)
             results.append(dataclasses.replace(result, beta=KEPT_BETAS.get(i, 0.9)))
+    return annotated, results
+
+
+@pytest.fixture(scope="module")
+def dataset_url(tmp_path_factory) -> str:
+    from storage.writer import finalize, write_shard
+
+    url = str(tmp_path_factory.mktemp("report") / "data")
+    annotated, results = fixture_samples()
     cfg = StorageConfig(shard_size=6)
     write_shard(url, 0, annotated[:6], results[:6], STORAGE_ATTRS, cfg)
     write_shard(url, 1, annotated[6:], results[6:], STORAGE_ATTRS, cfg)
@@ -64,6 +69,19 @@ def test_summary_counts_what_the_dataset_holds(dataset_url):
     assert DatasetSummary.from_json(json.loads(json.dumps(summary.to_json()))) == summary
     text = "\n".join(summary.describe())
     assert "frames seen 13, skipped 3, kept pairs 4" in text
+    # how many pairs each keep rule would keep, at the build's thresholds (defaults here: 0.9, margin 0)
+    _, results = fixture_samples()
+    gains = [r is not None and r.deocclusion_score > r.original_score for r in results]
+    occluded = [v <= 0.9 for v in VISIBILITIES]
+    generated = [r is not None for r in results]
+    expected = {
+        "score": sum(gains), "occ": sum(o and g for o, g in zip(occluded, generated)),
+        "and": sum((s or o) and g for s, o, g in zip(gains, occluded, generated)),
+        "or": sum(s and o for s, o in zip(gains, occluded)), "all": sum(generated), "none": 0,
+    }  # fmt: skip
+    assert summary.pairs_by_rule == expected and summary.keep_rule == "occ" and summary.num_generated == 9
+    assert 0 < expected["score"] < expected["occ"] == 9  # the fixture separates the rules
+    assert f"keep rules (pairs each would keep of 9 generated; in use: occ): score {expected['score']}" in text
     assert "[0.5, 0.6)      2 " in text
 
 
@@ -82,7 +100,8 @@ def test_report_writes_page_figures_and_skip_table(dataset_url, tmp_path):
     page = index.read_text()
     assert index == tmp_path / "report" / "index.html"
     for needle in ("contact_sheet.png", "histograms.png", "hand_outside_image", "missing_file",
-                   "s/a/1/000101 (annotate: box 3% inside)", "<td>kept pairs</td><td>4</td>"):
+                   "s/a/1/000101 (annotate: box 3% inside)", "<td>kept pairs</td><td>4</td>",
+                   "<td>pairs the keep rule &#x27;occ&#x27; would keep (in use)</td><td>9</td>"):
         assert needle in page, needle
     sheet = matplotlib.image.imread(tmp_path / "report" / "contact_sheet.png")
     assert sheet.shape[0] == round(2.1 * 10 * 80)  # one 2.1-inch row per sample at 80 dpi

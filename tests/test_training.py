@@ -215,11 +215,18 @@ def test_mean_pose_baseline_equals_mpjpe_of_the_training_mean(datasets, hand_lay
         gt.append(joints)
     expected = M.mpjpe_mm(np.broadcast_to(stats.mean_joints_rel_m, (len(gt), 21, 3)), np.array(gt))
     np.testing.assert_allclose(report.mean_pose_mpjpe_mm, expected, rtol=1e-6)
+    # F-scores and AUC come from the same per-sample errors the MPJPE does
+    summary = report.summary(stats)
+    assert summary["auc_joints_0_50mm"] == pytest.approx(M.pck_auc(report.per_joint_error_mm))
+    np.testing.assert_allclose(report.per_joint_error_mm.mean(axis=1), report.mpjpe_mm, rtol=1e-9)
+    np.testing.assert_allclose(report.pa_per_joint_error_mm.mean(axis=1), report.pa_mpjpe_mm, rtol=1e-9)
+    assert sorted(report.f_score) == ["f_score_15mm", "f_score_5mm", "pa_f_score_15mm", "pa_f_score_5mm"]
+    assert all(v.shape == (len(gt),) for v in report.f_score.values())
     labels = np.array([int(datasets[0][i]["grasp"]) for i in range(len(datasets[0]))])
     assert stats.majority_grasp == int(np.bincount(labels, minlength=2).argmax())
 
 
-def test_evaluation_cli_scores_a_checkpoint(tmp_path, datasets, hand_layer, monkeypatch):
+def test_evaluation_cli_scores_a_checkpoint(tmp_path, datasets, hand_layer, monkeypatch, capsys):
     cfg = tiny_config(optim=dict(max_steps=2))
     config_path = tmp_path / "train.yaml"
     config_path.write_text(cfg.to_yaml())
@@ -228,6 +235,12 @@ def test_evaluation_cli_scores_a_checkpoint(tmp_path, datasets, hand_layer, monk
     summary = T.run_evaluation_from_cli(config_path, result.checkpoint_path, "unused", tmp_path / "eval")
     written = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert written["num_samples"] == 6 and written["mpjpe_mm"] == pytest.approx(summary["mpjpe_mm"])
+    # UniHOPE's eval.py metrics beyond MPJPE
+    for name in ("f_score_5mm", "f_score_15mm", "pa_f_score_5mm", "pa_f_score_15mm", "auc_joints_0_50mm",
+                 "pa_auc_joints_0_50mm"):
+        assert 0.0 <= written[name] <= 1.0, name
+    assert written["f_score_5mm"] <= written["f_score_15mm"] and written["pa_f_score_5mm"] <= written["pa_f_score_15mm"]
+    assert "F@5mm" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- configuration

@@ -121,6 +121,10 @@ class GraspConfig(StageConfig):
 class CropConfig(StageConfig):
     """UniHOPE's square crop around the hand box (x1.5) united with the object box (x1.5) when grasping."""
 
+    # unihope: boxes of the 21 2D joints and the 21 projected object box keypoints, integer centres,
+    # clipped to the image (UniHOPE's loader); mesh: boxes of the projected hand / object mesh vertices
+    # (whole mesh inside, ~1.15x larger). See unihope/crop.py and docs/DATASETS.md.
+    rule: Literal["unihope", "mesh"] = "unihope"
     size_px: int = Field(128, ge=32, le=1024)  # 128 DexYCB, 256 HO3D upstream
     hand_box_scale: float = Field(1.5, gt=0)
     object_box_scale: float = Field(1.5, gt=0)
@@ -157,6 +161,10 @@ class ControlNetConfig(StageConfig):
     local_files_only: bool = False  # True: never reach for the hub (hub ids must already be in the local cache)
 
 
+# UniHOPE's loader filter rules for generated images (unihope/deocclude/keep.py explains each).
+KeepRule = Literal["score", "occ", "and", "or", "all", "none"]
+
+
 class DeocclusionConfig(StageConfig):
     """De-occlusion of the hand: backend, adaptive control strength beta, and UniHOPE's keep filter."""
 
@@ -166,8 +174,14 @@ class DeocclusionConfig(StageConfig):
     beta_min: float = Field(0.4, ge=0, le=2)  # severe occlusion -> lower beta
     beta_max: float = Field(0.8, ge=0, le=2)  # slight occlusion -> higher beta
     beta_candidates: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    keep_margin: float = Field(0.0, ge=0)  # keep when gen_score > ori_score + margin
-    max_visibility: float = Field(0.9, gt=0, le=1)  # 0.9 DexYCB, 0.8 HO3D: only occluded frames get pairs
+    # Which generated images become pairs. `occ` (visibility <= max_visibility) is what UniHOPE's released
+    # DexYCB and HO3D configs use; our weight-free score is a proxy of upstream's pose-error score, so the
+    # default does not rest on it. score / and / or / all / none: see unihope/deocclude/keep.py.
+    keep_rule: KeepRule = "occ"
+    keep_margin: float = Field(0.0, ge=0)  # score test: keep when gen_score > ori_score + margin
+    max_visibility: float = Field(0.9, gt=0, le=1)  # occ test (upstream occ_threshold): 0.9 DexYCB, 0.8 HO3D
+    # frames above this visibility get no candidate; None: max_visibility under occ / or / none, else 1.0
+    generate_max_visibility: float | None = Field(None, gt=0, le=1)
     mask_dilation_px: int = Field(3, ge=0)
     visible_weight: float = Field(0.5, ge=0, le=1)  # score = visible consistency * w + flexion * (1 - w)
     edge_weight: float = Field(0.3, ge=0, le=1)  # flexion = colour coverage * (1 - e) + depth-edge agreement * e

@@ -1,4 +1,4 @@
-"""Evaluation metrics: MPJPE / PA-MPJPE / MPVPE (mm), object ADD-S, switcher accuracy, occlusion-interval table.
+"""Evaluation metrics: MPJPE / PA-MPJPE / MPVPE (mm), F-score, PCK AUC, object ADD-S, switcher accuracy, occlusion table.
 
 All functions take numpy arrays in metres and return millimetres where the name says `_mm`.
 Object-pose helpers (keypoint triangulation in the object frame, PnP) live here too because
@@ -16,6 +16,12 @@ M_TO_MM = 1000.0
 ROOT_JOINT_IDX = 0  # wrist in DexYCB order
 VISIBILITY_BIN_EDGES = (0.25, 0.5, 0.75)  # UniHOPE: [0, .25], (.25, .5], (.5, .75], (.75, 1]
 MIN_TRIANGULATION_CONDITION = 1e-3  # smallest / largest singular value below this: keypoint not determined
+# UniHOPE's eval.py (the FreiHAND / HO3D protocol): F-score of the mesh vertices at 5 and 15 mm, and the
+# area under the 3D PCK curve of the joints over 100 thresholds from 0 to 50 mm.
+F_SCORE_THRESHOLDS_MM = (5.0, 15.0)
+PCK_AUC_MIN_MM = 0.0
+PCK_AUC_MAX_MM = 50.0
+PCK_AUC_NUM_THRESHOLDS = 100
 
 
 def root_relative(joints_m: np.ndarray, root_idx: int = ROOT_JOINT_IDX) -> np.ndarray:
@@ -77,6 +83,72 @@ def mpvpe_mm(pred_verts_rel_m: np.ndarray, gt_verts_rel_m: np.ndarray) -> np.nda
     """Per-sample mean vertex error (mm) of wrist-relative meshes (N, 778, 3)."""
     pred, gt = _check_pair(pred_verts_rel_m, gt_verts_rel_m)
     return np.linalg.norm(pred - gt, axis=-1).mean(axis=-1) * M_TO_MM
+
+
+def f_score(pred_points_m: np.ndarray, gt_points_m: np.ndarray, threshold_mm: float) -> np.ndarray:
+    """Per-sample F-score of two point sets at a distance threshold (FreiHAND / HO3D, UniHOPE's eval.py).
+
+    Precision = the fraction of predicted points whose closest ground-truth point is nearer than the
+    threshold; recall = the fraction of ground-truth points whose closest prediction is; F = 2PR / (P + R)
+    (0 when both are 0). Closest points, not index correspondence: a mesh may be compared with another
+    topology. Strictly nearer (`<`), as upstream counts.
+
+    Args:
+        pred_points_m, gt_points_m: (N, P, 3) metres, aligned as the caller chose (root or Procrustes).
+        threshold_mm: distance threshold, millimetres.
+
+    Returns:
+        (N,) float64 in [0, 1].
+    """
+    from scipy.spatial import cKDTree
+
+    pred, gt = _check_pair(pred_points_m, gt_points_m)
+    threshold_m = threshold_mm / M_TO_MM
+    scores = np.zeros(len(pred))
+    for idx in range(len(pred)):
+        pred_to_gt_m, _ = cKDTree(gt[idx]).query(pred[idx])
+        gt_to_pred_m, _ = cKDTree(pred[idx]).query(gt[idx])
+        precision = float((pred_to_gt_m < threshold_m).mean())
+        recall = float((gt_to_pred_m < threshold_m).mean())
+        scores[idx] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return scores
+
+
+def pck_curve(
+    per_point_error_mm: np.ndarray,
+    min_mm: float = PCK_AUC_MIN_MM,
+    max_mm: float = PCK_AUC_MAX_MM,
+    num_thresholds: int = PCK_AUC_NUM_THRESHOLDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """3D PCK curve: per threshold, the fraction of errors at or below it, averaged over the points.
+
+    Args:
+        per_point_error_mm: (N, J) per-sample, per-joint (or per-vertex) errors, millimetres.
+        min_mm, max_mm, num_thresholds: the thresholds, np.linspace(min_mm, max_mm, num_thresholds).
+
+    Returns:
+        (thresholds_mm (T,), pck (T,) in [0, 1]).
+    """
+    errors = np.asarray(per_point_error_mm, dtype=np.float64)
+    if errors.ndim != 2 or not len(errors):
+        raise ValueError(f"per_point_error_mm must be a non-empty (N, J) array, got shape {errors.shape}")
+    if num_thresholds < 2 or not max_mm > min_mm:
+        raise ValueError(f"need num_thresholds >= 2 and max_mm > min_mm, got {num_thresholds}, {min_mm}, {max_mm}")
+    thresholds = np.linspace(min_mm, max_mm, num_thresholds)
+    # per point first, then the mean over points, as upstream's EvalUtil averages its per-keypoint curves
+    pck = (errors[None, :, :] <= thresholds[:, None, None]).mean(axis=1).mean(axis=1)
+    return thresholds, pck
+
+
+def pck_auc(
+    per_point_error_mm: np.ndarray,
+    min_mm: float = PCK_AUC_MIN_MM,
+    max_mm: float = PCK_AUC_MAX_MM,
+    num_thresholds: int = PCK_AUC_NUM_THRESHOLDS,
+) -> float:
+    """Area under the 3D PCK curve (trapezoidal rule), normalised by the threshold range: in [0, 1]."""
+    thresholds, pck = pck_curve(per_point_error_mm, min_mm, max_mm, num_thresholds)
+    return float(np.trapezoid(pck, thresholds) / (max_mm - min_mm))
 
 
 def switcher_accuracy(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
+from unihope.config import DeocclusionConfig
+from unihope.deocclude.keep import pairs_by_rule
+
+LOGGER = logging.getLogger(__name__)
 VISIBILITY_BIN_EDGES = tuple(round(0.1 * i, 1) for i in range(11))  # [0, 0.1, ..., 1.0]
 BETA_BIN_EDGES = tuple(round(0.1 * i, 1) for i in range(21))  # [0, 0.1, ..., 2.0]: the config's beta range
 MAX_CONTACT_ROWS = 12  # samples shown in the contact sheet
@@ -38,6 +44,9 @@ class DatasetSummary:
     num_shards: int = 0
     skip_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few "key (detail)"
     report_path: str | None = None  # index.html of the HTML report, when one was written
+    keep_rule: str = ""  # the build's deocclusion.keep_rule
+    pairs_by_rule: dict[str, int] = field(default_factory=dict)  # keep rule -> pairs it would keep
+    num_generated: int = 0  # samples with a generated candidate (the only ones any rule can keep)
 
     def describe(self) -> list[str]:
         """Human-readable lines (the end-of-build summary)."""
@@ -50,6 +59,9 @@ class DatasetSummary:
             lines.append("skipped by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skips_by_reason.items())))
         if self.deocclusion_reasons:
             lines.append("de-occlusion: " + ", ".join(f"{k} {v}" for k, v in sorted(self.deocclusion_reasons.items())))
+        if self.pairs_by_rule:
+            lines.append(f"keep rules (pairs each would keep of {self.num_generated} generated; in use: "
+                         f"{self.keep_rule}): " + ", ".join(f"{k} {v}" for k, v in self.pairs_by_rule.items()))
         lines.append("visibility histogram:")
         lines.extend(_text_histogram(self.visibility_bin_edges, self.visibility_counts))
         lines.append("beta histogram (kept pairs):")
@@ -122,6 +134,9 @@ def summarize_dataset(url: str) -> DatasetSummary:
         keep = view.column("keep").astype(bool) if len(view) else np.zeros(0, bool)
         beta = view.column("beta") if len(view) else np.zeros(0)
         reasons = view.column("deocclusion_reason") if len(view) else np.zeros(0, object)
+        original_score = view.column("original_score") if len(view) else np.zeros(0)
+        deocclusion_score = view.column("deocclusion_score") if len(view) else np.zeros(0)
+        deocclusion_cfg = _deocclusion_config(view)
         num_shards = len(view.shards)
     finally:
         view.close()
@@ -147,7 +162,22 @@ def summarize_dataset(url: str) -> DatasetSummary:
         beta_counts=_histogram(np.asarray(beta)[keep], BETA_BIN_EDGES),
         num_shards=num_shards,
         skip_examples=examples,
+        keep_rule=deocclusion_cfg.keep_rule,
+        pairs_by_rule=pairs_by_rule(visibility, original_score, deocclusion_score, deocclusion_cfg),
+        num_generated=int((np.isfinite(original_score) & np.isfinite(deocclusion_score)).sum()),
     )
+
+
+def _deocclusion_config(view) -> DeocclusionConfig:
+    """The build's de-occlusion config from its manifest (defaults while unfinished or when unreadable)."""
+    manifest = getattr(view, "manifest", None)
+    stored = manifest.attrs.config.get("deocclusion", {}) if manifest is not None else {}
+    try:
+        return DeocclusionConfig.model_validate(stored)
+    except ValidationError as err:  # a dataset written by another version: compare the rules at defaults
+        LOGGER.warning("report: the dataset's deocclusion config does not load (%s); keep rules at defaults",
+                       err.error_count())
+        return DeocclusionConfig()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,6 +319,8 @@ def write_report(data_url: str, out_dir: Path) -> Path:
         ("frames seen", summary.num_frames_seen), ("frames skipped", sum(summary.skips_by_reason.values())),
         ("kept pairs", summary.num_pairs_kept),
     ] + [(f"de-occlusion: {k}", v) for k, v in summary.deocclusion_reasons.items()] \
+      + [(f"pairs the keep rule {k!r} would keep{' (in use)' if k == summary.keep_rule else ''}", v)
+         for k, v in summary.pairs_by_rule.items()] \
       + [(f"skipped at {k}", v) for k, v in summary.skips_by_stage.items()]
     sheet = ('<h2>Contact sheet</h2><p>occluded | de-occluded | masks (red hidden hand, green visible hand, '
              'blue object) | scene depth</p><img src="contact_sheet.png">') if indices else "<p>No samples.</p>"

@@ -36,6 +36,7 @@ from unihope_model import (
     teacher_pass,
     total_loss,
 )
+from unihope_model.roi_align import HAND_ROI_BOX_SCALE, OBJECT_ROI_BOX_SCALE, points_box_xyxy
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -145,7 +146,7 @@ def _resize_uv(uv: torch.Tensor, ratio: float) -> torch.Tensor:
 def prepare_batch(
     batch: dict, cfg: TrainConfig, device: torch.device, epoch: int = 0, is_train: bool = False
 ) -> PreparedBatch:
-    """Mirror left hands, resize to the model input and (training only) apply target-focused masking.
+    """Mirror left hands, resize to the model input, make the RoI boxes and (training only) apply masking.
 
     Args:
         batch: a collated batch of `storage.reader.PairedDataset` samples.
@@ -179,12 +180,6 @@ def prepare_batch(
     joints_2d = _mirror_u(batch["joints_2d"].float(), crop, flip)
     object_kp = _mirror_u(batch["object_keypoints_2d"].float(), crop, flip)
 
-    def mirror_box(box: torch.Tensor) -> torch.Tensor:
-        box = box.float()
-        mirrored = torch.stack([crop - 1 - box[:, 2], box[:, 1], crop - 1 - box[:, 0], box[:, 3]], dim=1)
-        return torch.where(flip[:, None], mirrored, box)
-
-    hand_boxes, object_boxes = mirror_box(batch["hand_box_xyxy"]), mirror_box(batch["object_box_xyxy"])
     joints_3d = batch["joints_3d"].float().clone()
     joints_3d[..., 0] = torch.where(flip[:, None], -joints_3d[..., 0], joints_3d[..., 0])
     signs = torch.tensor(MIRROR_POSE_SIGNS).repeat(16)
@@ -198,8 +193,9 @@ def prepare_batch(
         mask_hand = F.interpolate(mask_hand[:, None], size=(size, size), mode="area")[:, 0]
         mask_object = F.interpolate(mask_object[:, None], size=(size, size), mode="area")[:, 0]
         joints_2d, object_kp = _resize_uv(joints_2d, ratio), _resize_uv(object_kp, ratio)
-        hand_boxes = _resize_uv(hand_boxes.reshape(-1, 2, 2), ratio).reshape(-1, 4)
-        object_boxes = _resize_uv(object_boxes.reshape(-1, 2, 2), ratio).reshape(-1, 4)
+    # UniHOPE's RoI boxes, made as upstream makes them: in model-input px after augmentation and mirroring
+    hand_boxes = points_box_xyxy(joints_2d, HAND_ROI_BOX_SCALE)
+    object_boxes = points_box_xyxy(object_kp, OBJECT_ROI_BOX_SCALE)
 
     # 4. Target-focused masking (HOMAE) on the occluded image only; the de-occluded target stays clean
     keys = [str(k) for k in batch["sample_key"]]
@@ -712,6 +708,9 @@ class EvalReport:
     add_s_mm: np.ndarray  # (N,) nan where not evaluated (not grasping, unknown object, PnP failure)
     object_keypoints_error_px: np.ndarray  # (N,) nan where not grasping
     sample_keys: list[str]
+    # UniHOPE's eval.py: vertex F-scores (wrist-aligned and Procrustes-aligned) and PA per-joint errors
+    f_score: dict[str, np.ndarray] = field(default_factory=dict)  # "f_score_5mm", "pa_f_score_15mm", ... -> (N,)
+    pa_per_joint_error_mm: np.ndarray | None = None  # (N, 21)
 
     def summary(self, stats: TrainStatistics) -> dict:
         """Aggregate numbers: overall, hand-only / hand-object split, occlusion-interval table."""
@@ -744,6 +743,11 @@ class EvalReport:
             "add_s_mm": mean(self.add_s_mm),
             "add_s_num_evaluated": int(np.isfinite(self.add_s_mm).sum()),
             "object_keypoints_error_px": mean(self.object_keypoints_error_px),
+            **{name: mean(values) for name, values in self.f_score.items()},
+            "auc_joints_0_50mm": M.pck_auc(self.per_joint_error_mm) if len(self.per_joint_error_mm) else float("nan"),
+            "pa_auc_joints_0_50mm": (M.pck_auc(self.pa_per_joint_error_mm)
+                                     if self.pa_per_joint_error_mm is not None and len(self.pa_per_joint_error_mm)
+                                     else float("nan")),
             "split_by_grasp": split,
             "occlusion_intervals": {
                 "mpjpe_mm": M.occlusion_interval_table(self.mpjpe_mm, self.visibility),
@@ -768,7 +772,9 @@ def evaluate(
     device = device or next(model.parameters()).device
     model.eval()
     rows: dict[str, list] = {k: [] for k in (
-        "mpjpe", "pa", "mpvpe", "mean", "j2d", "per_joint", "label", "prob", "vis", "adds", "kp", "keys")}  # fmt: skip
+        "mpjpe", "pa", "mpvpe", "mean", "j2d", "per_joint", "pa_per_joint", "label", "prob", "vis", "adds", "kp",
+        "keys")}  # fmt: skip
+    f_rows: dict[str, list[np.ndarray]] = {}
     batches = [np.arange(i, min(i + cfg.eval_batch_size, len(dataset))) for i in range(0, len(dataset), cfg.eval_batch_size)]
 
     # 2. Predict and score batch by batch
@@ -783,6 +789,9 @@ def evaluate(
             rows["mpvpe"].append(M.mpvpe_mm(out.verts_rel_m.double().cpu().numpy(), t.verts_rel_m.double().cpu().numpy()))
             rows["mean"].append(M.mpjpe_mm(np.broadcast_to(stats.mean_joints_rel_m, gt_j.shape), gt_j))
             rows["per_joint"].append(np.linalg.norm(pred_j - gt_j, axis=-1) * M.M_TO_MM)
+            rows["pa_per_joint"].append(np.linalg.norm(M.procrustes_align(pred_j, gt_j) - gt_j, axis=-1) * M.M_TO_MM)
+            for name, values in _vertex_f_scores(out.verts_rel_m, t.verts_rel_m).items():
+                f_rows.setdefault(name, []).append(values)
             ratio = prepared.crop_size_px / cfg.model.input_size_px
             j2d = (out.joints_2d_px - t.joints_2d_px).norm(dim=-1).mean(-1) * ratio
             rows["j2d"].append(j2d.double().cpu().numpy())
@@ -798,8 +807,21 @@ def evaluate(
         mpjpe_mm=cat["mpjpe"], pa_mpjpe_mm=cat["pa"], mpvpe_mm=cat["mpvpe"], mean_pose_mpjpe_mm=cat["mean"],
         joints_2d_error_px=cat["j2d"], per_joint_error_mm=cat["per_joint"], grasp_label=cat["label"],
         grasp_prob=cat["prob"], visibility=cat["vis"], add_s_mm=cat["adds"], object_keypoints_error_px=cat["kp"],
-        sample_keys=cat["keys"],
+        sample_keys=cat["keys"], f_score={name: np.concatenate(v) for name, v in f_rows.items()},
+        pa_per_joint_error_mm=cat["pa_per_joint"],
     )  # fmt: skip
+
+
+def _vertex_f_scores(pred_verts_rel_m: torch.Tensor, gt_verts_rel_m: torch.Tensor) -> dict[str, np.ndarray]:
+    """UniHOPE's eval.py F-scores of the mesh vertices at 5 and 15 mm: wrist-aligned (both meshes are
+    wrist-relative) and after a Procrustes fit of the vertices with scale ("pa_")."""
+    pred, gt = pred_verts_rel_m.double().cpu().numpy(), gt_verts_rel_m.double().cpu().numpy()
+    aligned = M.procrustes_align(pred, gt)
+    scores = {}
+    for threshold_mm in M.F_SCORE_THRESHOLDS_MM:
+        scores[f"f_score_{threshold_mm:g}mm"] = M.f_score(pred, gt, threshold_mm)
+        scores[f"pa_f_score_{threshold_mm:g}mm"] = M.f_score(aligned, gt, threshold_mm)
+    return scores
 
 
 def _score_objects(pred_kp_input_px: np.ndarray, prepared: PreparedBatch, batch: dict, stats: TrainStatistics,
@@ -940,4 +962,7 @@ def run_evaluation_from_cli(config_path: Path, checkpoint_path: Path, data_url: 
     write_plots(out_dir / "plots", report, stats, [])
     print(f"MPJPE {summary['mpjpe_mm']:.2f} mm, PA-MPJPE {summary['pa_mpjpe_mm']:.2f} mm, "
           f"switcher accuracy {summary['switcher_accuracy']:.3f} -> {out_dir / 'eval_metrics.json'}")
+    print(f"F@5mm {summary['f_score_5mm']:.3f}, F@15mm {summary['f_score_15mm']:.3f} "
+          f"(Procrustes-aligned {summary['pa_f_score_5mm']:.3f}, {summary['pa_f_score_15mm']:.3f}), "
+          f"3D PCK AUC 0-50 mm {summary['auc_joints_0_50mm']:.3f} (aligned {summary['pa_auc_joints_0_50mm']:.3f})")
     return summary

@@ -50,9 +50,9 @@ class LossTargets:
     mano_pose: torch.Tensor  # (B, 48)
     mano_betas: torch.Tensor  # (B, 10)
     joints_2d_px: torch.Tensor  # (B, 21, 2) input px
-    hand_boxes_xyxy_px: torch.Tensor  # (B, 4)
+    hand_boxes_xyxy_px: torch.Tensor  # (B, 4) input px, the boxes given to the model (losses use the model's own)
     object_keypoints_2d_px: torch.Tensor  # (B, 21, 2) input px
-    object_boxes_xyxy_px: torch.Tensor  # (B, 4)
+    object_boxes_xyxy_px: torch.Tensor  # (B, 4) input px, likewise
     grasp: torch.Tensor  # (B,) long, 1 = grasping
 
 
@@ -80,12 +80,14 @@ def supervised_losses(out: UniHOPEOutput, targets: LossTargets, weights: LossWei
     gt_params = torch.cat([targets.mano_pose, targets.mano_betas], dim=1)
     sq_err = (out.mano_mean.detach() - gt_params).pow(2)
     terms["mano_variance"] = weights.mano_variance * 0.5 * (out.mano_logvar + sq_err * torch.exp(-out.mano_logvar)).mean()
-    joints_box = roi_px_to_box(targets.hand_boxes_xyxy_px, targets.joints_2d_px)
+    # Targets in box units of the boxes the model pooled and decodes with (out.*_boxes_xyxy_px), never the
+    # raw input boxes: then a perfectly learned target decodes back to itself whatever the box.
+    joints_box = roi_px_to_box(out.hand_boxes_xyxy_px, targets.joints_2d_px)
     terms["joints2d"] = weights.joints2d * F.mse_loss(out.heatmaps, gaussian_heatmaps(joints_box, out.heatmaps.shape[-1]))
 
     grasping = targets.grasp == 1
     if bool(grasping.any()):
-        kp_box = roi_px_to_box(targets.object_boxes_xyxy_px, targets.object_keypoints_2d_px)[grasping]  # (G, 21, 2)
+        kp_box = roi_px_to_box(out.object_boxes_xyxy_px, targets.object_keypoints_2d_px)[grasping]  # (G, 21, 2)
         votes = out.object_votes_box[grasping]  # (G, 21, R, R, 2)
         vote_err = (votes - kp_box[:, :, None, None, :]).abs()
         terms["object_keypoints"] = weights.object_keypoints * (

@@ -16,11 +16,10 @@ from unihope_model.backbone import RESNET_BLOCKS, HFLBackbone
 from unihope_model.fpn import FPN
 from unihope_model.fusion import FUSION_MODES, GraspAwareFusion, HandToObjectAttention
 from unihope_model.heads import NUM_MANO_POSE, HandDecoder, ObjectDecoder, heatmap_argmax_box
-from unihope_model.roi_align import box_to_roi_px, roi_align
+from unihope_model.roi_align import MIN_BOX_SIDE_PX, box_to_roi_px, roi_align, roi_boxes
 from unihope_model.switcher import ObjectSwitcher
 
 FPN_STRIDE_PX = 4  # P2 sits at 1/4 of the input resolution
-MIN_BOX_SIDE_PX = 1.0  # degenerate boxes are widened to this side
 HAND_LAYER_PREFIX = "hand_layer."
 
 
@@ -67,6 +66,8 @@ class UniHOPEOutput:
     mano_betas: torch.Tensor  # (B, 10)
     verts_rel_m: torch.Tensor  # (B, 778, 3) metres, relative to the wrist joint
     joints_rel_m: torch.Tensor  # (B, 21, 3) metres, relative to the wrist joint (DexYCB order)
+    hand_boxes_xyxy_px: torch.Tensor  # (B, 4) the hand RoI pooled and decoded with (`roi_align.roi_boxes`)
+    object_boxes_xyxy_px: torch.Tensor  # (B, 4) the object RoI pooled and decoded with
     heatmaps: torch.Tensor  # (B, 21, R, R) over the hand box
     joints_2d_px: torch.Tensor  # (B, 21, 2) input px, soft-argmax of the heatmaps
     object_keypoints_box: torch.Tensor  # (B, 21, 2) box-normalised
@@ -75,14 +76,6 @@ class UniHOPEOutput:
     object_conf_logits: torch.Tensor  # (B, 21, R, R)
     layer2_hand: torch.Tensor  # (B, C2, H/8, W/8) hand-stream stage-2 features (image-level enhancement)
     hand_tokens: torch.Tensor  # (B, R*R, C) fused RoI hand tokens (token-level enhancement)
-
-
-def _valid_boxes(boxes: torch.Tensor, size_px: int) -> torch.Tensor:
-    """Clip boxes to the image and widen degenerate ones to MIN_BOX_SIDE_PX."""
-    boxes = boxes.clamp(-0.5, size_px - 0.5)
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp_min(MIN_BOX_SIDE_PX / 2)
-    return torch.cat([centre - half, centre + half], dim=1)
 
 
 def overlap_boxes(hand_boxes: torch.Tensor, object_boxes: torch.Tensor) -> torch.Tensor:
@@ -134,8 +127,9 @@ class UniHOPEModel(nn.Module):
 
         Args:
             images: (B, 3, S, S) float in [0, 1].
-            hand_boxes_xyxy_px: (B, 4) hand boxes in crop px.
-            object_boxes_xyxy_px: (B, 4) object boxes in crop px.
+            hand_boxes_xyxy_px: (B, 4) hand boxes in crop px (UniHOPE: the joints' box x1.1,
+                `roi_align.points_box_xyxy`); not clipped to the crop.
+            object_boxes_xyxy_px: (B, 4) object boxes in crop px (the keypoints' box x1.0).
 
         Returns:
             UniHOPEOutput.
@@ -146,12 +140,13 @@ class UniHOPEModel(nn.Module):
         # 1. Check inputs
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
             raise ValueError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
-        batch, size_px = images.shape[0], images.shape[-1]
+        batch = images.shape[0]
         for name, boxes in (("hand_boxes", hand_boxes_xyxy_px), ("object_boxes", object_boxes_xyxy_px)):
             if boxes.shape != (batch, 4):
                 raise ValueError(f"{name} must be ({batch}, 4), got {tuple(boxes.shape)}")
-        hand_boxes = _valid_boxes(hand_boxes_xyxy_px.to(images.dtype), size_px)
-        object_boxes = _valid_boxes(object_boxes_xyxy_px.to(images.dtype), size_px)
+        # One box convention for pooling, decoding and the losses (which read these boxes from the output)
+        hand_boxes = roi_boxes(hand_boxes_xyxy_px.to(images.dtype))
+        object_boxes = roi_boxes(object_boxes_xyxy_px.to(images.dtype))
 
         # 2. Backbone and the two pyramids
         feats = self.backbone(images)
@@ -192,6 +187,8 @@ class UniHOPEModel(nn.Module):
             mano_betas=mano_betas,
             verts_rel_m=verts_rel,
             joints_rel_m=joints_rel,
+            hand_boxes_xyxy_px=hand_boxes,
+            object_boxes_xyxy_px=object_boxes,
             heatmaps=heatmaps,
             joints_2d_px=box_to_roi_px(hand_boxes, heatmap_argmax_box(heatmaps)),
             object_keypoints_box=kp_box,

@@ -1,9 +1,17 @@
-"""RoIAlign with plain torch ops: bilinear sampling through `grid_sample`, then average pooling per bin."""
+"""RoIAlign with plain torch ops: bilinear sampling through `grid_sample`, then average pooling per bin.
+
+Also the one box convention shared by the model's decoding and the losses' targets (`roi_boxes`,
+`box_to_roi_px`, `roi_px_to_box`) and UniHOPE's RoI boxes from 2D points (`points_box_xyxy`).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+HAND_ROI_BOX_SCALE = 1.1  # UniHOPE / HFL-Net: hand RoI = the 2D joints' box x1.1
+OBJECT_ROI_BOX_SCALE = 1.0  # object RoI = the 21 projected box keypoints' box x1.0
+MIN_BOX_SIDE_PX = 1.0  # degenerate boxes are widened to this side
 
 
 def roi_align(
@@ -90,3 +98,44 @@ def roi_px_to_box(boxes_xyxy_px: torch.Tensor, uv_px: torch.Tensor) -> torch.Ten
     origin = boxes_xyxy_px[:, :2].reshape(shape)
     size = (boxes_xyxy_px[:, 2:] - boxes_xyxy_px[:, :2]).reshape(shape).clamp_min(1e-6)
     return (uv_px - origin) / size
+
+
+def points_box_xyxy(points_px: torch.Tensor, scale: float) -> torch.Tensor:
+    """UniHOPE's box of 2D points: min/max box, centre truncated to int, half-size (max - min) * scale / 2.
+
+    The truncation toward zero is upstream's int() cast of the centre (its boxes are made in the model
+    input's px, after augmentation, as ours are).
+
+    Args:
+        points_px: (B, N, 2) points, px.
+        scale: box factor (`HAND_ROI_BOX_SCALE`, `OBJECT_ROI_BOX_SCALE`).
+
+    Returns:
+        (B, 4) boxes [x0, y0, x1, y1], px, the dtype of `points_px`.
+    """
+    if points_px.dim() != 3 or points_px.shape[-1] != 2:
+        raise ValueError(f"points must be (B, N, 2), got {tuple(points_px.shape)}")
+    lower, upper = points_px.min(dim=1).values, points_px.max(dim=1).values
+    centre = torch.trunc((lower + upper) / 2)
+    half = (upper - lower) * scale / 2
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
+def roi_boxes(boxes_xyxy_px: torch.Tensor) -> torch.Tensor:
+    """The boxes the model pools, decodes and is supervised with: degenerate sides widened to MIN_BOX_SIDE_PX.
+
+    Boxes are not clipped to the image. A box crossing the crop edge (routine after rotation, scale and
+    shift augmentation) keeps all of its points inside [0, 1] box units, so a heatmap or keypoint target
+    is representable; RoIAlign samples outside the feature map take the border value. The model returns
+    these boxes (`UniHOPEOutput.hand_boxes_xyxy_px`, `object_boxes_xyxy_px`) and the losses normalise their
+    targets with them, so a perfectly learned target decodes back to itself.
+
+    Args:
+        boxes_xyxy_px: (B, 4) boxes, px.
+
+    Returns:
+        (B, 4) boxes, px.
+    """
+    centre = (boxes_xyxy_px[:, :2] + boxes_xyxy_px[:, 2:]) / 2
+    half = ((boxes_xyxy_px[:, 2:] - boxes_xyxy_px[:, :2]) / 2).clamp_min(MIN_BOX_SIDE_PX / 2)
+    return torch.cat([centre - half, centre + half], dim=1)

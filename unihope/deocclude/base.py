@@ -2,7 +2,8 @@
 
 A backend only says how to generate one candidate per frame for given control strengths (`_generate`);
 this base class owns everything around it: the inpaint masks, the beta candidates, the composite that keeps
-pixels outside the mask bit-identical, scoring, choosing the best candidate, and UniHOPE's keep filter.
+pixels outside the mask bit-identical, scoring, choosing the best candidate, and UniHOPE's keep filter
+(`keep.py`: the rule in `DeocclusionConfig.keep_rule`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from unihope.config import DeocclusionConfig
 
 from .beta import candidate_betas
 from .hints import composite, inpaint_mask
+from .keep import (
+    REASON_KEPT, REASON_NO_GAIN, REASON_NOT_OCCLUDED, REASON_RULE_NONE, generation_max_visibility, keep_decision,
+)
 from .scoring import MIN_COLOUR_PIXELS, ColourFlexionScorer, Scorer
 
 LOGGER = logging.getLogger(__name__)
 
-# Why a result was kept or dropped (DeocclusionResult.reason).
-REASON_KEPT = "kept"
-REASON_NOT_OCCLUDED = "not_occluded"  # visibility > cfg.max_visibility: no pair is made (nothing is generated)
-REASON_NO_VISIBLE_HAND = "no_visible_hand"  # too few visible hand pixels to model the hand's colour
-REASON_NO_GAIN = "no_gain"  # the best candidate does not beat the original by cfg.keep_margin
-REASONS = (REASON_KEPT, REASON_NOT_OCCLUDED, REASON_NO_VISIBLE_HAND, REASON_NO_GAIN)
+# Why a result was kept or dropped (DeocclusionResult.reason). Not generated: not_occluded (visibility above
+# the generation limit, or no hidden hand pixel) or no_visible_hand (too few visible hand pixels to model
+# the hand's colour). Generated: kept, or dropped by the keep rule's test (`keep.keep_decision`):
+# not_occluded (occ test), no_gain (score test), rule_none.
+REASON_NO_VISIBLE_HAND = "no_visible_hand"
+REASONS = (REASON_KEPT, REASON_NOT_OCCLUDED, REASON_NO_VISIBLE_HAND, REASON_NO_GAIN, REASON_RULE_NONE)
 
 SEED_MASK = (1 << 63) - 1
 
@@ -107,8 +111,9 @@ class Deoccluder(ABC):
         masks = [inpaint_mask(frame, self.cfg.mask_dilation_px, self.cfg.mask_region) for frame in frames]
         betas = [self.frame_betas(frame) for frame in frames]
         reasons: list[str | None] = []
+        max_visibility = generation_max_visibility(self.cfg)
         for frame in frames:
-            if frame.visibility > self.cfg.max_visibility or not occluded_pixels(frame):
+            if frame.visibility > max_visibility or not occluded_pixels(frame):
                 reasons.append(REASON_NOT_OCCLUDED)
             elif np.count_nonzero(frame.mask_hand_visible) < MIN_COLOUR_PIXELS:
                 reasons.append(REASON_NO_VISIBLE_HAND)
@@ -159,7 +164,7 @@ class Deoccluder(ABC):
         original_score, candidate_scores = float(scores[0]), scores[1:].astype(np.float32)
         best = int(np.argmax(candidate_scores))  # first of equal scores
         best_score = float(candidate_scores[best])
-        keep = best_score > original_score + self.cfg.keep_margin
+        keep, why = keep_decision(self.cfg, frame.visibility, original_score, best_score)
         return DeocclusionResult(
             sample_key=frame.frame.sample_key,
             image_deoccluded=candidates[best],
@@ -170,7 +175,7 @@ class Deoccluder(ABC):
             original_score=original_score,
             deocclusion_score=best_score,
             keep=bool(keep),
-            reason=REASON_KEPT if keep else REASON_NO_GAIN,
+            reason=why,
             backend=self.name,
         )
 

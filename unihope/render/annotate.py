@@ -269,9 +269,10 @@ def _annotate_one(
         return Skip(key, STAGE, SkipReason.DEGENERATE_POSE, "object pose is not finite")
     R, t = T_cam_from_obj[:, :3], T_cam_from_obj[:, 3]
     object_vertices_cam_m = asset.vertices_obj_m @ R.T + t
+    object_keypoints_cam_m = asset.keypoints_obj_m @ R.T + t
 
     # 2. Crop.
-    crop = compute_crop(frame, grasp, crop_cfg, hand_vertices_cam_m, object_vertices_cam_m)
+    crop = compute_crop(frame, grasp, crop_cfg, hand_vertices_cam_m, object_vertices_cam_m, object_keypoints_cam_m)
     if isinstance(crop, Skip):
         return crop
 

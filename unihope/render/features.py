@@ -8,7 +8,7 @@ import numpy as np
 
 from storage.schema import NUM_OBJECT_KEYPOINTS, SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
 
-MIN_EXTENT_M = 1e-6  # a mesh flatter than this along an axis gets NOC 0 on that axis, not a division by zero
+MIN_EXTENT_M = 1e-6  # a mesh smaller than this (a point) maps to the cube's centre, not a division by zero
 
 # The 8 corners of an axis-aligned box as (x, y, z) bit triples (0 = min, 1 = max), x slowest.
 BOX_CORNER_BITS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=np.int64)  # (8, 3)
@@ -20,11 +20,13 @@ BOX_EDGE_CORNERS = np.array(
 
 
 def unit_cube_coordinates(vertices_m: np.ndarray) -> np.ndarray:
-    """Map vertices into the unit cube of their own axis-aligned bounds, per axis.
+    """Scale vertices uniformly into the unit cube, centred: Song et al.'s normalised object coordinates.
 
-    Used for the object's normalised object coordinates (NOC) and for the hand's fixed per-vertex
-    embedding (the normalised template vertices). Per-axis scaling fills [0, 1]^3, so every channel of
-    the dense map uses its whole range.
+    One scale for all three axes (1 / the longest side of the axis-aligned bounds), so the shape's aspect
+    is kept: the longest axis spans [0, 1] and the others are centred on 0.5, e.g. a 4 x 2 x 1 cm box
+    maps to [0, 1] x [0.25, 0.75] x [0.375, 0.625]. Per-axis scaling would stretch a flat object into a
+    cube and make the map's values depend on its proportions. Used for the object's NOC and for the
+    hand's fixed per-vertex embedding (the normalised template vertices).
 
     Args:
         vertices_m: (V, 3) vertices in the model frame, metres.
@@ -34,9 +36,10 @@ def unit_cube_coordinates(vertices_m: np.ndarray) -> np.ndarray:
     """
     vertices = np.asarray(vertices_m, dtype=np.float64)
     lower, upper = vertices.min(axis=0), vertices.max(axis=0)
-    extent = upper - lower
-    safe_extent = np.where(extent > MIN_EXTENT_M, extent, 1.0)
-    return np.clip((vertices - lower) / safe_extent, 0.0, 1.0).astype(np.float32)
+    longest_m = float((upper - lower).max())
+    scale = 1.0 / longest_m if longest_m > MIN_EXTENT_M else 0.0
+    centred = (vertices - (lower + upper) / 2.0) * scale + 0.5
+    return np.clip(centred, 0.0, 1.0).astype(np.float32)
 
 
 def box_keypoints(vertices_m: np.ndarray) -> np.ndarray:
