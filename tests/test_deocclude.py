@@ -284,3 +284,49 @@ def test_missing_weights_name_the_field(tiny_models, tmp_path):
                 update={"controlnet": controlnet_cfg(tiny_models).controlnet.model_copy(update={"dtype": "float16"})}
             )
         )
+
+
+def test_controlnet_concurrent_runs_equal_serial_runs(controlnet_search, scenes, one_torch_thread):
+    # One de-occluder is shared by a worker's task threads. Two threads generate at the same time with
+    # different betas and batch sizes; each must get exactly what it gets alone (per-call state: no shared
+    # strengths that one call could overwrite, reset or tile into the other's batch).
+    import threading
+
+    deoccluder = controlnet_search
+    dilation = deoccluder.cfg.mask_dilation_px
+    jobs = [
+        ([scenes[0].frame, scenes[1].frame], np.array([0.2, 1.5], np.float32)),
+        ([scenes[2].frame], np.array([2.0], np.float32)),
+    ]
+    jobs = [(frames, [inpaint_mask(f, dilation) for f in frames], betas) for frames, betas in jobs]
+    serial = [deoccluder._generate(frames, masks, betas) for frames, masks, betas in jobs]
+    outputs: dict[tuple[int, int], list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(jobs), timeout=120)
+
+    def work(job_idx: int) -> None:
+        frames, masks, betas = jobs[job_idx]
+        try:
+            for rep in range(3):
+                barrier.wait()  # both calls start together, so they overlap
+                outputs[job_idx, rep] = deoccluder._generate(frames, masks, betas)
+        except BaseException as err:  # noqa: BLE001 (re-raised in the main thread below)
+            errors.append(err)
+            barrier.abort()  # release the other thread instead of leaving it waiting
+
+    threads = [threading.Thread(target=work, args=(idx,)) for idx in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    real_errors = [err for err in errors if not isinstance(err, threading.BrokenBarrierError)]
+    assert not real_errors, real_errors
+    for (job_idx, rep), images in outputs.items():
+        for image, alone in zip(images, serial[job_idx]):
+            # Same batch, same process: equal up to float rounding (<= 1 level).
+            assert np.abs(image.astype(int) - alone.astype(int)).max() <= 1, (job_idx, rep)
+    assert len(outputs) == 6
+    # Negative control: the tolerance catches a wrong beta (the first frame at the other job's strength).
+    frames, masks, _ = jobs[0]
+    wrong = deoccluder._generate(frames[:1], masks[:1], np.array([2.0], np.float32))[0]
+    assert np.abs(wrong.astype(int) - serial[0][0].astype(int))[masks[0]].mean() > 2.0

@@ -120,8 +120,23 @@ class ControlNetConfig(StageConfig):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float16", "float32"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     working_size_px: int = Field(512, ge=32)  # crops are resized to this for the diffusion model
-    scheduler: Literal["ddim", "saved"] = "ddim"  # ddim: HandRefiner's DDIM; saved: the base model's own scheduler
+    # ddim: HandRefiner's DDIM (50 steps); dpmsolver++ / unipc: multistep solvers meant for fewer steps (e.g. 20);
+    # saved: the base model's own scheduler
+    scheduler: Literal["ddim", "dpmsolver++", "unipc", "saved"] = "ddim"
     local_files_only: bool = False  # True: never reach for the hub (hub ids must already be in the local cache)
+    # Early-exit beta search: after this many denoising steps every candidate's x0 prediction is decoded and
+    # scored, and only the best `finish_top` of a frame are denoised to the end (0 = off: finish every candidate)
+    preview_step: int = Field(0, ge=0)
+    finish_top: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check_preview(self) -> "ControlNetConfig":
+        if self.preview_step >= self.num_inference_steps:
+            raise ValueError(
+                f"deocclusion.controlnet.preview_step ({self.preview_step}) must be < num_inference_steps "
+                f"({self.num_inference_steps}); 0 turns the early-exit search off"
+            )
+        return self
 
 
 class DeocclusionConfig(StageConfig):
