@@ -417,3 +417,12 @@ def test_unet_evaluations_counted_per_policy(tiny_models, scenes, one_torch_thre
     assert [r.num_unet_evals for r in results] == [expected, expected]
     render = build_deoccluder(DeocclusionConfig(backend="render")).run([scenes[0].frame])[0]
     assert render.num_unet_evals == 0
+
+
+def test_config_rejects_bad_preview_and_missing_checkpoint():
+    with pytest.raises(ValueError, match="preview_step"):
+        ControlNetConfig(num_inference_steps=10, preview_step=10)
+    with pytest.raises(ValueError, match="pose_model_checkpoint"):
+        DeocclusionConfig(scorer="pose_model")
+    for scheduler in ("ddim", "dpmsolver++", "unipc", "saved"):
+        assert ControlNetConfig(scheduler=scheduler).scheduler == scheduler

@@ -152,12 +152,18 @@ class DeocclusionConfig(StageConfig):
     max_visibility: float = Field(0.9, gt=0, le=1)  # 0.9 DexYCB, 0.8 HO3D: only occluded frames get pairs
     mask_dilation_px: int = Field(3, ge=0)
     visible_weight: float = Field(0.5, ge=0, le=1)  # score = visible consistency * w + flexion * (1 - w)
-    edge_weight: float = Field(0.3, ge=0, le=1)  # flexion = colour coverage * (1 - e) + depth-edge agreement * e
+    edge_weight: float = Field(0.3, ge=0, le=1)  # colour scorer: coverage term = colour * (1 - e) + depth-edge agreement * e
     # inpaint region: occluded hand + all visible object pixels (object removed), or the occluded hand only
     mask_region: Literal["hand_and_object", "occluded_hand"] = "hand_and_object"
     batch_size: int = Field(8, ge=1)
     seed: int = 0
     controlnet: ControlNetConfig = ControlNetConfig()
+    # Candidate scorer. colour: weight-free colour coverage + depth edges (scores in [0, 1]); pose_model:
+    # UniHOPE's choice with a trained checkpoint of this project's model (an earlier build's `unihope train`
+    # run folder or .safetensors file); its score is -pose error, so keep_margin is then in pose-error units.
+    scorer: Literal["colour", "pose_model"] = "colour"
+    pose_model_checkpoint: Path | None = None
+    pose_flexion_space: Literal["3d", "2d"] = "3d"  # 3d: MANO joints vs the known 3-D pose (upstream); 2d: heatmap joints
 
     @model_validator(mode="after")
     def _check_betas(self) -> "DeocclusionConfig":
@@ -165,6 +171,9 @@ class DeocclusionConfig(StageConfig):
             raise ValueError(f"deocclusion.beta_min ({self.beta_min}) must be <= beta_max ({self.beta_max})")
         if self.beta_policy == "search" and not self.beta_candidates:
             raise ValueError("deocclusion.beta_policy='search' needs a non-empty beta_candidates list")
+        if self.scorer == "pose_model" and self.pose_model_checkpoint is None:
+            raise ValueError("deocclusion.scorer='pose_model' needs deocclusion.pose_model_checkpoint (a training run "
+                             "folder or checkpoint file)")
         return self
 
 

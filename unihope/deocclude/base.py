@@ -49,7 +49,11 @@ class Candidates:
 
 
 def default_scorer(cfg: DeocclusionConfig) -> Scorer:
-    """The weight-free colour/edge flexion scorer with the config's weights."""
+    """The scorer `cfg.scorer` names: the weight-free colour scorer, or the pose model of a trained checkpoint."""
+    if cfg.scorer == "pose_model":
+        from .pose_scorer import build_pose_scorer  # torch and the model package only when asked for
+
+        return build_pose_scorer(cfg)
     return ColourFlexionScorer(visible_weight=cfg.visible_weight, edge_weight=cfg.edge_weight)
 
 
@@ -187,8 +191,11 @@ class Deoccluder(ABC):
         # Candidates the early-exit search did not finish keep a nan score and cannot be chosen.
         finished = [idx for idx, image in enumerate(generated.images) if image is not None]
         candidates = generated.images
-        scores = self.scorer.score(frame, mask, np.stack([frame.image, *(candidates[idx] for idx in finished)]))
-        original_score = float(scores[0])
+        images = np.stack([frame.image, *(candidates[idx] for idx in finished)])
+        pose_errors = getattr(self.scorer, "pose_errors", None)  # a pose-model scorer: score = -error, recorded
+        errors = pose_errors(frame, mask, images).total if pose_errors is not None else None
+        scores = -errors if errors is not None else self.scorer.score(frame, mask, images)
+        original_score = float(np.float32(scores[0]))  # float32 like the candidates', so equal scores compare equal
         candidate_scores = np.full(len(candidates), np.nan, dtype=np.float32)
         candidate_scores[finished] = scores[1:]
         best = finished[int(np.argmax(scores[1:]))]  # first of equal scores
@@ -207,6 +214,8 @@ class Deoccluder(ABC):
             reason=REASON_KEPT if keep else REASON_NO_GAIN,
             backend=self.name,
             num_unet_evals=generated.num_unet_evals,
+            original_pose_error=float("nan") if errors is None else float(errors[0]),
+            deoccluded_pose_error=float("nan") if errors is None else float(errors[1 + finished.index(best)]),
         )
 
 
