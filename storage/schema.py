@@ -180,6 +180,9 @@ class DeocclusionResult:
     keep: bool  # UniHOPE's filter: occluded enough and better than the original by the margin
     reason: str  # why kept / dropped, e.g. "kept", "not_occluded", "no_gain"
     backend: str = ""
+    num_unet_evals: int = 0  # UNet evaluations spent on this frame (each runs every ControlNet once; CFG counts 2)
+    original_pose_error: float = float("nan")  # pose-model scorer: pose error on the input (nan for other scorers)
+    deoccluded_pose_error: float = float("nan")  # pose-model scorer: pose error on the kept candidate
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,11 +244,11 @@ def test_controlnet_per_sample_beta_matches_single_runs(tiny_models, scenes, one
     # frame alone at that beta (equal up to batched-vs-single float rounding). Guidance on: the ControlNet
     # then sees [uncond; cond], and the per-sample strengths must follow that layout.
     frames = [scene.frame for scene in scenes[:2]]
-    batched = build_deoccluder(controlnet_cfg(tiny_models, 2.0, beta_policy="occlusion_prior")).run(frames)
+    batched = build_deoccluder(controlnet_cfg(tiny_models, guidance_scale=2.0, beta_policy="occlusion_prior")).run(frames)
     assert batched[0].beta != pytest.approx(batched[1].beta)
     for result, frame in zip(batched, frames):
         assert result.beta == pytest.approx(occlusion_prior_beta(frame.visibility, 0.4, 0.8))
-        single_cfg = controlnet_cfg(tiny_models, 2.0, beta_policy="fixed", beta_fixed=result.beta)
+        single_cfg = controlnet_cfg(tiny_models, guidance_scale=2.0, beta_policy="fixed", beta_fixed=result.beta)
         single = build_deoccluder(single_cfg).run([frame])[0]
         difference = np.abs(single.image_deoccluded.astype(int) - result.image_deoccluded.astype(int))
         assert difference.max() <= 2, difference.max()
@@ -300,3 +300,145 @@ def test_keep_rule_decides_through_run(scenes):
     assert (results["and"].keep, results["and"].reason) == (False, "no_gain")  # both tests drop it
     assert (results["all"].keep, results["all"].reason) == (True, "kept")
     assert (results["none"].keep, results["none"].reason) == (False, "rule_none")
+
+
+def test_controlnet_concurrent_runs_equal_serial_runs(controlnet_search, scenes, one_torch_thread):
+    # One de-occluder is shared by a worker's task threads. Two threads generate at the same time with
+    # different betas and batch sizes; each must get exactly what it gets alone (per-call state: no shared
+    # strengths that one call could overwrite, reset or tile into the other's batch).
+    import threading
+
+    deoccluder = controlnet_search
+    dilation = deoccluder.cfg.mask_dilation_px
+    jobs = [
+        ([scenes[0].frame, scenes[1].frame], np.array([0.2, 1.5], np.float32)),
+        ([scenes[2].frame], np.array([2.0], np.float32)),
+    ]
+    jobs = [(frames, [inpaint_mask(f, dilation) for f in frames], betas) for frames, betas in jobs]
+    serial = [deoccluder._generate(frames, masks, betas) for frames, masks, betas in jobs]
+    outputs: dict[tuple[int, int], list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(jobs), timeout=120)
+
+    def work(job_idx: int) -> None:
+        frames, masks, betas = jobs[job_idx]
+        try:
+            for rep in range(3):
+                barrier.wait()  # both calls start together, so they overlap
+                outputs[job_idx, rep] = deoccluder._generate(frames, masks, betas)
+        except BaseException as err:  # noqa: BLE001 (re-raised in the main thread below)
+            errors.append(err)
+            barrier.abort()  # release the other thread instead of leaving it waiting
+
+    threads = [threading.Thread(target=work, args=(idx,)) for idx in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    real_errors = [err for err in errors if not isinstance(err, threading.BrokenBarrierError)]
+    assert not real_errors, real_errors
+    for (job_idx, rep), images in outputs.items():
+        for image, alone in zip(images, serial[job_idx]):
+            # Same batch, same process: equal up to float rounding (<= 1 level).
+            assert np.abs(image.astype(int) - alone.astype(int)).max() <= 1, (job_idx, rep)
+    assert len(outputs) == 6
+    # Negative control: the tolerance catches a wrong beta (the first frame at the other job's strength).
+    frames, masks, _ = jobs[0]
+    wrong = deoccluder._generate(frames[:1], masks[:1], np.array([2.0], np.float32))[0]
+    assert np.abs(wrong.astype(int) - serial[0][0].astype(int))[masks[0]].mean() > 2.0
+
+
+class _TargetScorer:
+    """Scores candidates by closeness to one target image inside the mask (higher = closer): an oracle whose
+    ranking of x0 previews agrees with its ranking of finished images (separable scores)."""
+
+    def __init__(self, target: np.ndarray) -> None:
+        self.target = target.astype(np.float32)
+
+    def score(self, frame, mask_inpaint, images_rgb):
+        diff = np.abs(images_rgb.astype(np.float32) - self.target)[:, mask_inpaint]
+        return -diff.mean(axis=(1, 2)).astype(np.float32)
+
+
+class _UNetRowCounter:
+    """Counts latents through a UNet (batch rows of every forward), independently of the backend's counter."""
+
+    def __init__(self, unet) -> None:
+        self.rows = 0
+        self.handle = unet.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
+        self.rows += int(args[0].shape[0])
+
+    def close(self) -> int:
+        self.handle.remove()
+        return self.rows
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver++", "unipc"])
+def test_early_exit_search_returns_full_search_choice(tiny_models, scenes, one_torch_thread, scheduler):
+    # For each candidate in turn, a scorer that prefers it: the early-exit search (previews after 1 of 2 steps,
+    # finish the best one) must choose it too, finish it to the full search's image, and leave the others nan.
+    betas = (0.2, 0.6, 1.5)
+    frame = scenes[0].frame
+    full = build_deoccluder(
+        controlnet_cfg(tiny_models, beta_policy="search", beta_candidates=betas).model_copy(
+            update={"controlnet": controlnet_cfg(tiny_models).controlnet.model_copy(update={"scheduler": scheduler})}
+        )
+    )
+    mask = inpaint_mask(frame, full.cfg.mask_dilation_px)
+    finished = full._generate_candidates([frame], [mask], [np.asarray(betas, np.float32)])[0].images
+    net = controlnet_cfg(tiny_models).controlnet.model_copy(
+        update={"scheduler": scheduler, "preview_step": 1, "finish_top": 1}
+    )
+    cheap = build_deoccluder(controlnet_cfg(tiny_models, beta_policy="search", beta_candidates=betas).model_copy(
+        update={"controlnet": net}
+    ))
+    for target_idx, target in enumerate(finished):
+        full.scorer = cheap.scorer = _TargetScorer(target)
+        full_result = full.run([frame])[0]
+        cheap_result = cheap.run([frame])[0]
+        assert full_result.beta == pytest.approx(betas[target_idx])
+        assert cheap_result.beta == pytest.approx(betas[target_idx]), (scheduler, target_idx, cheap_result.candidate_scores)
+        difference = np.abs(cheap_result.image_deoccluded.astype(int) - target.astype(int))
+        assert difference.max() <= 2, difference.max()  # batched-vs-single rounding only
+        assert np.isnan(cheap_result.candidate_scores).sum() == len(betas) - 1
+        assert np.isfinite(full_result.candidate_scores).all()
+        # 3 candidates x 1 step + 1 x 1 step (guidance off: one row per sample-step), vs 3 x 2
+        assert (cheap_result.num_unet_evals, full_result.num_unet_evals) == (4, 6)
+
+
+@pytest.mark.parametrize(
+    ("policy", "guidance", "preview_step", "candidates_per_frame"),
+    [("fixed", 1.0, 0, 1), ("occlusion_prior", 2.0, 0, 1), ("search", 1.0, 0, 3), ("search", 2.0, 1, 3)],
+)
+def test_unet_evaluations_counted_per_policy(tiny_models, scenes, one_torch_thread, policy, guidance, preview_step,
+                                             candidates_per_frame):
+    # The count each result records equals the schedule's (candidates x steps, x2 under guidance, early exit
+    # C*k + m*(T-k)) and the latents the UNet really saw, counted by a hook.
+    net = controlnet_cfg(tiny_models, guidance_scale=guidance).controlnet.model_copy(update={"preview_step": preview_step})
+    cfg = controlnet_cfg(tiny_models, guidance_scale=guidance, beta_policy=policy, beta_candidates=(0.2, 0.6, 1.5)).model_copy(
+        update={"controlnet": net}
+    )
+    deoccluder = build_deoccluder(cfg)
+    rows_per_sample = 2 if guidance > 1.0 else 1
+    if preview_step:
+        expected = rows_per_sample * (candidates_per_frame * preview_step + 1 * (NUM_STEPS - preview_step))
+    else:
+        expected = rows_per_sample * candidates_per_frame * NUM_STEPS
+    assert deoccluder.unet_evals_per_frame(candidates_per_frame) == expected
+    counter = _UNetRowCounter(deoccluder.pipe.unet)
+    results = deoccluder.run([scenes[0].frame, scenes[1].frame])
+    assert counter.close() == 2 * expected
+    assert [r.num_unet_evals for r in results] == [expected, expected]
+    render = build_deoccluder(DeocclusionConfig(backend="render")).run([scenes[0].frame])[0]
+    assert render.num_unet_evals == 0
+
+
+def test_config_rejects_bad_preview_and_missing_checkpoint():
+    with pytest.raises(ValueError, match="preview_step"):
+        ControlNetConfig(num_inference_steps=10, preview_step=10)
+    with pytest.raises(ValueError, match="pose_model_checkpoint"):
+        DeocclusionConfig(scorer="pose_model")
+    for scheduler in ("ddim", "dpmsolver++", "unipc", "saved"):
+        assert ControlNetConfig(scheduler=scheduler).scheduler == scheduler

@@ -74,9 +74,9 @@ def test_truth_outscores_object_and_erased_finger(scenes):
         truth_score, with_object, erased_finger = scorer.score(frame, mask, candidates)
         assert truth_score > with_object + 0.1, (frame.frame.sample_key, truth_score, with_object)
         assert truth_score > erased_finger + 0.02, (frame.frame.sample_key, truth_score, erased_finger)
-        # The flexion term alone already orders them (the visible rim is the same in all three).
-        flexion = scorer.flexion_agreement(frame, mask, candidates)
-        assert flexion[0] > 0.7 and flexion[0] > flexion[1] + 0.3 and flexion[0] > flexion[2]
+        # The colour-coverage term alone already orders them (the visible rim is the same in all three).
+        coverage = scorer.colour_coverage(frame, mask, candidates)
+        assert coverage[0] > 0.7 and coverage[0] > coverage[1] + 0.3 and coverage[0] > coverage[2]
 
 
 def test_edge_term_alone_prefers_truth(scenes):
@@ -148,3 +148,99 @@ def test_quality_metrics():
     assert psnr_in_mask(truth, truth, mask) == float("inf")
     assert ssim_in_mask(truth, truth, mask) == pytest.approx(1.0)
     assert ssim_in_mask(noisy, truth, mask) < 1.0
+
+
+# ---------------------------------------------------------------- pose-model scorer (UniHOPE's choice)
+
+TINY_TRAIN_YAML = """
+device: cpu
+model: {depth: 18, width_multiplier: 0.25, norm: group, input_size_px: 64, fpn_channels: 32, roi_size: 8,
+        num_heads: 4, mano_hidden: [64, 32], num_hand_res_blocks: 2, switcher_channels: 8, switcher_hidden: 16}
+"""
+
+
+class _PoseOracle:
+    """Stands in for a well-trained model: the true pose on the object-free truth, a wrong finger otherwise."""
+
+    def __init__(self, scene, wrong_finger: int) -> None:
+        from unihope.deocclude.pose_scorer import PosePrediction
+
+        frame = scene.frame
+        self.truth_rgb = scene.truth_rgb
+        joints = frame.frame.joints_3d.astype(np.float64)
+        self.truth = PosePrediction(joints_rel_m=joints - joints[:1], joints_2d_px=frame.joints_2d.astype(np.float64))
+        chain = slice(2 + 4 * wrong_finger, 5 + 4 * wrong_finger)
+        bent_3d, bent_2d = joints.copy(), frame.joints_2d.astype(np.float64).copy()
+        bent_3d[chain] = joints[1 + 4 * wrong_finger]  # distal joints collapsed onto the knuckle (erased finger)
+        bent_2d[chain] = bent_2d[1 + 4 * wrong_finger]
+        self.wrong = PosePrediction(joints_rel_m=bent_3d - bent_3d[:1], joints_2d_px=bent_2d)
+
+    def predict(self, frame, images_rgb):
+        from unihope.deocclude.pose_scorer import PosePrediction
+
+        picks = [self.truth if np.array_equal(image, self.truth_rgb) else self.wrong for image in images_rgb]
+        return PosePrediction(joints_rel_m=np.stack([p.joints_rel_m for p in picks]),
+                              joints_2d_px=np.stack([p.joints_2d_px for p in picks]))
+
+
+@pytest.mark.parametrize("flexion_space", ["3d", "2d"])
+def test_pose_scorer_prefers_true_hidden_fingers_and_records_errors(scenes, flexion_space):
+    from unihope.deocclude.pose_scorer import PoseModelScorer
+
+    scene = scenes[0]
+    frame = scene.frame
+    finger = int(np.argmin(frame.finger_visibility))  # the most hidden finger
+    scorer = PoseModelScorer(_PoseOracle(scene, finger), visible_weight=0.5, flexion_space=flexion_space)
+    mask = inpaint_mask(frame, dilation_px=3)
+    candidates = np.stack([scene.truth_rgb, _erase_most_hidden_finger(scene), frame.image])
+    errors = scorer.pose_errors(frame, mask, candidates)
+    assert errors.occluded_flexion_deg[0] == pytest.approx(0.0, abs=1e-6)  # the true pose: no flexion error
+    assert errors.occluded_flexion_deg[1] > 5.0 and errors.total[0] < errors.total[1]
+    np.testing.assert_allclose(scorer.score(frame, mask, candidates), -errors.total, rtol=1e-6)
+    # The score keep rule on this scorer is upstream's gen_error + margin < ori_error, both recorded.
+    from unihope.config import DeocclusionConfig
+    from unihope.deocclude import RenderDeoccluder
+
+    result = RenderDeoccluder(DeocclusionConfig(backend="render", keep_rule="score"), scorer=scorer).run([frame])[0]
+    assert np.isfinite(result.original_pose_error) and np.isfinite(result.deoccluded_pose_error)
+    assert result.keep == (result.deoccluded_pose_error + 0.0 < result.original_pose_error)
+    assert result.deocclusion_score == pytest.approx(-result.deoccluded_pose_error, rel=1e-6)
+
+
+def test_pose_scorer_loads_a_training_checkpoint(scenes, tmp_path):
+    # A checkpoint written by the training code (a tiny model trained two steps) is named in the config and
+    # loaded with its own config from the metadata; its predictions equal the in-memory model's.
+    import torch
+
+    from unihope.config import DeocclusionConfig
+    from unihope.deocclude.base import default_scorer
+    from unihope.train_config import TrainConfig
+    from unihope.training import TrainState, build_hand_layer, build_model, resume_hash, save_checkpoint
+
+    train_cfg = TrainConfig.from_yaml(TINY_TRAIN_YAML)
+    model = build_model(train_cfg, build_hand_layer())
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    images = torch.from_numpy(np.stack([s.truth_rgb for s in scenes[:2]])).permute(0, 3, 1, 2).float() / 255.0
+    images = torch.nn.functional.interpolate(images, size=(64, 64), mode="bilinear", antialias=True)
+    boxes = torch.tensor([[8.0, 8.0, 56.0, 56.0]] * 2)
+    for _ in range(2):
+        loss = model(images, boxes, boxes).joints_2d_px.square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    path = save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.safetensors", model, optimizer,
+                           TrainState(step=2, epoch=0, config_hash=resume_hash(train_cfg)), None, train_cfg)
+    cfg = DeocclusionConfig(scorer="pose_model", pose_model_checkpoint=path)
+    scorer = default_scorer(cfg)
+    frame = scenes[0].frame
+    loaded = scorer.model.predict(frame, frame.image[None])
+    from unihope.deocclude.pose_scorer import CheckpointPoseModel
+
+    in_memory = CheckpointPoseModel(model, 64, torch.device("cpu")).predict(frame, frame.image[None])
+    np.testing.assert_allclose(loaded.joints_2d_px, in_memory.joints_2d_px, atol=1e-4)
+    np.testing.assert_allclose(loaded.joints_rel_m, in_memory.joints_rel_m, atol=1e-6)
+    errors = scorer.pose_errors(frame, inpaint_mask(frame, dilation_px=3), frame.image[None])
+    assert errors.total.shape == (1,) and np.isfinite(errors.total).all()
+    with pytest.raises(ValueError, match="pose_model_checkpoint"):
+        default_scorer(DeocclusionConfig(scorer="pose_model", pose_model_checkpoint=tmp_path / "missing.safetensors"))

@@ -157,8 +157,23 @@ class ControlNetConfig(StageConfig):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float16", "float32"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     working_size_px: int = Field(512, ge=32)  # crops are resized to this for the diffusion model
-    scheduler: Literal["ddim", "saved"] = "ddim"  # ddim: HandRefiner's DDIM; saved: the base model's own scheduler
+    # ddim: HandRefiner's DDIM (50 steps); dpmsolver++ / unipc: multistep solvers meant for fewer steps (e.g. 20);
+    # saved: the base model's own scheduler
+    scheduler: Literal["ddim", "dpmsolver++", "unipc", "saved"] = "ddim"
     local_files_only: bool = False  # True: never reach for the hub (hub ids must already be in the local cache)
+    # Early-exit beta search: after this many denoising steps every candidate's x0 prediction is decoded and
+    # scored, and only the best `finish_top` of a frame are denoised to the end (0 = off: finish every candidate)
+    preview_step: int = Field(0, ge=0)
+    finish_top: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check_preview(self) -> "ControlNetConfig":
+        if self.preview_step >= self.num_inference_steps:
+            raise ValueError(
+                f"deocclusion.controlnet.preview_step ({self.preview_step}) must be < num_inference_steps "
+                f"({self.num_inference_steps}); 0 turns the early-exit search off"
+            )
+        return self
 
 
 # UniHOPE's loader filter rules for generated images (unihope/deocclude/keep.py explains each).
@@ -184,12 +199,18 @@ class DeocclusionConfig(StageConfig):
     generate_max_visibility: float | None = Field(None, gt=0, le=1)
     mask_dilation_px: int = Field(3, ge=0)
     visible_weight: float = Field(0.5, ge=0, le=1)  # score = visible consistency * w + flexion * (1 - w)
-    edge_weight: float = Field(0.3, ge=0, le=1)  # flexion = colour coverage * (1 - e) + depth-edge agreement * e
+    edge_weight: float = Field(0.3, ge=0, le=1)  # colour scorer: coverage term = colour * (1 - e) + depth-edge agreement * e
     # inpaint region: occluded hand + all visible object pixels (object removed), or the occluded hand only
     mask_region: Literal["hand_and_object", "occluded_hand"] = "hand_and_object"
     batch_size: int = Field(8, ge=1)
     seed: int = 0
     controlnet: ControlNetConfig = ControlNetConfig()
+    # Candidate scorer. colour: weight-free colour coverage + depth edges (scores in [0, 1]); pose_model:
+    # UniHOPE's choice with a trained checkpoint of this project's model (an earlier build's `unihope train`
+    # run folder or .safetensors file); its score is -pose error, so keep_margin is then in pose-error units.
+    scorer: Literal["colour", "pose_model"] = "colour"
+    pose_model_checkpoint: Path | None = None
+    pose_flexion_space: Literal["3d", "2d"] = "3d"  # 3d: MANO joints vs the known 3-D pose (upstream); 2d: heatmap joints
 
     @model_validator(mode="after")
     def _check_betas(self) -> "DeocclusionConfig":
@@ -197,6 +218,9 @@ class DeocclusionConfig(StageConfig):
             raise ValueError(f"deocclusion.beta_min ({self.beta_min}) must be <= beta_max ({self.beta_max})")
         if self.beta_policy == "search" and not self.beta_candidates:
             raise ValueError("deocclusion.beta_policy='search' needs a non-empty beta_candidates list")
+        if self.scorer == "pose_model" and self.pose_model_checkpoint is None:
+            raise ValueError("deocclusion.scorer='pose_model' needs deocclusion.pose_model_checkpoint (a training run "
+                             "folder or checkpoint file)")
         return self
 
 

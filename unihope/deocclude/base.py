@@ -12,6 +12,7 @@ import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,8 +44,20 @@ def sample_seed(sample_key: str, seed: int) -> int:
     return int.from_bytes(digest[:8], "little") & SEED_MASK
 
 
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """What a backend generated for one frame: one composited image per candidate beta, and its cost."""
+
+    images: list[np.ndarray | None]  # per candidate (S, S, 3) uint8, composited; None = not finished (early exit)
+    num_unet_evals: int = 0  # UNet evaluations spent on the frame (0 for the weight-free backends)
+
+
 def default_scorer(cfg: DeocclusionConfig) -> Scorer:
-    """The weight-free colour/edge flexion scorer with the config's weights."""
+    """The scorer `cfg.scorer` names: the weight-free colour scorer, or the pose model of a trained checkpoint."""
+    if cfg.scorer == "pose_model":
+        from .pose_scorer import build_pose_scorer  # torch and the model package only when asked for
+
+        return build_pose_scorer(cfg)
     return ColourFlexionScorer(visible_weight=cfg.visible_weight, edge_weight=cfg.edge_weight)
 
 
@@ -121,16 +134,13 @@ class Deoccluder(ABC):
                 reasons.append(None)
         active = [idx for idx, reason in enumerate(reasons) if reason is None]
 
-        # 2. Generate every candidate column for the active frames, composited into the input
-        num_candidates = len(betas[0]) if betas else 0
-        candidates: dict[int, list[np.ndarray]] = {idx: [] for idx in active}
-        for column in range(num_candidates if active else 0):
-            column_betas = np.array([betas[idx][column] for idx in active], dtype=np.float32)
-            generated = self._generate([frames[idx] for idx in active], [masks[idx] for idx in active], column_betas)
-            if len(generated) != len(active):
-                raise RuntimeError(f"backend {self.name!r} returned {len(generated)} images for {len(active)} frames")
-            for idx, image in zip(active, generated):
-                candidates[idx].append(composite(frames[idx].image, image, masks[idx]))
+        # 2. Generate every candidate of the active frames, composited into the input
+        generated = self._generate_candidates(
+            [frames[idx] for idx in active], [masks[idx] for idx in active], [betas[idx] for idx in active]
+        )
+        if len(generated) != len(active):
+            raise RuntimeError(f"backend {self.name!r} returned candidates for {len(generated)} of {len(active)} frames")
+        candidates: dict[int, Candidates] = dict(zip(active, generated))
 
         # 3. Score, choose, filter
         results = []
@@ -138,15 +148,38 @@ class Deoccluder(ABC):
             results.append(self._decide(frame, masks[idx], betas[idx], candidates.get(idx), reasons[idx]))
         return results
 
+    def _generate_candidates(
+        self, frames: list[AnnotatedFrame], masks: list[np.ndarray], betas: list[np.ndarray]
+    ) -> list[Candidates]:
+        """Every candidate of every frame; by default one `_generate` call per candidate column.
+
+        Args:
+            frames: the active frames of one batch.
+            masks: per frame the (S, S) bool inpaint mask.
+            betas: per frame its (C,) float32 candidate strengths (the same C for every frame).
+
+        Returns:
+            one `Candidates` per frame, images composited into the input.
+        """
+        images: list[list[np.ndarray | None]] = [[] for _ in frames]
+        for column in range(len(betas[0]) if frames else 0):
+            column_betas = np.array([frame_betas[column] for frame_betas in betas], dtype=np.float32)
+            generated = self._generate(frames, masks, column_betas)
+            if len(generated) != len(frames):
+                raise RuntimeError(f"backend {self.name!r} returned {len(generated)} images for {len(frames)} frames")
+            for frame_images, frame, mask, image in zip(images, frames, masks, generated):
+                frame_images.append(composite(frame.image, image, mask))
+        return [Candidates(images=frame_images) for frame_images in images]
+
     def _decide(
         self,
         frame: AnnotatedFrame,
         mask: np.ndarray,
         betas: np.ndarray,
-        candidates: list[np.ndarray] | None,
+        generated: Candidates | None,
         reason: str | None,
     ) -> DeocclusionResult:
-        if candidates is None:  # not generated: the input is the output, nothing is kept
+        if generated is None:  # not generated: the input is the output, nothing is kept
             return DeocclusionResult(
                 sample_key=frame.frame.sample_key,
                 image_deoccluded=frame.image.copy(),
@@ -160,9 +193,17 @@ class Deoccluder(ABC):
                 reason=reason or REASON_NOT_OCCLUDED,
                 backend=self.name,
             )
-        scores = self.scorer.score(frame, mask, np.stack([frame.image, *candidates]))
-        original_score, candidate_scores = float(scores[0]), scores[1:].astype(np.float32)
-        best = int(np.argmax(candidate_scores))  # first of equal scores
+        # Candidates the early-exit search did not finish keep a nan score and cannot be chosen.
+        finished = [idx for idx, image in enumerate(generated.images) if image is not None]
+        candidates = generated.images
+        images = np.stack([frame.image, *(candidates[idx] for idx in finished)])
+        pose_errors = getattr(self.scorer, "pose_errors", None)  # a pose-model scorer: score = -error, recorded
+        errors = pose_errors(frame, mask, images).total if pose_errors is not None else None
+        scores = -errors if errors is not None else self.scorer.score(frame, mask, images)
+        original_score = float(np.float32(scores[0]))  # float32 like the candidates', so equal scores compare equal
+        candidate_scores = np.full(len(candidates), np.nan, dtype=np.float32)
+        candidate_scores[finished] = scores[1:]
+        best = finished[int(np.argmax(scores[1:]))]  # first of equal scores
         best_score = float(candidate_scores[best])
         keep, why = keep_decision(self.cfg, frame.visibility, original_score, best_score)
         return DeocclusionResult(
@@ -177,6 +218,9 @@ class Deoccluder(ABC):
             keep=bool(keep),
             reason=why,
             backend=self.name,
+            num_unet_evals=generated.num_unet_evals,
+            original_pose_error=float("nan") if errors is None else float(errors[0]),
+            deoccluded_pose_error=float("nan") if errors is None else float(errors[1 + finished.index(best)]),
         )
 
 

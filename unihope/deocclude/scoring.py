@@ -1,15 +1,18 @@
-"""Scores of a (de-)occluded crop: visible-region consistency plus finger-flexion agreement in the occluded region.
+"""Scores of a (de-)occluded crop: visible-region consistency plus how well the occluded region shows the hand.
 
-score = visible_weight * visible_consistency + (1 - visible_weight) * flexion_agreement, each in [0, 1],
-higher = better. Two flexion scorers:
+score = visible_weight * visible_consistency + (1 - visible_weight) * hidden-hand term, each in [0, 1],
+higher = better. Scorers:
 
-- `ColourFlexionScorer` (default, no weights): a Gaussian colour model of the hand in YCrCb chroma is fitted on
+- `ColourFlexionScorer` (default, no weights): its hidden-hand term is `colour_coverage`, which measures
+  colour coverage and edge placement, not finger flexion: a Gaussian colour model of the hand in YCrCb chroma is fitted on
   the hand's own visible pixels of the *original* crop; per hand part (palm, thumb..little) it measures how much
   of the part's rendered silhouette inside the occluded region the candidate paints in hand colour, penalised by
   hand colour painted where the rendering says "not hand"; and how well the candidate's image edges follow the
   rendered hand's depth edges there.
 - `KeypointFlexionScorer`: any model that predicts 21 joints (images -> (N, 21, 2|3)); the flexion angles of its
-  prediction on the candidate are compared with the ground truth's.
+  prediction on the candidate are compared with the ground truth's (`flexion_agreement`).
+- `pose_scorer.PoseModelScorer`: UniHOPE's choice with a trained checkpoint of this project's model (pose errors,
+  lower = better; its score is -error).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ LUMA_STD_INFLATION = 1.5  # hidden parts may be lit differently from the visible
 LOG_OTHER_DENSITY = -3 * np.log(256.0)  # 'anything else' class: uniform over the 8-bit colour cube
 BACKGROUND_BAND_PX = 6  # width of the band around the inpaint mask the background model is fitted on
 
-# Flexion (colour) scorer
+# Colour-coverage scorer
 MIN_PART_PIXELS = 3  # occluded pixels a hand part needs to count in the coverage mean
 DEPTH_EDGE_STEP_M = 0.008  # a depth jump larger than this between neighbours is a rendered edge
 EDGE_STEP_GREY = 16.0  # an image step of this many grey levels counts as a full edge
@@ -222,15 +225,18 @@ class ColourFlexionScorer:
 
     def __init__(self, visible_weight: float = 0.5, edge_weight: float = 0.3) -> None:
         """Args: visible_weight in [0, 1] (share of visible consistency); edge_weight in [0, 1] (share of edge
-        agreement inside the flexion term)."""
+        agreement inside the colour-coverage term)."""
         for name, value in (("visible_weight", visible_weight), ("edge_weight", edge_weight)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"deocclusion.{name} must be in [0, 1], got {value}")
         self.visible_weight = visible_weight
         self.edge_weight = edge_weight
 
-    def flexion_agreement(self, frame: AnnotatedFrame, mask_inpaint: np.ndarray, images_rgb: np.ndarray) -> np.ndarray:
-        """Finger-flexion agreement in the occluded region, (N,) float32 in [0, 1].
+    def colour_coverage(self, frame: AnnotatedFrame, mask_inpaint: np.ndarray, images_rgb: np.ndarray) -> np.ndarray:
+        """Hand-colour coverage of the occluded silhouette (and depth-edge agreement), (N,) float32 in [0, 1].
+
+        It says whether hand-coloured pixels with the rendered hand's edges fill the hidden silhouette, not how
+        the fingers are bent (a trained pose model does that: `pose_scorer.PoseModelScorer`).
 
         Args:
             frame: the annotated crop (its original image gives the colour model).
@@ -274,8 +280,8 @@ class ColourFlexionScorer:
         """Total score of each candidate, (N,) float32 in [0, 1] (see the module docstring)."""
         images = _check_images(frame, mask_inpaint, images_rgb)
         consistency = visible_consistency(frame.image, images, visible_region(frame, mask_inpaint))
-        flexion = self.flexion_agreement(frame, mask_inpaint, images)
-        return (self.visible_weight * consistency + (1.0 - self.visible_weight) * flexion).astype(np.float32)
+        coverage = self.colour_coverage(frame, mask_inpaint, images)
+        return (self.visible_weight * consistency + (1.0 - self.visible_weight) * coverage).astype(np.float32)
 
 
 def flexion_angles_deg(joints: np.ndarray) -> np.ndarray:
