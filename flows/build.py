@@ -264,9 +264,14 @@ def run_build(cfg: PipelineConfig, out: str, write_report: bool = True):
 
 
 def run_build_from_cli(
-    config_path: Path, source: str | None, out: str, train: bool, train_config_path: Path
+    config_path: Path, source: str | None, out: str, train: bool, train_config_path: Path,
+    train_out: Path | None = None,
 ) -> None:
-    """`unihope build`: load and resolve the config, build, print the summary, optionally train."""
+    """`unihope build`: load and resolve the config, build, print the summary, optionally train.
+
+    With `train`, the training runs as the train deployment's does: in `<train_out>/<dataset
+    version>-<config digest>/` (default `runs/<build name>`), with the build's MANO files.
+    """
     import typer
 
     try:
@@ -281,6 +286,12 @@ def run_build_from_cli(
     if train:
         from flows.train import train_flow
 
-        train_out = Path("runs") / cfg.name
-        typer.echo(f"training on {out} -> {train_out}")
-        train_flow(data_url=out, train_config_path=str(train_config_path), out_dir=str(train_out))
+        runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
+        run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
+                             mano_dir=mano_dir_parameter(cfg))
+        typer.echo(f"trained on {out} -> {run_dir}")
+
+
+def mano_dir_parameter(cfg: PipelineConfig) -> str | None:
+    """The build's `hand.mano_dir` as the train flow's parameter: training loads the files the build used."""
+    return str(Path(cfg.hand.mano_dir).expanduser().resolve()) if cfg.hand.mano_dir is not None else None

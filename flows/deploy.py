@@ -8,7 +8,7 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
-from flows.build import scheduled_build
+from flows.build import mano_dir_parameter, scheduled_build
 from flows.train import train_flow
 from unihope.config import PipelineConfig
 
@@ -45,12 +45,13 @@ def make_deployments(
         out: dataset path or URL the scheduled builds write.
         cron: cron schedule of the build; None -> no schedule (runs started by hand or API).
         train_config_path: training config.
-        train_out: run folder of triggered trainings.
+        train_out: root of the triggered trainings' run folders (one `<dataset version>-<config digest>/`
+            per build, so a new night's build trains from scratch instead of resuming last night's run).
 
     Raises:
         ConfigError: when the pipeline config does not load (checked now, not at 3 a.m.).
     """
-    PipelineConfig.from_yaml(Path(config_path))
+    cfg = PipelineConfig.from_yaml(Path(config_path))
     build = scheduled_build.to_deployment(
         name=BUILD_DEPLOYMENT, cron=cron,
         parameters={"config_path": str(Path(config_path).resolve()), "out": out},
@@ -60,7 +61,7 @@ def make_deployments(
     train = train_flow.to_deployment(
         name=TRAIN_DEPLOYMENT,
         parameters={"data_url": out, "train_config_path": str(Path(train_config_path).resolve()),
-                    "out_dir": str(Path(train_out).resolve())},
+                    "runs_dir": str(Path(train_out).resolve()), "mano_dir": mano_dir_parameter(cfg)},
         triggers=[build_completed_trigger()],
         description="Train UniHOPE on the dataset a completed build-dataset run wrote.",
         tags=["unihope", "train"],

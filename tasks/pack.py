@@ -114,12 +114,15 @@ def dataset_attrs(cfg: PipelineConfig) -> DatasetAttrs:
     """Attributes stored with every shard: the resolved config without its orchestration settings.
 
     `flow` (runner, retries, fault injection, work folder) changes how a build runs, never what it
-    writes; leaving it out keeps shards of a threads build and a Dask build byte-identical.
+    writes; leaving it out keeps shards of a threads build and a Dask build byte-identical. The hand
+    model's identity (kind, file digests, tip convention) lets training load the same model.
     """
     from storage.writer import code_version
+    from unihope.hand_identity import hand_model_identity
 
     data_cfg = cfg.model_copy(update={"flow": FlowConfig()})
     config = data_cfg.model_dump(mode="json")
     config.pop("flow")
     return DatasetAttrs(name=cfg.name, source=source_description(cfg), config=config,
-                        config_hash=data_cfg.config_hash(), code_version=code_version())
+                        config_hash=data_cfg.config_hash(), code_version=code_version(),
+                        hand_model=hand_model_identity(cfg.hand).to_json())
