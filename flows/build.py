@@ -88,7 +88,12 @@ def default_report_dir(out: str, layout: WorkLayout) -> Path:
 
 
 def deocclude_tags(cfg: PipelineConfig) -> list[str]:
-    """Tags of the de-occlusion tasks: `flow.gpu_tag` when the backend runs on a GPU, else none."""
+    """Tags of the de-occlusion tasks: `flow.gpu_tag` when the backend runs on a GPU, else none.
+
+    One tag for the whole pool: its server-side limit is the number of GPUs (`flow.gpu_concurrency`),
+    and which GPU a batch runs on is decided in the worker (one worker per GPU, pinned with
+    CUDA_VISIBLE_DEVICES, and `tasks.device_pool` inside each process); docs/OPERATIONS.md.
+    """
     from unihope.deocclude import uses_gpu
 
     return [cfg.flow.gpu_tag] if cfg.flow.gpu_tag and uses_gpu(cfg.deocclusion) else []
@@ -165,7 +170,7 @@ def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
         deocclude_task.submit(
             config.deocclusion, layout, batch.batch_idx, str(layout.annotate_batch_path(batch.batch_idx)),
             str(layout.deocclude_results_path(batch.batch_idx)), fail_once, config.flow.torch_threads,
-            wait_for=[annotate_futures[batch.batch_idx]],
+            config.flow.deocclude_timeout_s, wait_for=[annotate_futures[batch.batch_idx]],
         )
         for batch in plan.batches
     ]

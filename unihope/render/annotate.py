@@ -71,6 +71,15 @@ def get_renderer(size_px: int, platform: str) -> AnnotationRenderer:
     return _RENDERERS[key]
 
 
+def forget_renderers() -> None:
+    """Drop the cached renderers without touching their GL contexts (after their render thread got stuck).
+
+    A context works only on the thread that made it current; once that thread is abandoned, the next
+    renderer must be created on the new render thread.
+    """
+    _RENDERERS.clear()
+
+
 def get_hand_layer(side: str, hand_cfg: HandModelConfig) -> tuple[object, HandPartGeometry]:
     """The process's `HandLayer` for `side` and its part faces / embedding colours (created on first use)."""
     from unihope.hand import HandLayer, resolve_mano_path, vertex_finger_labels
