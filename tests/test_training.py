@@ -350,3 +350,20 @@ def test_each_dataset_version_trains_its_own_full_run(tmp_path):
     # A run folder named by hand refuses to resume on other data instead of training 0 steps.
     with pytest.raises(ValueError, match="dataset version"):
         T.run_training_from_cli(config, url, first.out_dir)
+
+
+def test_train_cli_refuses_another_hand_model_in_one_line(tmp_path, stand_in_dataset):
+    from typer.testing import CliRunner
+
+    from unihope.cli import app
+
+    config = small_train_config(tmp_path)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "--config", str(config), "--data", stand_in_dataset["url"],
+                                  "--runs-dir", str(tmp_path / "runs")])
+    assert refused.exit_code == 2
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hand model mismatch") and "--mano-dir" in lines[0]
+    both = runner.invoke(app, ["train", "--config", str(config), "--data", stand_in_dataset["url"],
+                               "--out", str(tmp_path / "a"), "--runs-dir", str(tmp_path / "b")])
+    assert both.exit_code == 2 and "exactly one of --out" in both.output
