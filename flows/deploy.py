@@ -8,7 +8,7 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
-from flows.build import mano_dir_parameter, scheduled_build
+from flows.build import scheduled_build
 from flows.train import train_flow
 from unihope.config import PipelineConfig
 
@@ -51,7 +51,7 @@ def make_deployments(
     Raises:
         ConfigError: when the pipeline config does not load (checked now, not at 3 a.m.).
     """
-    cfg = PipelineConfig.from_yaml(Path(config_path))
+    PipelineConfig.from_yaml(Path(config_path))
     build = scheduled_build.to_deployment(
         name=BUILD_DEPLOYMENT, cron=cron,
         parameters={"config_path": str(Path(config_path).resolve()), "out": out},
@@ -61,7 +61,7 @@ def make_deployments(
     train = train_flow.to_deployment(
         name=TRAIN_DEPLOYMENT,
         parameters={"data_url": out, "train_config_path": str(Path(train_config_path).resolve()),
-                    "runs_dir": str(Path(train_out).resolve()), "mano_dir": mano_dir_parameter(cfg)},
+                    "runs_dir": str(Path(train_out).resolve())},  # MANO files: the build's (recorded in the data)
         triggers=[build_completed_trigger()],
         description="Train UniHOPE on the dataset a completed build-dataset run wrote.",
         tags=["unihope", "train"],
@@ -85,7 +85,7 @@ def serve_deployments(
     Uses the Prefect API the environment points at (PREFECT_API_URL); runs execute in
     subprocesses of this process.
     """
-    cfg = PipelineConfig.from_yaml(Path(config_path))
+    PipelineConfig.from_yaml(Path(config_path))
     ensure_gpu_concurrency_limit(cfg.flow.gpu_tag, cfg.flow.gpu_concurrency)
     build, train = make_deployments(config_path, out, cron, train_config_path, train_out)
     serve(build, train, limit=limit)

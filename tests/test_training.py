@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +227,7 @@ def test_evaluation_cli_scores_a_checkpoint(tmp_path, datasets, hand_layer, monk
     config_path.write_text(cfg.to_yaml())
     result = T.train(cfg, datasets[0], None, tmp_path / "run", hand_layer, log=lambda *_: None)
     monkeypatch.setattr(T, "open_paired_dataset", lambda *args, **kwargs: datasets[1])
-    monkeypatch.setattr(T, "checked_hand_identity", lambda *args, **kwargs: hand_model_identity(HandModelConfig()))
+    monkeypatch.setattr(T, "resolve_hand_model", lambda cfg, *args, **kwargs: (cfg, hand_model_identity(HandModelConfig())))
     summary = T.run_evaluation_from_cli(config_path, result.checkpoint_path, "unused", tmp_path / "eval")
     written = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert written["num_samples"] == 6 and written["mpjpe_mm"] == pytest.approx(summary["mpjpe_mm"])
@@ -265,14 +266,20 @@ def small_train_config(tmp_path: Path, hand: dict | None = None, max_steps: int 
 
 @pytest.fixture(scope="module")
 def stand_in_dataset(tmp_path_factory):
-    """A 2-sequence dataset built with a MANO-format stand-in for the official files (another skeleton)."""
+    """A 2-sequence dataset built with a MANO-format stand-in for the official files (another skeleton).
+
+    Built on "another machine": the files the build read are moved away afterwards, so training must be
+    pointed at the copy in `hand_cfg.mano_dir`.
+    """
     from tests.training_fixtures import build_small_dataset, write_stand_in_mano
 
     work = tmp_path_factory.mktemp("stand-in")
-    hand_cfg = HandModelConfig(mano_dir=write_stand_in_mano(work / "mano"), cache_dir=work / "cache")
+    build_dir = write_stand_in_mano(work / "build-machine" / "mano")
     url = str(work / "data")
-    build_small_dataset(work, url, hand_cfg, num_sequences=2)
-    return {"url": url, "hand_cfg": hand_cfg}
+    build_small_dataset(work, url, HandModelConfig(mano_dir=build_dir, cache_dir=work / "cache"), num_sequences=2)
+    build_dir.rename(work / "mano")
+    return {"url": url, "hand_cfg": HandModelConfig(mano_dir=work / "mano", cache_dir=work / "cache"),
+            "build_dir": build_dir}
 
 
 def _gt_pose_mpjpe_mm(cfg_path: Path, url: str, mano_dir: Path | None) -> float:
@@ -314,7 +321,16 @@ def test_training_loads_the_datasets_hand_model_and_refuses_another(tmp_path, st
     assert "\n" not in str(refused.value) and "--mano-dir" in str(refused.value)
     assert not (tmp_path / "runs-default").exists()  # refused before anything was written
 
-    # 4. Evaluation loads the same model; the default one is refused.
+    # 4. Where the build's own folder exists, it is the default (the user points at the files once);
+    #    the digests are checked all the same.
+    shutil.copytree(hand_cfg.mano_dir, stand_in_dataset["build_dir"])
+    try:
+        resolved, identity = T.resolve_hand_model(TrainConfig.from_yaml(config), url, log=lambda *_: None)
+        assert resolved.hand.mano_dir == stand_in_dataset["build_dir"] and identity.to_json() == recorded
+    finally:
+        shutil.rmtree(stand_in_dataset["build_dir"])
+
+    # 5. Evaluation loads the same model; the default one is refused.
     summary = T.run_evaluation_from_cli(config, result.checkpoint_path, url, tmp_path / "eval",
                                         mano_dir=hand_cfg.mano_dir)
     assert summary["num_samples"] == 8

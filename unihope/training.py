@@ -956,14 +956,22 @@ def with_mano_dir(cfg: TrainConfig, mano_dir: Path | None) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
-def checked_hand_identity(cfg: TrainConfig, data_url: str):
-    """The identity of the hand model `cfg.hand` loads, checked against the one the dataset at `data_url` records.
+def resolve_hand_model(cfg: TrainConfig, data_url: str, log=print):
+    """The hand config training loads, and its identity, checked against the one the dataset at `data_url` records.
+
+    The files come from `cfg.hand.mano_dir` (`--mano-dir` or the train config); when neither names
+    any and the dataset was built with MANO files, from the build's own `hand.mano_dir` if that
+    folder exists here: the user points at the files once, in the build config. Either way the
+    digests must match the dataset's.
+
+    Returns:
+        (cfg with the hand config in use, HandModelIdentity of its files).
 
     Raises:
-        ValueError: one line, when the dataset was built with another hand model.
+        ValueError: one line, when the dataset was built with another hand model (or is not finalized).
     """
     from storage.reader import open_dataset
-    from unihope.hand_identity import check_same_hand_model, dataset_hand_identity, hand_model_identity
+    from unihope.hand_identity import HAND_KIND_MANO, check_same_hand_model, dataset_hand_identity, hand_model_identity
 
     view = open_dataset(data_url)
     try:
@@ -972,9 +980,15 @@ def checked_hand_identity(cfg: TrainConfig, data_url: str):
         attrs = view.manifest.attrs
     finally:
         view.close()
+    recorded = dataset_hand_identity(attrs.hand_model, attrs.config, data_url)
+    build_mano_dir = (attrs.config.get("hand") or {}).get("mano_dir")
+    if (cfg.hand.mano_dir is None and recorded is not None and recorded.kind == HAND_KIND_MANO
+            and build_mano_dir and Path(build_mano_dir).is_dir()):
+        cfg = with_mano_dir(cfg, Path(build_mano_dir))
+        log(f"hand model: the build's hand.mano_dir {build_mano_dir}")
     loaded = hand_model_identity(cfg.hand)
-    check_same_hand_model(dataset_hand_identity(attrs.hand_model, attrs.config, data_url), loaded, data_url)
-    return loaded
+    check_same_hand_model(recorded, loaded, data_url)
+    return cfg, loaded
 
 
 def run_training_from_cli(
@@ -986,7 +1000,8 @@ def run_training_from_cli(
         config_path: training config (YAML).
         data_url: dataset path or URL.
         out_dir: the run folder.
-        mano_dir: `--mano-dir`, overriding the config's `hand.mano_dir`.
+        mano_dir: `--mano-dir`, overriding the config's `hand.mano_dir` (neither: the build's, see
+            `resolve_hand_model`).
         version: the dataset version already read by the caller (`run_training_in_runs_dir`); None -> read now.
 
     Raises:
@@ -996,8 +1011,8 @@ def run_training_from_cli(
 
     cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
     _apply_cpu_threads(cfg)
-    identity = RunIdentity(dataset_version=version or dataset_version(data_url),
-                           hand_model=checked_hand_identity(cfg, data_url))
+    cfg, hand_model = resolve_hand_model(cfg, data_url)
+    identity = RunIdentity(dataset_version=version or dataset_version(data_url), hand_model=hand_model)
     train_set = open_paired_dataset(data_url, cfg.data.train_split, cfg, cfg.data.max_train_samples, augment_on=True)
     eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples)
     print(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url}, "
@@ -1045,7 +1060,7 @@ def run_evaluation_from_cli(
 
     cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
     _apply_cpu_threads(cfg)
-    loaded = checked_hand_identity(cfg, data_url)
+    cfg, loaded = resolve_hand_model(cfg, data_url)
     device = resolve_device(cfg.device)
     model = build_model(cfg, build_hand_layer(cfg.hand)).to(device)
     state, stats = load_checkpoint(Path(checkpoint_path), model)
