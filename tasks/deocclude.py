@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import task
@@ -92,7 +93,7 @@ def deocclude_batch(
     with ExecutionTimer(layout, "deocclude", batch_idx) as timer:
         # 2. Load the batch; take a device slot (GPU backends), then the worker's de-occluder for it.
         annotated, _ = load_batch(in_path)
-        with device_slot(cfg.controlnet.device if uses_gpu(cfg) else "cpu") as device:
+        with device_slot(cfg.controlnet.device) if uses_gpu(cfg) else nullcontext() as device:
             device_cfg = on_device(cfg, device)
             deoccluder = get_deoccluder(device_cfg)
 

@@ -598,7 +598,7 @@ def test_a_hanging_task_times_out_and_its_retry_is_counted(reference_build, tmp_
 
     cfg = reference_build["cfg"]
     cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={
-        "fail_once": ("annotate:0@hang", "deocclude:0@hang"), "annotate_timeout_s": 5.0, "deocclude_timeout_s": 5.0})})
+        "fail_once": ("annotate:0@hang", "deocclude:0@hang"), "annotate_timeout_s": 4.0, "deocclude_timeout_s": 3.0})})
     layout = make_layout(cfg, str(reference_build["out"]))
     _, batches = read_index(layout.index_path)
     annotated_path, results_path = tmp_path / "annotate-0.pkl", tmp_path / "deocclude-0.pkl"
