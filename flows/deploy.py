@@ -85,7 +85,7 @@ def serve_deployments(
     Uses the Prefect API the environment points at (PREFECT_API_URL); runs execute in
     subprocesses of this process.
     """
-    PipelineConfig.from_yaml(Path(config_path))
+    cfg = PipelineConfig.from_yaml(Path(config_path))
     ensure_gpu_concurrency_limit(cfg.flow.gpu_tag, cfg.flow.gpu_concurrency)
     build, train = make_deployments(config_path, out, cron, train_config_path, train_out)
     serve(build, train, limit=limit)
