@@ -88,7 +88,12 @@ def default_report_dir(out: str, layout: WorkLayout) -> Path:
 
 
 def deocclude_tags(cfg: PipelineConfig) -> list[str]:
-    """Tags of the de-occlusion tasks: `flow.gpu_tag` when the backend runs on a GPU, else none."""
+    """Tags of the de-occlusion tasks: `flow.gpu_tag` when the backend runs on a GPU, else none.
+
+    One tag for the whole pool: its server-side limit is the number of GPUs (`flow.gpu_concurrency`),
+    and which GPU a batch runs on is decided in the worker (one worker per GPU, pinned with
+    CUDA_VISIBLE_DEVICES, and `tasks.device_pool` inside each process); docs/OPERATIONS.md.
+    """
     from unihope.deocclude import uses_gpu
 
     return [cfg.flow.gpu_tag] if cfg.flow.gpu_tag and uses_gpu(cfg.deocclusion) else []
@@ -165,7 +170,7 @@ def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
         deocclude_task.submit(
             config.deocclusion, layout, batch.batch_idx, str(layout.annotate_batch_path(batch.batch_idx)),
             str(layout.deocclude_results_path(batch.batch_idx)), fail_once, config.flow.torch_threads,
-            wait_for=[annotate_futures[batch.batch_idx]],
+            config.flow.deocclude_timeout_s, wait_for=[annotate_futures[batch.batch_idx]],
         )
         for batch in plan.batches
     ]
@@ -264,9 +269,14 @@ def run_build(cfg: PipelineConfig, out: str, write_report: bool = True):
 
 
 def run_build_from_cli(
-    config_path: Path, source: str | None, out: str, train: bool, train_config_path: Path
+    config_path: Path, source: str | None, out: str, train: bool, train_config_path: Path,
+    train_out: Path | None = None,
 ) -> None:
-    """`unihope build`: load and resolve the config, build, print the summary, optionally train."""
+    """`unihope build`: load and resolve the config, build, print the summary, optionally train.
+
+    With `train`, the training runs as the train deployment's does: in `<train_out>/<dataset
+    version>-<config digest>/` (default `runs/<build name>`), with the build's MANO files.
+    """
     import typer
 
     try:
@@ -281,6 +291,12 @@ def run_build_from_cli(
     if train:
         from flows.train import train_flow
 
-        train_out = Path("runs") / cfg.name
-        typer.echo(f"training on {out} -> {train_out}")
-        train_flow(data_url=out, train_config_path=str(train_config_path), out_dir=str(train_out))
+        runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
+        run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
+                             mano_dir=mano_dir_parameter(cfg))
+        typer.echo(f"trained on {out} -> {run_dir}")
+
+
+def mano_dir_parameter(cfg: PipelineConfig) -> str | None:
+    """The build's `hand.mano_dir` as the train flow's parameter: training loads the files the build used."""
+    return str(Path(cfg.hand.mano_dir).expanduser().resolve()) if cfg.hand.mano_dir is not None else None

@@ -45,7 +45,8 @@ def make_deployments(
         out: dataset path or URL the scheduled builds write.
         cron: cron schedule of the build; None -> no schedule (runs started by hand or API).
         train_config_path: training config.
-        train_out: run folder of triggered trainings.
+        train_out: root of the triggered trainings' run folders (one `<dataset version>-<config digest>/`
+            per build, so a new night's build trains from scratch instead of resuming last night's run).
 
     Raises:
         ConfigError: when the pipeline config does not load (checked now, not at 3 a.m.).
@@ -60,7 +61,7 @@ def make_deployments(
     train = train_flow.to_deployment(
         name=TRAIN_DEPLOYMENT,
         parameters={"data_url": out, "train_config_path": str(Path(train_config_path).resolve()),
-                    "out_dir": str(Path(train_out).resolve())},
+                    "runs_dir": str(Path(train_out).resolve())},  # MANO files: the build's (recorded in the data)
         triggers=[build_completed_trigger()],
         description="Train UniHOPE on the dataset a completed build-dataset run wrote.",
         tags=["unihope", "train"],

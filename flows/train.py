@@ -8,19 +8,22 @@ from prefect import flow, get_run_logger
 
 
 @flow(name="train")
-def train_flow(data_url: str, train_config_path: str, out_dir: str) -> str:
-    """Train (and evaluate on the held-out split) from the shards at `data_url`.
+def train_flow(data_url: str, train_config_path: str, runs_dir: str, mano_dir: str | None = None) -> str:
+    """Train (and evaluate on the held-out split) on the dataset version now at `data_url`.
 
     Args:
         data_url: dataset path or URL written by the build.
         train_config_path: training config (YAML).
-        out_dir: run folder for checkpoints, metrics.json and plots.
+        runs_dir: root of the run folders; this run trains in `<runs_dir>/<dataset version>-<config digest>/`.
+        mano_dir: the MANO files the build used (its `hand.mano_dir`); None -> the training config's.
 
     Returns:
         The run folder.
     """
-    from unihope.training import run_training_from_cli
+    from unihope.training import run_training_in_runs_dir
 
-    get_run_logger().info("training on %s with %s -> %s", data_url, train_config_path, out_dir)
-    run_training_from_cli(config_path=Path(train_config_path), data_url=data_url, out_dir=Path(out_dir))
-    return str(out_dir)
+    get_run_logger().info("training on %s with %s -> %s/<version>-<config>", data_url, train_config_path, runs_dir)
+    result = run_training_in_runs_dir(config_path=Path(train_config_path), data_url=data_url, runs_dir=Path(runs_dir),
+                                      mano_dir=Path(mano_dir) if mano_dir else None)
+    get_run_logger().info("trained %d steps in %s", result.metrics["train_steps"], result.out_dir)
+    return str(result.out_dir)

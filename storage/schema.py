@@ -355,10 +355,11 @@ class DatasetAttrs:
     config: dict = field(default_factory=dict)  # resolved PipelineConfig as JSON-able dict
     config_hash: str = ""  # PipelineConfig.config_hash()
     code_version: str = ""  # package version (+ git revision when known)
+    hand_model: dict = field(default_factory=dict)  # unihope.hand_identity.HandModelIdentity.to_json(); {} = older build
 
     def to_json(self) -> dict:
         return {"name": self.name, "source": self.source, "config": self.config,
-                "config_hash": self.config_hash, "code_version": self.code_version}
+                "config_hash": self.config_hash, "code_version": self.code_version, "hand_model": self.hand_model}
 
 
 @dataclass(frozen=True, slots=True)

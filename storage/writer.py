@@ -8,6 +8,7 @@ that readers never look at; `finalize` assembles `manifest.json` from the commit
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -320,7 +321,7 @@ def write_shard(
         raise ValueError(f"shard_idx must be >= 0, got {shard_idx}")
     attrs = _as_attrs(attrs)
     if not attrs.code_version:
-        attrs = DatasetAttrs(attrs.name, attrs.source, attrs.config, attrs.config_hash, code_version())
+        attrs = dataclasses.replace(attrs, code_version=code_version())
     columns = build_columns(annotated, results)
     loc = locate(url, storage_options)
     fingerprint = input_fingerprint(columns, attrs, cfg)
@@ -397,7 +398,7 @@ def finalize(
     # 1. Check inputs
     attrs = _as_attrs(attrs)
     if not attrs.code_version:
-        attrs = DatasetAttrs(attrs.name, attrs.source, attrs.config, attrs.config_hash, code_version())
+        attrs = dataclasses.replace(attrs, code_version=code_version())
     loc = locate(url, storage_options)
     commits = list_commits(loc)
     for commit in commits:

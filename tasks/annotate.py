@@ -8,9 +8,9 @@ from prefect import task
 
 from storage.schema import AnnotatedFrame, FrameRecord, Skip, StageSummary
 from tasks.common import (
-    ExecutionTimer, on_render_thread, reuse_summary, set_torch_threads, write_summary,
+    ExecutionTimer, on_render_thread, on_render_thread_within, reuse_summary, set_torch_threads, write_summary,
 )
-from tasks.options import maybe_fail_once
+from tasks.options import injected_hang_s, maybe_fail_once
 from tasks.work import (
     BatchSpec, GraspPartOutput, WorkLayout, count_by_reason, load_grasp_part, read_index, save_grasp_part,
     write_skips,
@@ -79,11 +79,14 @@ def annotate_batch(
         part_path: the grasp part file holding the batch's loaded frames and labels.
         out_path: the batch file (`layout.annotate_batch_path`); reused when it exists.
         skips_path: where this batch's skips go (JSON lines).
-        fail_once: fault injection list (`annotate` or `annotate:<batch_idx>`).
+        fail_once: fault injection list (`annotate` or `annotate:<batch_idx>`; `...@hang` hangs the render).
         torch_threads: torch CPU threads of this worker (`flow.torch_threads`).
 
     Returns:
         Summary: frames of the batch the source loaded, frames annotated, annotate skips by reason.
+
+    Raises:
+        StageTimeout: when rendering takes longer than `cfg.flow.annotate_timeout_s` (retried).
     """
     from storage.batches import save_batch
     from unihope.render.annotate import annotate_frames
@@ -105,8 +108,11 @@ def annotate_batch(
         grasps = [grasp_by_key[record.sample_key] for record in records]
 
         # 3. Annotate; skips first, then the batch file (its existence marks the batch complete).
-        outputs = on_render_thread(annotate_frames, records, grasps, cfg.crop, cfg.render, cfg.hand,
-                                   cfg.source.resolved_tip_convention())
+        timeout_s = cfg.flow.annotate_timeout_s
+        outputs = on_render_thread_within(
+            timeout_s, f"annotate batch {batch.batch_idx}", annotate_frames, records, grasps, cfg.crop, cfg.render,
+            cfg.hand, cfg.source.resolved_tip_convention(), hang_s=injected_hang_s("annotate", batch.batch_idx, fail_once, timeout_s),
+        )
         annotated = [item for item in outputs if isinstance(item, AnnotatedFrame)]
         skips = [item for item in outputs if isinstance(item, Skip)]
         write_skips(Path(skips_path), skips)

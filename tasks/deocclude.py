@@ -1,23 +1,27 @@
-"""Task: de-occlude one annotated batch (tagged `gpu`; halves its chunk size on CUDA out-of-memory)."""
+"""Task: de-occlude one annotated batch (tagged `gpu`; one batch per device; halves its chunk size on CUDA OOM; times out)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import task
 
 from storage.schema import StageSummary
 from tasks.common import ExecutionTimer, reuse_summary, set_torch_threads, write_summary
-from tasks.options import maybe_fail_once, run_with_oom_halving
+from tasks.device_pool import device_slot
+from tasks.options import injected_hang_s, maybe_fail_once, run_with_oom_halving
+from tasks.timeouts import StageTimeout, call_with_timeout
 from tasks.work import WorkLayout, save_results
 from unihope.config import DeocclusionConfig
 
 LOGGER = logging.getLogger(__name__)
+DEFAULT_DEOCCLUDE_TIMEOUT_S = 7200.0  # FlowConfig.deocclude_timeout_s's default, for direct calls
 
-# One de-occluder per worker process and config: building one loads model weights (seconds to
-# minutes for ControlNet), so consecutive batches on a worker reuse it.
+# One de-occluder per worker process, config and device: building one loads model weights (seconds
+# to minutes for ControlNet), so consecutive batches on a worker reuse it.
 _DEOCCLUDERS: dict[str, object] = {}
 _DEOCCLUDERS_LOCK = threading.Lock()
 
@@ -33,16 +37,32 @@ def get_deoccluder(cfg: DeocclusionConfig):
         return _DEOCCLUDERS[key]
 
 
+def forget_deoccluder(cfg: DeocclusionConfig) -> None:
+    """Drop the cached de-occluder of `cfg` (its last call got stuck): the retry builds a fresh one."""
+    with _DEOCCLUDERS_LOCK:
+        _DEOCCLUDERS.pop(cfg.config_hash(), None)
+
+
+def on_device(cfg: DeocclusionConfig, device: str | None) -> DeocclusionConfig:
+    """`cfg` with the GPU backend pinned to `device` (the slot this batch holds); unchanged for None."""
+    if device is None or device == cfg.controlnet.device:
+        return cfg
+    return cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update={"device": device})})
+
+
 @task(name="deocclude")
 def deocclude_batch(
     cfg: DeocclusionConfig, layout: WorkLayout, batch_idx: int, in_path: str, out_path: str,
-    fail_once: tuple[str, ...] = (), torch_threads: int = 1,
+    fail_once: tuple[str, ...] = (), torch_threads: int = 1, timeout_s: float = DEFAULT_DEOCCLUDE_TIMEOUT_S,
 ) -> StageSummary:
     """De-occlude the hands of one annotated batch and store the results.
 
-    On a CUDA out-of-memory error the batch continues in halves (down to one frame per call), so
-    a GPU worker short of memory finishes the batch instead of failing it; a task-level retry then
-    only sees an OOM that a single frame causes.
+    A GPU backend holds one of the process's devices for the whole batch (`tasks.device_pool`): with
+    `device: auto` the batch takes a free GPU instead of always cuda:0, and no device runs two batches
+    at once. On a CUDA out-of-memory error the batch continues in halves (down to one frame per
+    call), so a GPU worker short of memory finishes the batch instead of failing it; a task-level
+    retry then only sees an OOM that a single frame causes. A batch that takes longer than
+    `timeout_s` (a stuck CUDA call) raises StageTimeout, and the retry starts with a fresh de-occluder.
 
     Args:
         cfg: the de-occlusion config (`batch_size` is the first chunk size).
@@ -50,33 +70,50 @@ def deocclude_batch(
         batch_idx: index of the batch (fault injection, logs).
         in_path: the annotated batch file.
         out_path: the results file (`layout.deocclude_results_path`); reused when it exists.
-        fail_once: fault injection list (`deocclude` or `deocclude:<batch_idx>`).
+        fail_once: fault injection list (`deocclude` or `deocclude:<batch_idx>`; `...@hang` hangs it).
         torch_threads: torch CPU threads of this worker (`flow.torch_threads`; a GPU backend ignores it).
+        timeout_s: seconds the de-occlusion of the batch may take (`flow.deocclude_timeout_s`).
 
     Returns:
         Summary: num_in = annotated frames, num_out = kept pairs (UniHOPE's filter passed).
+
+    Raises:
+        StageTimeout: when the batch takes longer than `timeout_s` (retried).
     """
     from storage.batches import load_batch
+    from unihope.deocclude import uses_gpu
 
     # 1. Reuse a complete output.
     reused = reuse_summary(out_path)
     if reused is not None:
         return reused
     maybe_fail_once("deocclude", batch_idx, fail_once)
-    set_torch_threads(torch_threads)
+    hang_s = injected_hang_s("deocclude", batch_idx, fail_once, timeout_s)
 
     with ExecutionTimer(layout, "deocclude", batch_idx) as timer:
-        # 2. Load the batch and run the worker's de-occluder, halving chunks on CUDA OOM.
+        # 2. Load the batch; take a device slot (GPU backends), then the worker's de-occluder for it.
         annotated, _ = load_batch(in_path)
-        deoccluder = get_deoccluder(cfg)
+        with device_slot(cfg.controlnet.device) if uses_gpu(cfg) else nullcontext() as device:
+            device_cfg = on_device(cfg, device)
+            deoccluder = get_deoccluder(device_cfg)
 
-        def _on_halve(size: int) -> None:
-            LOGGER.warning("deocclude batch %d: CUDA out of memory, continuing with %d frames per call",
-                           batch_idx, size)
+            def _on_halve(size: int) -> None:
+                LOGGER.warning("deocclude batch %d: CUDA out of memory, continuing with %d frames per call",
+                               batch_idx, size)
 
-        results = run_with_oom_halving(deoccluder.run, annotated, chunk_size=cfg.batch_size, on_halve=_on_halve)
+            def _run() -> list:
+                set_torch_threads(torch_threads)  # on the watched thread, where torch runs
+                return run_with_oom_halving(deoccluder.run, annotated, chunk_size=cfg.batch_size, on_halve=_on_halve)
 
-        # 3. Store; the summary first, then the results (their file's existence marks the batch complete).
+            # 3. De-occlude under the watchdog, halving chunks on CUDA OOM.
+            try:
+                results = call_with_timeout(_run, timeout_s=timeout_s, what=f"deocclude batch {batch_idx}",
+                                            hang_s=hang_s)
+            except StageTimeout:
+                forget_deoccluder(device_cfg)
+                raise
+
+        # 4. Store; the summary first, then the results (their file's existence marks the batch complete).
         summary = StageSummary(stage="deocclude", output_path=out_path, num_in=len(annotated),
                                num_out=sum(1 for r in results if r.keep), skips_by_reason={})
         write_summary(summary)

@@ -20,6 +20,8 @@ from unihope.config import FlowConfig
 
 CUDA_OOM_MESSAGE = "CUDA out of memory"
 FAIL_ONCE_ENV = "UNIHOPE_FAIL_ONCE"
+HANG_SUFFIX = "@hang"  # fail_once item mode: hang the first attempt instead of failing it
+INJECTED_HANG_FACTOR = 4.0  # an injected hang lasts this many timeouts at most (it ends when abandoned)
 RESULT_BLOCK_PREFIX = "unihope-results"
 
 T = TypeVar("T")
@@ -47,6 +49,26 @@ def should_fail(task_name: str, item_idx: int, fail_once: Sequence[str], run_cou
     if run_count > 1:
         return False
     return task_name in fail_once or f"{task_name}:{item_idx}" in fail_once
+
+
+def should_hang(task_name: str, item_idx: int, fail_once: Sequence[str], run_count: int) -> bool:
+    """True when `task_name@hang` (or `task_name:item_idx@hang`) is listed and this is its first attempt."""
+    if run_count > 1:
+        return False
+    return f"{task_name}{HANG_SUFFIX}" in fail_once or f"{task_name}:{item_idx}{HANG_SUFFIX}" in fail_once
+
+
+def injected_hang_s(task_name: str, item_idx: int, fail_once: Sequence[str], timeout_s: float) -> float:
+    """Seconds the watched call of this attempt should hang (0: none); call on the task's own thread.
+
+    The hang outlasts the timeout, so the watchdog fires, abandons the call and the task is retried.
+    """
+    if not any(item.endswith(HANG_SUFFIX) for item in fail_once):
+        return 0.0
+    from prefect.runtime import task_run
+
+    run_count = int(task_run.run_count or 1)
+    return INJECTED_HANG_FACTOR * timeout_s if should_hang(task_name, item_idx, fail_once, run_count) else 0.0
 
 
 def maybe_fail_once(task_name: str, item_idx: int, fail_once: Sequence[str]) -> None:
@@ -170,7 +192,7 @@ class OutputPresent(CachePolicy):
     same key, and the next run with the output present is a cache hit.
     """
 
-    exclude: tuple[str, ...] = ("cfg", "layout", "fail_once")
+    exclude: tuple[str, ...] = ("cfg", "layout", "fail_once", "timeout_s")
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
@@ -244,7 +266,7 @@ def configure_task(
 
 
 __all__ = [
-    "FAIL_ONCE_ENV", "InjectedFault", "OutputPresent", "configure_task", "is_cuda_oom", "is_transient",
-    "maybe_fail_once", "parse_fail_once", "result_storage_for", "retry_on_transient", "run_with_oom_halving",
-    "should_fail",
+    "FAIL_ONCE_ENV", "InjectedFault", "OutputPresent", "configure_task", "injected_hang_s", "is_cuda_oom",
+    "is_transient", "maybe_fail_once", "parse_fail_once", "result_storage_for", "retry_on_transient", "run_with_oom_halving",
+    "should_fail", "should_hang",
 ]

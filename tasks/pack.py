@@ -114,9 +114,11 @@ def dataset_attrs(cfg: PipelineConfig) -> DatasetAttrs:
     """Attributes stored with every shard: the resolved config without its orchestration settings.
 
     `flow` (runner, retries, fault injection, work folder) changes how a build runs, never what it
-    writes; leaving it out keeps shards of a threads build and a Dask build byte-identical.
+    writes; leaving it out keeps shards of a threads build and a Dask build byte-identical. The hand
+    model's identity (kind, file digests, tip convention) lets training load the same model.
     """
     from storage.writer import code_version
+    from unihope.hand_identity import hand_model_identity
 
     # The fingertip convention is recorded resolved ("auto" -> the layout's own): training builds its
     # hand layer with it (unihope.tip_convention.dataset_tip_convention).
@@ -125,4 +127,5 @@ def dataset_attrs(cfg: PipelineConfig) -> DatasetAttrs:
     config = data_cfg.model_dump(mode="json")
     config.pop("flow")
     return DatasetAttrs(name=cfg.name, source=source_description(cfg), config=config,
-                        config_hash=data_cfg.config_hash(), code_version=code_version())
+                        config_hash=data_cfg.config_hash(), code_version=code_version(),
+                        hand_model=hand_model_identity(cfg.hand, source.tip_convention).to_json())

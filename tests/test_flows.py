@@ -492,3 +492,136 @@ def test_build_into_an_object_store_url_gives_the_same_dataset(reference_build, 
         assert (tmp_path / "work" / "executions.jsonl").is_file()  # batches stay on local disk
     finally:
         fsspec.filesystem("memory").rm("/unihope-flow-test", recursive=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# One GPU, one slot; no task hangs forever
+# ----------------------------------------------------------------------------------------------
+
+
+def test_device_pool_gives_each_holder_its_own_device():
+    import threading
+
+    from tasks.device_pool import DevicePool, devices_for
+
+    pool = DevicePool(("cuda:0", "cuda:1"))
+    with pool.acquire() as first, pool.acquire() as second:
+        assert {first, second} == {"cuda:0", "cuda:1"}
+        waited = threading.Event()
+
+        def third():
+            with pool.acquire(("cuda:1",)) as device:
+                waited.set()
+                assert device == "cuda:1"
+
+        thread = threading.Thread(target=third)
+        thread.start()
+        assert not waited.wait(0.3)  # both held: the third holder waits
+    thread.join(5)
+    assert waited.is_set()
+    assert devices_for("auto", ("cuda:0", "cuda:1")) == ("cuda:0", "cuda:1")
+    assert devices_for("cuda:1", ("cuda:0", "cuda:1")) == ("cuda:1",) and devices_for("cpu", ("cuda:0",)) == ()
+    with pytest.raises(ValueError, match="cuda:3"):
+        devices_for("cuda:3", ("cuda:0",))
+
+
+def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, monkeypatch):
+    """Two (faked) GPUs, four workers, no server-side limit: at most one batch per device, both devices used."""
+    import shutil
+    import threading
+
+    import tasks.deocclude as deocclude_tasks
+    import tasks.device_pool as device_pool
+    from flows.build import build_flow_for
+
+    out = tmp_path / "data"
+    shutil.copytree(reference_build["out"], out)
+    cfg = reference_build["cfg"]
+    real = deocclude_tasks.get_deoccluder(cfg.deocclusion)
+    running: dict[str, int] = {}
+    peaks: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class FakeGpu:
+        def __init__(self, device: str) -> None:
+            self.device = device
+
+        def run(self, frames):
+            with lock:
+                running[self.device] = running.get(self.device, 0) + 1
+                peaks[self.device] = max(peaks.get(self.device, 0), running[self.device])
+                peaks["all"] = max(peaks.get("all", 0), sum(running.values()))
+            time.sleep(0.3)
+            with lock:
+                running[self.device] -= 1
+            return real.run(frames)
+
+    monkeypatch.setattr(device_pool, "visible_cuda_devices", lambda: ("cuda:0", "cuda:1"))
+    monkeypatch.setattr(device_pool, "_POOL", None)
+    monkeypatch.setattr(deocclude_tasks, "get_deoccluder", lambda c: FakeGpu(c.controlnet.device))
+    gpu_cfg = PipelineConfig.model_validate({
+        **cfg.model_dump(mode="json"),
+        "deocclusion": {**cfg.deocclusion.model_dump(mode="json"), "backend": "controlnet"},
+        "flow": {**cfg.flow.model_dump(mode="json"), "fail_once": [], "max_workers": 4},
+    })
+    summary = build_flow_for(gpu_cfg.flow)(config=gpu_cfg, out=str(out), write_report=False)
+    assert summary.num_samples == reference_build["summary"].num_samples
+    assert set(peaks) == {"cuda:0", "cuda:1", "all"}  # `auto` spread the batches over both devices
+    assert peaks["cuda:0"] == peaks["cuda:1"] == 1 and peaks["all"] <= 2
+
+
+def test_hang_injection_and_watchdog_timeout_are_transient():
+    from tasks.options import HANG_SUFFIX, should_hang
+    from tasks.timeouts import StageTimeout, call_with_timeout
+
+    assert should_hang("annotate", 2, ("annotate:2" + HANG_SUFFIX,), run_count=1)
+    assert not should_hang("annotate", 2, ("annotate:2" + HANG_SUFFIX,), run_count=2)
+    assert not should_hang("annotate", 2, ("annotate:2",), run_count=1)  # plain entries still just fail
+    assert not should_fail("annotate", 2, ("annotate:2" + HANG_SUFFIX,), run_count=1)
+    with pytest.raises(StageTimeout, match="probe did not finish within 0.2 s") as err:
+        call_with_timeout(lambda: "never", timeout_s=0.2, what="probe", hang_s=30.0)
+    assert is_transient(err.value)
+    assert call_with_timeout(lambda x: x + 1, 1, timeout_s=5.0, what="probe") == 2
+    with pytest.raises(KeyError):
+        call_with_timeout(lambda: {}["missing"], timeout_s=5.0, what="probe")
+
+
+def test_a_hanging_task_times_out_and_its_retry_is_counted(reference_build, tmp_path):
+    """annotate and deocclude batches that hang on their first attempt time out, are retried once and match the reference."""
+    from prefect import flow
+
+    from storage.batches import load_batch
+    from tasks.annotate import annotate_batch
+    from tasks.deocclude import deocclude_batch
+    from tasks.options import configure_task
+    from tasks.work import load_results, make_layout, read_index
+
+    cfg = reference_build["cfg"]
+    cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={
+        "fail_once": ("annotate:0@hang", "deocclude:0@hang"), "annotate_timeout_s": 4.0, "deocclude_timeout_s": 3.0})})
+    layout = make_layout(cfg, str(reference_build["out"]))
+    _, batches = read_index(layout.index_path)
+    annotated_path, results_path = tmp_path / "annotate-0.pkl", tmp_path / "deocclude-0.pkl"
+
+    @flow(name="hang-once")
+    def hang_once():
+        options = dict(flow_cfg=cfg.flow, result_storage=None, cached=False)
+        annotate = configure_task(annotate_batch, **options)(
+            cfg, layout, batches[0], str(layout.index_path), str(layout.grasp_part_path(batches[0].part_idx)),
+            str(annotated_path), str(tmp_path / "skips-0.jsonl"), cfg.flow.fail_once, cfg.flow.torch_threads)
+        configure_task(deocclude_batch, **options)(
+            cfg.deocclusion, layout, 0, str(annotated_path), str(results_path), cfg.flow.fail_once,
+            cfg.flow.torch_threads, cfg.flow.deocclude_timeout_s)
+        return annotate
+
+    state = hang_once(return_state=True)
+    assert state.is_completed()
+    counts = task_run_counts(state.state_details.flow_run_id)
+    assert sorted(counts.values()) == [2, 2], counts  # each hung once, timed out, and its retry passed
+    got, _ = load_batch(str(annotated_path))
+    want, _ = load_batch(str(layout.annotate_batch_path(0)))
+    assert [a.frame.sample_key for a in got] == [a.frame.sample_key for a in want]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.mask_hand, b.mask_hand)  # rendered again on a fresh render thread
+    assert [r.keep for r in load_results(results_path)] == [r.keep for r in load_results(layout.deocclude_results_path(0))]

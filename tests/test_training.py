@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from scipy.spatial.transform import Rotation
 from tests.model_fixtures import InMemoryPairedDataset
 from unihope import metrics as M
 from unihope import training as T
-from unihope.config import ConfigError
+from unihope.config import ConfigError, HandModelConfig
+from unihope.hand_identity import hand_model_identity
 from unihope.train_config import TrainConfig
 
 
@@ -232,6 +234,7 @@ def test_evaluation_cli_scores_a_checkpoint(tmp_path, datasets, hand_layer, monk
     config_path.write_text(cfg.to_yaml())
     result = T.train(cfg, datasets[0], None, tmp_path / "run", hand_layer, log=lambda *_: None)
     monkeypatch.setattr(T, "open_paired_dataset", lambda *args, **kwargs: datasets[1])
+    monkeypatch.setattr(T, "resolve_hand_model", lambda cfg, *args, **kwargs: (cfg, hand_model_identity(HandModelConfig())))
     summary = T.run_evaluation_from_cli(config_path, result.checkpoint_path, "unused", tmp_path / "eval")
     written = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert written["num_samples"] == 6 and written["mpjpe_mm"] == pytest.approx(summary["mpjpe_mm"])
@@ -260,3 +263,136 @@ def test_train_configs_load_and_round_trip():
     ablated = T.model_spec(TrainConfig.from_yaml("ablation:\n  use_switcher: false\n  use_fusion: false\n"))
     assert ablated.fusion == "ungated" and not ablated.use_switcher
     assert T.loss_weights(TrainConfig.from_yaml("ablation:\n  use_enhancement: false\n")).enhance_token == 0.0
+
+
+# ---------------------------------------------------------------- the dataset's own hand model, one run per data version
+
+
+def small_train_config(tmp_path: Path, hand: dict | None = None, max_steps: int = 2) -> Path:
+    """A tiny config trained on every sample (no held-out split), evaluated on the training split."""
+    cfg = tiny_config(optim=dict(max_steps=max_steps), data=dict(val_fraction=0.0, eval_split="train"),
+                      hand=hand or {})
+    path = tmp_path / f"train-{cfg.config_hash()}.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+@pytest.fixture(scope="module")
+def stand_in_dataset(tmp_path_factory):
+    """A 2-sequence dataset built with a MANO-format stand-in for the official files (another skeleton).
+
+    Built on "another machine": the files the build read are moved away afterwards, so training must be
+    pointed at the copy in `hand_cfg.mano_dir`.
+    """
+    from tests.training_fixtures import build_small_dataset, write_stand_in_mano
+
+    work = tmp_path_factory.mktemp("stand-in")
+    build_dir = write_stand_in_mano(work / "build-machine" / "mano")
+    url = str(work / "data")
+    build_small_dataset(work, url, HandModelConfig(mano_dir=build_dir, cache_dir=work / "cache"), num_sequences=2)
+    build_dir.rename(work / "mano")
+    return {"url": url, "hand_cfg": HandModelConfig(mano_dir=work / "mano", cache_dir=work / "cache"),
+            "build_dir": build_dir}
+
+
+def _gt_pose_mpjpe_mm(cfg_path: Path, url: str, mano_dir: Path | None) -> float:
+    """Worst MPJPE of the dataset's own GT pose through the layer training builds (wrist-relative targets)."""
+    cfg = T.with_mano_dir(TrainConfig.from_yaml(cfg_path), mano_dir)
+    dataset = T.open_paired_dataset(url, "train", cfg, None)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
+    prepared = T.prepare_batch(batch, cfg, torch.device("cpu"))
+    _, joints = T.build_model(cfg, T.build_hand_layer(cfg.hand)).mano_forward(prepared.targets.mano_pose,
+                                                                               prepared.targets.mano_betas)
+    return float(M.mpjpe_mm(joints.double().numpy(), prepared.targets.joints_rel_m.double().numpy()).max())
+
+
+def test_training_loads_the_datasets_hand_model_and_refuses_another(tmp_path, stand_in_dataset):
+    from storage.reader import open_dataset
+    from unihope.hand.convert import file_sha256
+
+    url, hand_cfg = stand_in_dataset["url"], stand_in_dataset["hand_cfg"]
+    # 1. The build recorded the stand-in's identity: kind, digests of the user's files, tip convention.
+    recorded = open_dataset(url).manifest.attrs.hand_model
+    assert recorded["kind"] == "mano" and recorded["tip_convention"] == "smplx"
+    assert recorded["right_sha256"] == file_sha256(hand_cfg.mano_dir / "MANO_RIGHT.pkl")
+    assert recorded["left_sha256"] == file_sha256(hand_cfg.mano_dir / "MANO_LEFT.pkl")
+
+    # 2. Pointed at the same files (--mano-dir), the training's layer reproduces the targets exactly;
+    #    the default hand is another skeleton (the bug: non-zero MPJPE for a perfect pose).
+    config = small_train_config(tmp_path, hand={"cache_dir": str(hand_cfg.cache_dir)})
+    assert _gt_pose_mpjpe_mm(config, url, hand_cfg.mano_dir) < 0.01
+    assert _gt_pose_mpjpe_mm(config, url, None) > 5.0
+
+    # 3. Training with the dataset's model works and records it; the default model is refused in one line.
+    result = T.run_training_in_runs_dir(config, url, tmp_path / "runs", mano_dir=hand_cfg.mano_dir)
+    assert result.steps == 2 and result.metrics["hand_model"] == recorded
+    state, _ = T.load_checkpoint(result.checkpoint_path, T.build_model(TrainConfig.from_yaml(config),
+                                                                       T.build_hand_layer(hand_cfg)))
+    assert json.loads(state.hand_model) == recorded
+    with pytest.raises(ValueError, match="hand model mismatch") as refused:
+        T.run_training_in_runs_dir(config, url, tmp_path / "runs-default")
+    assert "\n" not in str(refused.value) and "--mano-dir" in str(refused.value)
+    assert not (tmp_path / "runs-default").exists()  # refused before anything was written
+
+    # 4. Where the build's own folder exists, it is the default (the user points at the files once);
+    #    the digests are checked all the same.
+    shutil.copytree(hand_cfg.mano_dir, stand_in_dataset["build_dir"])
+    try:
+        resolved, identity = T.resolve_hand_model(TrainConfig.from_yaml(config), url, log=lambda *_: None)
+        assert resolved.hand.mano_dir == stand_in_dataset["build_dir"] and identity.to_json() == recorded
+    finally:
+        shutil.rmtree(stand_in_dataset["build_dir"])
+
+    # 5. Evaluation loads the same model; the default one is refused.
+    summary = T.run_evaluation_from_cli(config, result.checkpoint_path, url, tmp_path / "eval",
+                                        mano_dir=hand_cfg.mano_dir)
+    assert summary["num_samples"] == 8
+    with pytest.raises(ValueError, match="hand model mismatch"):
+        T.run_evaluation_from_cli(config, result.checkpoint_path, url, tmp_path / "eval-default")
+
+
+def test_each_dataset_version_trains_its_own_full_run(tmp_path):
+    """Two builds into one location: the second trains its full budget on the new data, in a run of its own."""
+    from tests.training_fixtures import build_small_dataset
+    from unihope.run_keys import dataset_version
+
+    url, runs = str(tmp_path / "data"), tmp_path / "runs"
+    config = small_train_config(tmp_path, max_steps=3)
+    build_small_dataset(tmp_path, url, HandModelConfig(), num_sequences=1)
+    first_version = dataset_version(url)
+    first = T.run_training_in_runs_dir(config, url, runs)
+    assert first.steps == 3 and first.out_dir.name.startswith(first_version)
+    assert T.run_training_in_runs_dir(config, url, runs).metrics["train_steps"] == 3  # same data: resumed, done
+
+    build_small_dataset(tmp_path, url, HandModelConfig(), num_sequences=2)  # the next night: one more sequence
+    second_version = dataset_version(url)
+    second = T.run_training_in_runs_dir(config, url, runs)
+    assert second_version != first_version and second.out_dir != first.out_dir
+    metrics = json.loads((second.out_dir / "metrics.json").read_text())
+    assert metrics["train_steps"] == 3 and metrics["dataset_version"] == second_version  # full budget, new data
+    assert metrics["train_loss_first"] != json.loads((first.out_dir / "metrics.json").read_text())["train_loss_first"]
+    assert json.loads((first.out_dir / "metrics.json").read_text())["dataset_version"] == first_version  # kept
+    model = T.build_model(TrainConfig.from_yaml(config), T.build_hand_layer())
+    assert T.load_checkpoint(first.checkpoint_path, model)[1].num_samples == 4
+    state, stats = T.load_checkpoint(second.checkpoint_path, model)
+    assert stats.num_samples == 8 and state.dataset_version == second_version  # the new split's statistics
+    # A run folder named by hand refuses to resume on other data instead of training 0 steps.
+    with pytest.raises(ValueError, match="dataset version"):
+        T.run_training_from_cli(config, url, first.out_dir)
+
+
+def test_train_cli_refuses_another_hand_model_in_one_line(tmp_path, stand_in_dataset):
+    from typer.testing import CliRunner
+
+    from unihope.cli import app
+
+    config = small_train_config(tmp_path)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "--config", str(config), "--data", stand_in_dataset["url"],
+                                  "--runs-dir", str(tmp_path / "runs")])
+    assert refused.exit_code == 2
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hand model mismatch") and "--mano-dir" in lines[0]
+    both = runner.invoke(app, ["train", "--config", str(config), "--data", stand_in_dataset["url"],
+                               "--out", str(tmp_path / "a"), "--runs-dir", str(tmp_path / "b")])
+    assert both.exit_code == 2 and "exactly one of --out" in both.output

@@ -66,23 +66,38 @@ def build(
     out: str = typer.Option(..., help="Output dataset path or fsspec URL."),
     train: bool = typer.Option(False, "--train", help="Train on the dataset when the build finishes."),
     train_config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config for --train."),
+    train_out: Optional[Path] = typer.Option(
+        None, help="Root of --train's run folders (<dataset version>-<config digest>/ each); default runs/<name>."),
 ) -> None:
     """Run the build_dataset flow: source -> grasp -> annotate -> de-occlude -> pack -> finalize."""
     from flows.build import run_build_from_cli
 
-    run_build_from_cli(config_path=config, source=source, out=out, train=train, train_config_path=train_config)
+    run_build_from_cli(config_path=config, source=source, out=out, train=train, train_config_path=train_config,
+                       train_out=train_out)
 
 
 @app.command()
 def train(
     config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config (YAML)."),
     data: str = typer.Option(..., help="Dataset path or URL written by `unihope build`."),
-    out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.json, plots."),
+    out: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, metrics.json, plots."),
+    runs_dir: Optional[Path] = typer.Option(
+        None, help="Instead of --out: train in <runs-dir>/<dataset version>-<config digest>/ (as `build --train`)."),
+    mano_dir: Optional[Path] = typer.Option(
+        None, help="Folder with the MANO_RIGHT.pkl / MANO_LEFT.pkl the dataset was built with (overrides hand.mano_dir)."),
 ) -> None:
     """Train the UniHOPE model from the shards; evaluates on the held-out split at the end."""
-    from unihope.training import run_training_from_cli
+    from unihope.training import run_training_from_cli, run_training_in_runs_dir
 
-    run_training_from_cli(config_path=config, data_url=data, out_dir=out)
+    if (out is None) == (runs_dir is None):
+        _fail("give exactly one of --out (a run folder) and --runs-dir (one run folder per dataset version)")
+    try:
+        if out is not None:
+            run_training_from_cli(config_path=config, data_url=data, out_dir=out, mano_dir=mano_dir)
+        else:
+            run_training_in_runs_dir(config_path=config, data_url=data, runs_dir=runs_dir, mano_dir=mano_dir)
+    except ValueError as err:
+        _fail(str(err))
 
 
 @app.command("eval")
@@ -91,11 +106,17 @@ def evaluate(
     data: str = typer.Option(..., help="Dataset path or URL."),
     out: Path = typer.Option(..., help="Folder for metrics JSON and plots."),
     config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config the checkpoint used."),
+    mano_dir: Optional[Path] = typer.Option(
+        None, help="Folder with the MANO_RIGHT.pkl / MANO_LEFT.pkl the dataset was built with (overrides hand.mano_dir)."),
 ) -> None:
     """Evaluate a checkpoint: MPJPE, PA-MPJPE, MPVPE, ADD-S, switcher accuracy, occlusion table."""
     from unihope.training import run_evaluation_from_cli
 
-    run_evaluation_from_cli(config_path=config, checkpoint_path=checkpoint, data_url=data, out_dir=out)
+    try:
+        run_evaluation_from_cli(config_path=config, checkpoint_path=checkpoint, data_url=data, out_dir=out,
+                                mano_dir=mano_dir)
+    except ValueError as err:
+        _fail(str(err))
 
 
 @app.command()
@@ -116,7 +137,8 @@ def deploy(
     out: str = typer.Option(..., help="Dataset path or URL the scheduled builds write."),
     cron: str = typer.Option("0 3 * * *", help="Cron schedule of the build deployment."),
     train_config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config."),
-    train_out: Path = typer.Option(Path("runs/scheduled"), help="Run folder of triggered trainings."),
+    train_out: Path = typer.Option(Path("runs/scheduled"), help="Root of the triggered trainings' run folders "
+                                   "(<dataset version>-<config digest>/ per build)."),
 ) -> None:
     """Serve the build-dataset (cron) and train (triggered on build completion) deployments."""
     from flows.deploy import serve_deployments

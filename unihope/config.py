@@ -244,8 +244,17 @@ class FlowConfig(StageConfig):
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(2.0, ge=0)
     gpu_tag: str = "gpu"
+    # Server-side limit of the gpu tag: the number of GPUs in the worker pool (one worker per GPU, pinned
+    # with CUDA_VISIBLE_DEVICES; inside a process each batch holds one device, tasks/device_pool.py).
     gpu_concurrency: int = Field(1, ge=1)
-    fail_once: tuple[str, ...] = ()  # "pack" or "pack:3" (one item): fails its first attempt (fault injection)
+    # "pack" or "pack:3" (one item): fails its first attempt; "annotate@hang" / "annotate:3@hang": hangs it
+    # until its timeout (fault injection)
+    fail_once: tuple[str, ...] = ()
+    # Tasks that call EGL or CUDA give up after this long and are retried (a stuck driver call never
+    # hangs a build): a 256-frame annotate batch takes ~1 min on one CPU core, a ControlNet batch
+    # (3 betas x 50 steps) ~10-25 min on one GPU.
+    annotate_timeout_s: float = Field(1800.0, gt=0)
+    deocclude_timeout_s: float = Field(7200.0, gt=0)
     work_dir: Path | None = None  # intermediate batches + result cache; None -> <out>/_work (needed for URL outputs)
     # torch intra-op CPU threads per worker, equal under every runner: the hand layer's float32 results
     # change in the last bit with the thread count, and a dataset must not depend on the runner

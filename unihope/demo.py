@@ -21,7 +21,7 @@ def run_demo(out_dir: Path) -> Path:
     (2) build the dataset with the `build_dataset` flow (synthesize, grasp labels, annotate,
     de-occlude, pack, finalize, report), (3) train briefly and evaluate on the held-out split.
     """
-    from flows.build import resolve_build_config, run_build
+    from flows.build import mano_dir_parameter, resolve_build_config, run_build
     from flows.train import train_flow
     from unihope.config import PipelineConfig
     from unihope.hand.preview import render_grasp_preview
@@ -42,8 +42,8 @@ def run_demo(out_dir: Path) -> Path:
         print(f"[demo] {line}")
 
     # 3. A short training run on the shards, evaluated on the held-out sequences.
-    train_dir = out_dir / "train"
-    train_flow(data_url=data_url, train_config_path=str(DEMO_TRAIN_CONFIG), out_dir=str(train_dir))
+    train_dir = Path(train_flow(data_url=data_url, train_config_path=str(DEMO_TRAIN_CONFIG),
+                                runs_dir=str(out_dir / "train"), mano_dir=mano_dir_parameter(cfg)))
     print(f"[demo] training metrics: {train_dir / 'metrics.json'}")
 
     report_path = Path(summary.report_path) if getattr(summary, "report_path", None) else out_dir / "dataset" / "report"

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from unihope.config import StageConfig
+from unihope.config import HandModelConfig, StageConfig
 
 TRAIN_CONFIG_SCHEMA_VERSION = 1
 
@@ -132,6 +132,9 @@ class TrainConfig(StageConfig):
     masking: MaskingConfig = MaskingConfig()
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
+    # The MANO files the dataset was built with (hand.mano_dir of the build); training and evaluation
+    # refuse a dataset built with another model. `--mano-dir` overrides mano_dir.
+    hand: HandModelConfig = HandModelConfig()
     checkpoint_every_steps: int = Field(500, ge=1)
     eval_every_epochs: int | None = Field(None, ge=1)  # None: evaluate only at the end
     eval_batch_size: int = Field(32, ge=1)

@@ -23,6 +23,8 @@ from torch import nn
 
 from storage.io import write_file_atomic
 from unihope import metrics as M
+from unihope.config import HandModelConfig
+from unihope.run_keys import RunIdentity
 from unihope.train_config import TrainConfig
 from unihope_model import (
     LossTargets,
@@ -97,12 +99,17 @@ def build_model(cfg: TrainConfig, hand_layer: nn.Module) -> UniHOPEModel:
     return model
 
 
-def build_hand_layer(tip_convention: str = "manopth") -> nn.Module:
-    """The project's right-hand MANO layer (left samples are mirrored to it), with the fingertips of
-    the dataset's convention (`unihope.tip_convention.dataset_tip_convention`)."""
-    from unihope.hand import HandLayer
+def build_hand_layer(hand_cfg: HandModelConfig | None = None, tip_convention: str = "manopth") -> nn.Module:
+    """The right-hand MANO layer of `hand_cfg` (left samples are mirrored to it; None -> the procedural hand),
+    with the fingertips of the dataset's convention (`unihope.tip_convention.tip_convention_of_dataset`)."""
+    from unihope.hand import HandLayer, resolve_mano_path
 
-    return HandLayer(side="right", tip_convention=tip_convention)
+    hand_cfg = hand_cfg or HandModelConfig()
+    return HandLayer(
+        side="right",
+        model_path=resolve_mano_path("right", hand_cfg.mano_dir, hand_cfg.cache_dir),
+        tip_convention=tip_convention,
+    )
 
 
 # ---------------------------------------------------------------- batches
@@ -344,11 +351,13 @@ def collect_train_statistics(dataset: torch.utils.data.Dataset, cfg: TrainConfig
 
 @dataclass(frozen=True)
 class TrainState:
-    """Where a run stands: steps done and the config it belongs to."""
+    """Where a run stands: steps done, the config and (for runs on a stored dataset) the data it belongs to."""
 
     step: int
     epoch: int
     config_hash: str
+    dataset_version: str = ""  # run_keys.dataset_version of the data; "" = datasets passed in memory
+    hand_model: str = ""  # JSON of the HandModelIdentity the run trained with; "" = not recorded
 
 
 def save_checkpoint(
@@ -376,6 +385,8 @@ def save_checkpoint(
         "step": str(state.step),
         "epoch": str(state.epoch),
         "config_hash": state.config_hash,
+        "dataset_version": state.dataset_version,
+        "hand_model": state.hand_model,
         "train_config": cfg.to_yaml(),
         "param_groups": json.dumps(param_groups),
         "train_statistics": json.dumps(stats.to_json() if stats is not None else None),
@@ -429,7 +440,8 @@ def load_checkpoint(
                 per_param.setdefault(int(param_idx), {})[name] = value
         optimizer.load_state_dict({"state": per_param, "param_groups": json.loads(metadata["param_groups"])})
     stats_json = json.loads(metadata.get("train_statistics", "null"))
-    state = TrainState(step=int(metadata["step"]), epoch=int(metadata["epoch"]), config_hash=metadata["config_hash"])
+    state = TrainState(step=int(metadata["step"]), epoch=int(metadata["epoch"]), config_hash=metadata["config_hash"],
+                       dataset_version=metadata.get("dataset_version", ""), hand_model=metadata.get("hand_model", ""))
     return state, (TrainStatistics.from_json(stats_json) if stats_json else None)
 
 
@@ -462,10 +474,40 @@ def resume_hash(cfg: TrainConfig) -> str:
     data["data"].pop("num_workers")
     data["data"].pop("max_eval_samples")
     data["data"].pop("eval_split")
+    data.pop("hand")  # where the MANO files lie; which model they are is checked by digest (RunIdentity)
     for key in ("checkpoint_every_steps", "eval_every_epochs", "eval_batch_size", "loss_window_steps", "device", "name",
                 "cpu_threads"):
         data.pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _train_state(step: int, epoch: int, cfg: TrainConfig, identity: RunIdentity | None) -> TrainState:
+    if identity is None:
+        return TrainState(step, epoch, resume_hash(cfg))
+    return TrainState(step, epoch, resume_hash(cfg), identity.dataset_version,
+                      json.dumps(identity.hand_model.to_json(), sort_keys=True))
+
+
+def check_resume_identity(checkpoint: Path, state: TrainState, identity: RunIdentity | None) -> None:
+    """Resume only on the data a checkpoint was trained on (its step count and statistics belong to it).
+
+    Raises:
+        ValueError: when the checkpoint records another dataset version or hand model than `identity`.
+    """
+    if identity is None:
+        return
+    if state.dataset_version != identity.dataset_version:
+        raise ValueError(
+            f"{checkpoint} was trained on dataset version {state.dataset_version or '(unrecorded)'}, the data is "
+            f"version {identity.dataset_version}; train into a new run folder (`unihope train --runs-dir` keys one "
+            "per version)")
+    from unihope.hand_identity import HandModelIdentity
+
+    recorded = HandModelIdentity.from_json(json.loads(state.hand_model)) if state.hand_model else None
+    if recorded is None or not recorded.matches(identity.hand_model):
+        raise ValueError(f"{checkpoint} was trained with hand model "
+                         f"{recorded.describe() if recorded else '(unrecorded)'}, this run loads "
+                         f"{identity.hand_model.describe()}; use a new run folder")
 
 
 # ---------------------------------------------------------------- schedule
@@ -565,6 +607,7 @@ def train(
     hand_layer: nn.Module,
     resume: bool = True,
     log=print,
+    identity: RunIdentity | None = None,
 ) -> TrainResult:
     """Train (resuming from the run folder's latest checkpoint), then evaluate on `eval_dataset`.
 
@@ -576,6 +619,8 @@ def train(
         hand_layer: right-hand MANO layer.
         resume: continue from `out_dir`'s latest checkpoint when there is one.
         log: where progress lines go.
+        identity: dataset version and hand model of a run on a stored dataset; recorded in checkpoints
+            and metrics.json, and a checkpoint of another dataset version is not resumed.
 
     Returns:
         TrainResult.
@@ -604,6 +649,7 @@ def train(
                 f"{checkpoint} was written with another config (hash {state.config_hash} != {resume_hash(cfg)}); "
                 "use a new --out folder or the same config"
             )
+        check_resume_identity(checkpoint, state, identity)
         step = state.step
         log(f"resumed from {checkpoint.name} at step {step}")
     if stats is None:
@@ -641,12 +687,12 @@ def train(
             with history_path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             if step % cfg.checkpoint_every_steps == 0:
-                _write_checkpoint(out_dir, model, optimizer, TrainState(step, epoch, resume_hash(cfg)), stats, cfg)
+                _write_checkpoint(out_dir, model, optimizer, _train_state(step, epoch, cfg, identity), stats, cfg)
         epoch_done = step % steps_per_epoch == 0 or step == total_steps
         if epoch_done:
             _log_epoch(cfg, model, eval_dataset, stats, device, history, epoch, step, lr, epoch_log, log)
     checkpoint_path = _write_checkpoint(
-        out_dir, model, optimizer, TrainState(step, step // steps_per_epoch, resume_hash(cfg)), stats, cfg
+        out_dir, model, optimizer, _train_state(step, step // steps_per_epoch, cfg, identity), stats, cfg
     )
     train_seconds = time.perf_counter() - started
 
@@ -661,6 +707,7 @@ def train(
         "device": str(device),
         "config_hash": cfg.config_hash(),
         "evaluated": False,
+        **(identity.to_json() if identity is not None else {}),
     }
     if eval_dataset is not None and len(eval_dataset) == 0:
         log("evaluation skipped: the held-out split is empty (raise data.val_fraction or build more sequences)")
@@ -927,33 +974,137 @@ def _apply_cpu_threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.cpu_threads)
 
 
-def run_training_from_cli(config_path: Path, data_url: str, out_dir: Path) -> TrainResult:
-    """`unihope train`: load the config, open the shards, train, evaluate, print where things went."""
-    cfg = TrainConfig.from_yaml(Path(config_path))
+def with_mano_dir(cfg: TrainConfig, mano_dir: Path | None) -> TrainConfig:
+    """`cfg` with `hand.mano_dir` replaced by the command line's `--mano-dir` (None: the config's own)."""
+    if mano_dir is None:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    data["hand"]["mano_dir"] = str(mano_dir)
+    return TrainConfig.model_validate(data)
+
+
+def resolve_hand_model(cfg: TrainConfig, data_url: str, log=print):
+    """The hand config training loads, and its identity, checked against the one the dataset at `data_url` records.
+
+    The files come from `cfg.hand.mano_dir` (`--mano-dir` or the train config); when neither names
+    any and the dataset was built with MANO files, from the build's own `hand.mano_dir` if that
+    folder exists here: the user points at the files once, in the build config. Either way the
+    digests must match the dataset's.
+
+    Returns:
+        (cfg with the hand config in use, HandModelIdentity of its files).
+
+    Raises:
+        ValueError: one line, when the dataset was built with another hand model (or is not finalized).
+    """
+    from storage.reader import open_dataset
+    from unihope.hand_identity import HAND_KIND_MANO, check_same_hand_model, dataset_hand_identity, hand_model_identity
+
+    view = open_dataset(data_url)
+    try:
+        if view.manifest is None:
+            raise ValueError(f"{data_url} is not finalized (no manifest): finish its build first")
+        attrs = view.manifest.attrs
+    finally:
+        view.close()
+    recorded = dataset_hand_identity(attrs.hand_model, attrs.config, data_url)
+    build_mano_dir = (attrs.config.get("hand") or {}).get("mano_dir")
+    if (cfg.hand.mano_dir is None and recorded is not None and recorded.kind == HAND_KIND_MANO
+            and build_mano_dir and Path(build_mano_dir).is_dir()):
+        cfg = with_mano_dir(cfg, Path(build_mano_dir))
+        log(f"hand model: the build's hand.mano_dir {build_mano_dir}")
+    from unihope.tip_convention import recorded_tip_convention
+
+    loaded = hand_model_identity(cfg.hand, recorded_tip_convention(attrs.config))
+    check_same_hand_model(recorded, loaded, data_url)
+    return cfg, loaded
+
+
+def run_training_from_cli(
+    config_path: Path, data_url: str, out_dir: Path, mano_dir: Path | None = None, version: str | None = None,
+) -> TrainResult:
+    """`unihope train --out`: load the config, check the hand model, open the shards, train, evaluate.
+
+    Args:
+        config_path: training config (YAML).
+        data_url: dataset path or URL.
+        out_dir: the run folder.
+        mano_dir: `--mano-dir`, overriding the config's `hand.mano_dir` (neither: the build's, see
+            `resolve_hand_model`).
+        version: the dataset version already read by the caller (`run_training_in_runs_dir`); None -> read now.
+
+    Raises:
+        ValueError: on a hand model mismatch, or a run folder holding a run on other data.
+    """
+    from unihope.run_keys import dataset_version
+
+    cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
     _apply_cpu_threads(cfg)
+    cfg, hand_model = resolve_hand_model(cfg, data_url)
+    identity = RunIdentity(dataset_version=version or dataset_version(data_url), hand_model=hand_model)
     train_set = open_paired_dataset(data_url, cfg.data.train_split, cfg, cfg.data.max_train_samples, augment_on=True)
     eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples)
-    print(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url})")
+    print(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url}, "
+          f"version {identity.dataset_version}, hand {identity.hand_model.describe()})")
     from unihope.tip_convention import tip_convention_of_dataset
 
-    result = train(cfg, train_set, eval_set, Path(out_dir), build_hand_layer(tip_convention_of_dataset(train_set)))
+    hand_layer = build_hand_layer(cfg.hand, tip_convention_of_dataset(train_set))
+    result = train(cfg, train_set, eval_set, Path(out_dir), hand_layer, identity=identity)
     print(f"checkpoint: {result.checkpoint_path}")
     print(f"metrics:    {Path(out_dir) / 'metrics.json'}")
     return result
 
 
-def run_evaluation_from_cli(config_path: Path, checkpoint_path: Path, data_url: str, out_dir: Path) -> dict:
-    """`unihope eval`: score a checkpoint on the config's evaluation split; writes eval_metrics.json and plots."""
-    cfg = TrainConfig.from_yaml(Path(config_path))
+def run_training_in_runs_dir(
+    config_path: Path, data_url: str, runs_dir: Path, mano_dir: Path | None = None,
+) -> TrainResult:
+    """Train in `<runs_dir>/<dataset version>-<config digest>/` (`unihope build --train`, the train deployment).
+
+    Each build of a dataset location gets a run of its own, trained from scratch with its full
+    budget; rerunning on the same version and config resumes that version's run.
+
+    Args:
+        config_path: training config (YAML).
+        data_url: dataset path or URL.
+        runs_dir: root of the run folders.
+        mano_dir: `--mano-dir`, overriding the config's `hand.mano_dir`.
+    """
+    from unihope.run_keys import dataset_version, run_dir_for
+
+    cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
+    version = dataset_version(data_url)
+    run_dir = run_dir_for(Path(runs_dir), version, resume_hash(cfg))
+    return run_training_from_cli(config_path, data_url, run_dir, mano_dir=mano_dir, version=version)
+
+
+def run_evaluation_from_cli(
+    config_path: Path, checkpoint_path: Path, data_url: str, out_dir: Path, mano_dir: Path | None = None,
+) -> dict:
+    """`unihope eval`: score a checkpoint on the config's evaluation split; writes eval_metrics.json and plots.
+
+    The hand model (`--mano-dir` or the config's `hand`) must be the dataset's, and the checkpoint's
+    when it records one.
+
+    Raises:
+        ValueError: on a hand model mismatch, or a checkpoint without training statistics.
+    """
+    from unihope.hand_identity import HandModelIdentity
+
+    cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
     _apply_cpu_threads(cfg)
+    cfg, loaded = resolve_hand_model(cfg, data_url)
     device = resolve_device(cfg.device)
     from unihope.tip_convention import tip_convention_of_dataset
 
     eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples)
-    model = build_model(cfg, build_hand_layer(tip_convention_of_dataset(eval_set))).to(device)
-    _, stats = load_checkpoint(Path(checkpoint_path), model)
+    model = build_model(cfg, build_hand_layer(cfg.hand, tip_convention_of_dataset(eval_set))).to(device)
+    state, stats = load_checkpoint(Path(checkpoint_path), model)
     if stats is None:
         raise ValueError(f"{checkpoint_path} carries no training statistics; evaluate a checkpoint from `unihope train`")
+    trained = HandModelIdentity.from_json(json.loads(state.hand_model)) if state.hand_model else None
+    if trained is not None and not trained.matches(loaded):
+        raise ValueError(f"hand model mismatch: {checkpoint_path} was trained with {trained.describe()}, "
+                         f"evaluation loads {loaded.describe()}")
     report = evaluate(model, eval_set, cfg, stats, device)
     summary = report.summary(stats)
     out_dir = Path(out_dir)

@@ -71,6 +71,15 @@ def get_renderer(size_px: int, platform: str) -> AnnotationRenderer:
     return _RENDERERS[key]
 
 
+def forget_renderers() -> None:
+    """Drop the cached renderers without touching their GL contexts (after their render thread got stuck).
+
+    A context works only on the thread that made it current; once that thread is abandoned, the next
+    renderer must be created on the new render thread.
+    """
+    _RENDERERS.clear()
+
+
 def get_hand_layer(
     side: str, hand_cfg: HandModelConfig, tip_convention: str = "manopth"
 ) -> tuple[object, HandPartGeometry]:
