@@ -625,6 +625,6 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     from unihope.tip_convention import tip_convention_of_dataset
     from unihope.training import FirstSamples
 
-    layer = build_hand_layer(tip_convention_of_dataset(FirstSamples(PairedDataset(url), 2)))  # as `unihope train`
+    layer = build_hand_layer(tip_convention=tip_convention_of_dataset(FirstSamples(PairedDataset(url), 2)))  # as `unihope train`
     assert layer.tip_convention == "ho3d" and layer.tip_vertex_idx.tolist() == [744, 333, 444, 555, 672]
     assert tip_convention_of_dataset([]) == "manopth"  # in memory: no record, the default

@@ -313,7 +313,7 @@ def test_training_loads_the_datasets_hand_model_and_refuses_another(tmp_path, st
     url, hand_cfg = stand_in_dataset["url"], stand_in_dataset["hand_cfg"]
     # 1. The build recorded the stand-in's identity: kind, digests of the user's files, tip convention.
     recorded = open_dataset(url).manifest.attrs.hand_model
-    assert recorded["kind"] == "mano" and recorded["tip_convention"] == "smplx"
+    assert recorded["kind"] == "mano" and recorded["tip_convention"] == "manopth"  # the DexYCB layout's
     assert recorded["right_sha256"] == file_sha256(hand_cfg.mano_dir / "MANO_RIGHT.pkl")
     assert recorded["left_sha256"] == file_sha256(hand_cfg.mano_dir / "MANO_LEFT.pkl")
 

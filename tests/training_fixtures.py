@@ -20,7 +20,8 @@ SMALL_FRAMES_PER_SEQUENCE = 4
 
 def write_stand_in_mano(mano_dir: Path) -> Path:
     """Write MANO_RIGHT.pkl / MANO_LEFT.pkl in MANO's pickle format: the procedural hand with a rescaled template."""
-    from unihope.hand import build_procedural_mano, mirror_mano
+    from unihope.hand import build_procedural_mano
+    from unihope.hand.procedural import left_hand_from_right
     from unihope.hand.convert import write_mano_pickle
 
     right = build_procedural_mano("right")
@@ -28,7 +29,7 @@ def write_stand_in_mano(mano_dir: Path) -> Path:
     right["v_template"] = wrist_m + (right["v_template"] - wrist_m) * STAND_IN_SCALE
     mano_dir.mkdir(parents=True, exist_ok=True)
     write_mano_pickle(right, mano_dir / "MANO_RIGHT.pkl")
-    write_mano_pickle(mirror_mano(right), mano_dir / "MANO_LEFT.pkl")
+    write_mano_pickle(left_hand_from_right(right), mano_dir / "MANO_LEFT.pkl")
     return mano_dir
 
 

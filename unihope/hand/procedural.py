@@ -952,7 +952,7 @@ def build_procedural_mano(side: str = "right") -> dict[str, Any]:
         "bs_style": "lbs",
         "bs_type": "lrotmin",
     }
-    return _swap_left_tip_vertices(mirror_mano(arrays)) if side == "left" else arrays
+    return left_hand_from_right(arrays) if side == "left" else arrays
 
 
 def left_vertex_order() -> np.ndarray:
@@ -966,6 +966,11 @@ def left_vertex_order() -> np.ndarray:
     for right_id, left_id in zip(TIP_CONVENTIONS["manopth"]["right"], TIP_CONVENTIONS["manopth"]["left"]):
         order[left_id], order[right_id] = right_id, left_id
     return order
+
+
+def left_hand_from_right(arrays: dict[str, Any]) -> dict[str, Any]:
+    """The left hand of a right-hand MANO array dict: its mirror, numbered like the procedural left hand."""
+    return _swap_left_tip_vertices(mirror_mano(arrays))
 
 
 def _swap_left_tip_vertices(arrays: dict[str, Any]) -> dict[str, Any]:
