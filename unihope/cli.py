@@ -30,9 +30,14 @@ def inspect(
 @app.command("convert-mano")
 def convert_mano(src: Path, dst: Path) -> None:
     """Convert an official chumpy-based MANO pickle to plain numpy (no chumpy needed)."""
+    import pickle
+
     from unihope.hand.convert import convert_official_mano
 
-    convert_official_mano(src, dst)
+    try:
+        convert_official_mano(src, dst)
+    except (ValueError, pickle.UnpicklingError) as err:
+        _fail(f"convert-mano: {err}")
     typer.echo(f"wrote {dst}")
 
 
