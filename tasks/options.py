@@ -3,6 +3,7 @@ fault injection, and the cache policy that keys results on inputs + task source.
 
 from __future__ import annotations
 
+import errno
 import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from unihope.config import FlowConfig
 CUDA_OOM_MESSAGE = "CUDA out of memory"
 FAIL_ONCE_ENV = "UNIHOPE_FAIL_ONCE"
 RESULT_BLOCK_PREFIX = "unihope-results"
+# OSErrors no retry can fix: disk full, quota exceeded, read-only filesystem, permission denied.
+PERMANENT_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -82,8 +85,11 @@ def is_transient(exc: BaseException) -> bool:
     """Failures a retry can fix: I/O and network (OSError), CUDA OOM, injected faults.
 
     Deterministic errors (ValueError, TypeError, KeyError, ...) fail fast instead: retrying them
-    would only fail again, later.
+    would only fail again, later. So do OSErrors that stay until a person acts (`PERMANENT_OS_ERRNOS`:
+    a full disk or quota, a read-only filesystem, a permission denied).
     """
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_OS_ERRNOS:
+        return False
     return isinstance(exc, (OSError, InjectedFault, MemoryError)) or is_cuda_oom(exc)
 
 

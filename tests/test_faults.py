@@ -59,3 +59,188 @@ def test_mano_converter_cli_refuses_exploit_in_one_line(tmp_path: Path) -> None:
     assert "refusing to load numpy.testing._private.utils.runstring" in result.output
     assert "Traceback" not in result.output
     assert not marker.exists() and not (tmp_path / "out.pkl").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 4 + 5. Interrupts and one build per output (real `unihope build` processes)
+# ----------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+PROCESS_EXIT_WAIT_S = 60  # hang guards only: a build that retries a dead API waits 207 s
+
+
+def _marked_processes(mark: str) -> list[int]:
+    """Pids of live processes whose environment carries UNIHOPE_TEST_MARK=mark (the build and its descendants)."""
+    import os
+
+    needle = f"UNIHOPE_TEST_MARK={mark}".encode()
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{name}/environ").read_bytes()
+            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and state != "Z":
+            pids.append(int(name))
+    return pids
+
+
+def _wait_until_gone(mark: str) -> list[int]:
+    import time
+
+    for _ in range(100):
+        left = _marked_processes(mark)
+        if not left:
+            return []
+        time.sleep(0.1)
+    return _marked_processes(mark)
+
+
+def _build_env(tmp_path: Path, mark: str, **extra: str) -> dict[str, str]:
+    import os
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "UNIHOPE_TEST_MARK": mark, "PYTHONPATH": str(REPO), **extra}
+    env.pop("PREFECT_API_URL", None)  # the build must start (and own) its temporary server
+    env.pop("UNIHOPE_FAIL_ONCE", None)
+    env.update(extra)
+    return env
+
+
+def test_ctrl_c_stops_a_build_cleanly_and_a_second_build_of_its_output_is_refused(synthetic_dexycb, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    import yaml
+
+    # 1. A build that parks in a one-minute retry delay (pack:0 fails once): "mid-build" for long enough.
+    config_path = tmp_path / "build.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "name": "interrupt-test",
+        "source": {"kind": "dexycb", "root": str(synthetic_dexycb), "max_frames": 8},
+        "crop": {"size_px": 64}, "deocclusion": {"backend": "render"}, "storage": {"shard_size": 4},
+        "flow": {"frames_per_task": 4, "retries": 2, "retry_delay_s": 60.0},
+    }))
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "unihope.cli", "build", "--config", str(config_path), "--out", str(out)]
+    mark = uuid.uuid4().hex
+    log_path = tmp_path / "first.log"
+    with open(log_path, "wb") as log:
+        first = subprocess.Popen(command, cwd=REPO, env=_build_env(tmp_path, mark, UNIHOPE_FAIL_ONCE="pack:0"),
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while "injected failure of pack[0]" not in log_path.read_text():
+            assert first.poll() is None, f"build exited early:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"build never reached pack:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.2)
+        assert len(_marked_processes(mark)) >= 2  # the build and its API server
+
+        # 2. A second build of the same output is refused in plain words, naming the holder.
+        second = subprocess.run(command, cwd=REPO, env=_build_env(tmp_path, uuid.uuid4().hex), capture_output=True,
+                                text=True, timeout=PROCESS_EXIT_WAIT_S * 3)
+        assert second.returncode == 3, second.stdout[-2000:] + second.stderr[-2000:]
+        assert f"is being written by another build (pid {first.pid} on " in second.stderr
+        assert "--wait-lock" in second.stderr and "Traceback" not in second.stderr
+        assert "Starting temporary server" not in second.stdout + second.stderr
+        assert first.poll() is None  # the first one is untouched
+
+        # 3. Ctrl-C: SIGINT to the build's whole process group, as a terminal sends it.
+        os.killpg(first.pid, signal.SIGINT)
+        first.wait(timeout=PROCESS_EXIT_WAIT_S)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    text = log_path.read_text()
+    assert first.returncode == 130, text[-3000:]
+    assert "build interrupted: stopped; run the same command again to resume" in text
+    assert "Finished in state Running()" not in text and "Traceback" not in text
+    assert _wait_until_gone(mark) == [], "a process of the interrupted build outlived it"
+
+    # 4. The lock went with the build: this process can take it at once.
+    from storage.lock import build_lock
+
+    with build_lock(str(out)) as holder:
+        assert holder.pid == os.getpid()
+
+
+_HOLD_LOCK_AND_SERVER = """
+import sys, time
+from flows.runners import start_owned_api_server
+from storage.lock import build_lock
+with build_lock(sys.argv[1]):
+    server = start_owned_api_server()
+    print("ready", server.server_process.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigkill_of_a_build_leaves_no_server_and_a_stale_lock_is_taken_over(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    from storage.lock import LOCK_NAME, build_lock
+
+    out = tmp_path / "data"
+    mark = uuid.uuid4().hex
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK_AND_SERVER, str(out)], cwd=REPO,
+                              env=_build_env(tmp_path, mark), stdout=subprocess.PIPE, text=True)
+    try:
+        line = holder.stdout.readline()
+        assert line.startswith("ready"), line
+        assert len(_marked_processes(mark)) == 2
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert _wait_until_gone(mark) == [], "the API server outlived its SIGKILLed build"
+    # the lock file still names the dead build, but its flock died with it: stale, taken over at once
+    assert json.loads((out / LOCK_NAME).read_text())["pid"] == holder.pid
+    with build_lock(str(out)) as mine:
+        assert mine.pid == os.getpid()
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_remote_lock_refuses_a_live_holder_and_takes_over_a_stale_one() -> None:
+    import json
+    import os
+    import socket
+    import uuid
+
+    import fsspec
+
+    from storage.lock import LOCK_NAME, REMOTE_STALE_AFTER_S, LockHolder, OutputBusyError, build_lock, is_stale
+
+    out = f"memory://lock-test-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    lock_path = f"{out.removeprefix('memory://')}/{LOCK_NAME}"
+    # another live process on this host (the parent of this one) holds it: refused, holder named
+    live = LockHolder(os.getppid(), socket.gethostname(), "2026-01-01T00:00:00Z", "t-live")
+    fs.pipe_file(lock_path, json.dumps(live.to_json()).encode())
+    with pytest.raises(OutputBusyError, match=rf"pid {os.getppid()} on {socket.gethostname()}"):
+        with build_lock(out):
+            pass
+    # a dead pid on this host, or an old heartbeat from another host: stale, taken over
+    dead = LockHolder(2**22 + 12345, socket.gethostname(), "2026-01-01T00:00:00Z", "t-dead")
+    far = LockHolder(1, "another-host", "2026-01-01T00:00:00Z", "t-far", heartbeat_utc="2026-01-01T00:00:00Z")
+    assert is_stale(dead) and is_stale(far)
+    assert not is_stale(far, now_s=1767225600.0 + REMOTE_STALE_AFTER_S / 2)  # a fresh heartbeat elsewhere
+    for stale in (dead, far):
+        fs.pipe_file(lock_path, json.dumps(stale.to_json()).encode())
+        with build_lock(out) as mine:
+            assert LockHolder.from_bytes(fs.cat_file(lock_path)).token == mine.token
+            with build_lock(out) as again:  # re-entrant in one process
+                assert again.token == mine.token
+        assert not fs.exists(lock_path)  # released

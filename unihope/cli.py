@@ -71,11 +71,13 @@ def build(
     out: str = typer.Option(..., help="Output dataset path or fsspec URL."),
     train: bool = typer.Option(False, "--train", help="Train on the dataset when the build finishes."),
     train_config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config for --train."),
+    wait_lock: bool = typer.Option(False, "--wait-lock", help="Wait for another build of --out to finish instead of refusing."),
 ) -> None:
     """Run the build_dataset flow: source -> grasp -> annotate -> de-occlude -> pack -> finalize."""
     from flows.build import run_build_from_cli
 
-    run_build_from_cli(config_path=config, source=source, out=out, train=train, train_config_path=train_config)
+    run_build_from_cli(config_path=config, source=source, out=out, train=train, train_config_path=train_config,
+                       wait_lock=wait_lock)
 
 
 @app.command()
