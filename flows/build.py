@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from contextlib import contextmanager
@@ -303,8 +304,10 @@ def run_build_from_cli(
     except ValueError as err:  # ConfigError, PreflightError, a remote --out without flow.work_dir
         fail(str(err), code=2)
 
-    # 2. Build, with SIGTERM turned into the same clean stop as Ctrl-C.
+    # 2. Build, with SIGTERM turned into the same clean stop as Ctrl-C, and no traceback for a full disk.
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_drop_traceback_of_permanent_os_errors)
     try:
         with build_lock(out, wait=wait_lock), _own_api_server():  # lock first: a refused build starts no server
             summary = run_build(cfg, out, wait_lock=wait_lock)
@@ -329,6 +332,16 @@ def run_build_from_cli(
         train_out = Path("runs") / cfg.name
         typer.echo(f"training on {out} -> {train_out}")
         train_flow(data_url=out, train_config_path=str(train_config_path), out_dir=str(train_out))
+
+
+def _drop_traceback_of_permanent_os_errors(record: logging.LogRecord) -> bool:
+    """Log filter: a full or read-only disk is one line (the CLI says what to do), not a 100-line traceback."""
+    from tasks.options import PERMANENT_OS_ERRNOS
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_OS_ERRNOS:
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 class BuildTerminated(BaseException):

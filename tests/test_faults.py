@@ -244,3 +244,133 @@ def test_remote_lock_refuses_a_live_holder_and_takes_over_a_stale_one() -> None:
             with build_lock(out) as again:  # re-entrant in one process
                 assert again.token == mine.token
         assert not fs.exists(lock_path)  # released
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Disk full
+# ----------------------------------------------------------------------------------------------
+
+FREE_BYTES_LEFT = 96 * 1024  # room for the index and grasp labels, not for an annotated batch
+
+# Used only where this machine may not mount a tmpfs: the same ENOSPC the kernel gives, raised by the
+# atomic writer for the annotated batches.
+_CLI_WITH_SIMULATED_FULL_DISK = """
+import errno, os, sys
+import storage.io
+real_open = open
+def full_disk_open(path, mode="r", *args, **kwargs):
+    if "w" in mode and "/_work/annotate-" in str(path):
+        handle = real_open(path, mode, *args, **kwargs)
+        def write(payload):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        handle.write = write
+        return handle
+    return real_open(path, mode, *args, **kwargs)
+storage.io.open = full_disk_open
+from unihope.cli import app
+sys.argv[0] = "unihope"
+app()
+"""
+
+
+@pytest.fixture()
+def full_filesystem(tmp_path: Path):
+    """(folder, is_real): a 2 MB tmpfs filled up to FREE_BYTES_LEFT when mounting is allowed, else a plain folder."""
+    import subprocess
+
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    is_real = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    try:
+        if is_real:
+            import os
+
+            stats = os.statvfs(folder)
+            (folder / "filler").write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - FREE_BYTES_LEFT))
+        yield folder, is_real
+    finally:
+        if is_real:
+            subprocess.run(["umount", str(folder)], check=True)
+
+
+def _temp_leftovers(root: Path) -> list[str]:
+    from storage.io import TEMP_NAME_PATTERN
+
+    return [str(path) for path in root.rglob("*") if TEMP_NAME_PATTERN.match(path.name)]
+
+
+def test_full_disk_fails_the_build_at_once_with_one_clear_line_and_no_temp_files(synthetic_dexycb, tmp_path,
+                                                                                full_filesystem):
+    import subprocess
+    import sys
+    import uuid
+
+    import yaml
+
+    folder, is_real = full_filesystem
+    config_path = tmp_path / "build.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "name": "full-disk-test",
+        "source": {"kind": "dexycb", "root": str(synthetic_dexycb), "max_frames": 8},
+        "crop": {"size_px": 64}, "deocclusion": {"backend": "render"}, "storage": {"shard_size": 4},
+        "flow": {"frames_per_task": 4, "retries": 2, "retry_delay_s": 30.0},  # a retry would wait 30 s
+    }))
+    out = folder / "data"
+    args = ["build", "--config", str(config_path), "--out", str(out)]
+    command = ([sys.executable, "-m", "unihope.cli", *args] if is_real
+               else [sys.executable, "-c", _CLI_WITH_SIMULATED_FULL_DISK, *args])
+    result = subprocess.run(command, cwd=REPO, env=_build_env(tmp_path, uuid.uuid4().hex), capture_output=True,
+                            text=True, timeout=PROCESS_EXIT_WAIT_S * 4)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text[-3000:]
+    assert ("build failed: no space left on the device: free space (df -h) and run the same command again; "
+            "finished batches are kept, the rerun resumes") in result.stderr
+    assert "Traceback" not in text
+    assert "AwaitingRetry" not in text and "Retrying" not in text  # failed at once, not retried as transient
+    assert "Task run encountered an exception OSError: [Errno 28]" in text
+    assert _temp_leftovers(out) == []
+    assert not (out / "manifest.json").exists()
+
+
+def test_atomic_write_on_a_full_disk_leaves_no_temp_file_and_the_next_run_sweeps_old_ones(full_filesystem,
+                                                                                         monkeypatch):
+    import errno
+    import os
+
+    import storage.io
+    from storage.io import sweep_temp_files, write_file_atomic
+
+    folder, is_real = full_filesystem
+    target = folder / "work" / "batch-0000.npz"
+    if not is_real:
+        def full_fsync(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(storage.io.os, "fsync", full_fsync)
+    with pytest.raises(OSError) as caught:
+        write_file_atomic(target, b"x" * (4 * FREE_BYTES_LEFT))
+    assert caught.value.errno == errno.ENOSPC
+    assert not target.exists() and _temp_leftovers(folder) == []
+    monkeypatch.undo()
+
+    # what a SIGKILLed writer leaves: a temp file, an uncommitted shard folder; real files stay
+    (folder / "work" / ".batch-0001.npz.tmp-0123abcd").write_bytes(b"half")
+    (folder / "data" / "shards" / "shard-00002.incomplete-0123456789ab").mkdir(parents=True)
+    (folder / "data" / "shards" / "shard-00002.incomplete-0123456789ab" / "zarr.json").write_text("{}")
+    (folder / "data" / "shards" / "shard-00001.0123456789ab").mkdir()
+    (folder / "work" / "batch-0002.npz").write_bytes(b"done")
+    removed = sweep_temp_files(folder)
+    assert len(removed) == 2 and _temp_leftovers(folder) == []
+    assert (folder / "data" / "shards" / "shard-00001.0123456789ab").is_dir()
+    assert (folder / "work" / "batch-0002.npz").read_bytes() == b"done"
+
+
+def test_permanent_os_errors_are_not_retried() -> None:
+    import errno
+
+    from tasks.options import is_transient
+
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        assert not is_transient(OSError(code, "x"))
+    assert is_transient(OSError(errno.EIO, "x")) and is_transient(ConnectionResetError())
