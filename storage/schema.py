@@ -42,6 +42,7 @@ class SkipReason(str, enum.Enum):
     HAND_OUTSIDE_IMAGE = "hand_outside_image"
     HAND_NOT_VISIBLE = "hand_not_visible"
     NO_REFERENCE_FRAME = "no_reference_frame"
+    WRONG_RESOLUTION = "wrong_resolution"  # colour image size differs from the camera's (its depth image's)
 
 
 @dataclass(frozen=True, slots=True)

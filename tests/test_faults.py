@@ -374,3 +374,91 @@ def test_permanent_os_errors_are_not_retried() -> None:
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
         assert not is_transient(OSError(code, "x"))
     assert is_transient(OSError(errno.EIO, "x")) and is_transient(ConnectionResetError())
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Damaged and resized colour images
+# ----------------------------------------------------------------------------------------------
+
+
+def _damage_entropy_data(jpeg: bytes, num_bytes: int = 64) -> bytes:
+    """Flip bits in the middle of the entropy-coded segment (between SOS and EOI), keeping every marker."""
+    data = bytearray(jpeg)
+    start_of_scan = data.index(b"\xff\xda")
+    middle = (start_of_scan + len(data) - 2) // 2
+    for idx in range(middle, middle + num_bytes):
+        flipped = data[idx] ^ 0x5A
+        data[idx] = 0x00 if flipped == 0xFF or data[idx] == 0xFF else flipped  # never create or break a marker
+    return bytes(data)
+
+
+def test_jpeg_with_damaged_entropy_data_is_a_corrupt_file_not_a_crop(synthetic_dexycb: Path, tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from storage.schema import SkipReason
+    from unihope.image_check import ImageDecodeError, read_color_image_bgr
+    from unihope.render.annotate import read_crop_image
+
+    # 1. A real JPEG written by cv2 (a synthetic DexYCB colour frame), damaged in its entropy data.
+    original_path = next(synthetic_dexycb.rglob("color_000005.jpg"))
+    damaged_path = tmp_path / "color_000005.jpg"
+    damaged_path.write_bytes(_damage_entropy_data(original_path.read_bytes()))
+    original = cv2.imread(str(original_path))
+    silently_decoded = cv2.imread(str(damaged_path))
+    # the bug: OpenCV returns an image (libjpeg only warns on stderr), and it is not the original
+    assert silently_decoded is not None and silently_decoded.shape == original.shape
+    assert np.any(np.abs(silently_decoded.astype(int) - original.astype(int)) > 30)
+
+    # 2. The strict reader refuses it; the clean file still reads exactly as cv2 reads it.
+    with pytest.raises(ImageDecodeError, match="damaged JPEG data .*Corrupt JPEG data"):
+        read_color_image_bgr(damaged_path)
+    np.testing.assert_array_equal(read_color_image_bgr(original_path), original)
+
+    # 3. The annotate stage turns it into a CORRUPT_FILE skip instead of a garbage crop.
+    height_px, width_px = original.shape[:2]
+    affine = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    reason, detail = read_crop_image(str(damaged_path), affine, 64, (width_px, height_px))
+    assert reason == SkipReason.CORRUPT_FILE and "damaged JPEG data" in detail
+    crop = read_crop_image(str(original_path), affine, 64, (width_px, height_px))
+    assert isinstance(crop, np.ndarray) and crop.shape == (64, 64, 3)
+
+
+def test_colour_image_at_another_resolution_is_skipped_as_wrong_resolution(synthetic_dexycb: Path,
+                                                                           synthetic_ho3d: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import cv2
+
+    from storage.schema import FrameRecord, Skip, SkipReason
+    from unihope.sources.dexycb import DexYCBSource
+    from unihope.sources.ho3d import HO3DSource
+
+    # 1. DexYCB: one frame upscaled to 1280x960, one downscaled to 320x240 (the camera is 640x480).
+    root = tmp_path / "dexycb"
+    shutil.copytree(synthetic_dexycb, root, ignore=shutil.ignore_patterns("truth"))
+    source = DexYCBSource(root, "all")
+    refs = source.index()[:4]
+    resized = {refs[1].sample_key: (1280, 960), refs[2].sample_key: (320, 240)}
+    for ref in refs[1:3]:
+        path = root / ref.sequence_key / ref.serial / f"color_{ref.frame_idx:06d}.jpg"
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), resized[ref.sample_key]))
+    results = source.load(refs)
+    for ref, result in zip(refs, results):
+        if ref.sample_key in resized:
+            width_px, height_px = resized[ref.sample_key]
+            assert isinstance(result, Skip) and result.reason == SkipReason.WRONG_RESOLUTION, result
+            assert f"colour image is {width_px}x{height_px} px, the camera's (depth) is 640x480 px" in result.detail
+        else:
+            assert isinstance(result, FrameRecord) and result.image_size_wh == (640, 480)
+
+    # 2. HO3D: the same rule.
+    ho3d_root = tmp_path / "ho3d"
+    shutil.copytree(synthetic_ho3d, ho3d_root, ignore=shutil.ignore_patterns("truth"))
+    ho3d = HO3DSource(ho3d_root, "train")
+    ref = ho3d.index()[0]
+    folder, seq = ref.sequence_key.split("/")
+    image_path = next((ho3d_root / folder / seq / "rgb").glob(f"{ref.frame_idx:04d}.*"))
+    cv2.imwrite(str(image_path), cv2.resize(cv2.imread(str(image_path)), (320, 240)))
+    (result,) = ho3d.load([ref])
+    assert isinstance(result, Skip) and result.reason == SkipReason.WRONG_RESOLUTION

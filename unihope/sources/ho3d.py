@@ -22,6 +22,7 @@ from unihope.hand.constants import MANO_TO_DEXYCB_JOINTS
 from unihope.render.camera import project_points
 from unihope.sources.common import (
     FrameFileError,
+    check_color_matches_depth,
     hand_model_path,
     image_size_wh,
     load_each,
@@ -216,7 +217,7 @@ class HO3DSource:
                           seq_dir / "rgb" / f"{name}{RGB_SUFFIXES[0]}")  # fmt: skip
         depth_path = seq_dir / "depth" / f"{name}.png"
         size_wh = image_size_wh(image_path)
-        png_size_wh(depth_path)
+        check_color_matches_depth(image_path, size_wh, png_size_wh(depth_path))
         meta = load_ho3d_meta(seq_dir / "meta" / f"{name}.pkl", self.root)
 
         # 2. Annotation present (evaluation metas hold no hand pose) and finite
