@@ -462,3 +462,41 @@ def test_colour_image_at_another_resolution_is_skipped_as_wrong_resolution(synth
     cv2.imwrite(str(image_path), cv2.resize(cv2.imread(str(image_path)), (320, 240)))
     (result,) = ho3d.load([ref])
     assert isinstance(result, Skip) and result.reason == SkipReason.WRONG_RESOLUTION
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Symlinked HO3D folders
+# ----------------------------------------------------------------------------------------------
+
+
+def test_symlinked_ho3d_folder_leaving_the_root_skips_its_frames_and_keeps_the_rest(synthetic_ho3d: Path,
+                                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    from storage.schema import FrameRecord, Skip, SkipReason
+    from unihope.sources.ho3d import HO3DSource
+
+    root = tmp_path / "ho3d"
+    shutil.copytree(synthetic_ho3d, root, ignore=shutil.ignore_patterns("truth"))
+    sequences = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    # 1. one sequence's meta folder moved out of the dataset and symlinked back (the case)
+    outside = tmp_path / "elsewhere" / "meta"
+    outside.parent.mkdir()
+    shutil.move(root / "train" / sequences[0] / "meta", outside)
+    (root / "train" / sequences[0] / "meta").symlink_to(outside, target_is_directory=True)
+    # 2. another sequence's meta folder symlinked to a copy inside the root: followed, stays in the root
+    inside = root / "copies" / "meta"
+    inside.parent.mkdir()
+    shutil.move(root / "train" / sequences[1] / "meta", inside)
+    (root / "train" / sequences[1] / "meta").symlink_to(inside, target_is_directory=True)
+
+    source = HO3DSource(root, "train")
+    results = source.load(source.index())
+    assert results
+    for result in results:
+        if f"/{sequences[0]}/" in result.sample_key:
+            assert isinstance(result, Skip) and result.reason == SkipReason.OUTSIDE_ROOT, result
+            assert "lies outside the dataset root" in result.detail
+        else:
+            assert isinstance(result, FrameRecord), result
+    assert any(f"/{sequences[1]}/" in r.sample_key for r in results)
