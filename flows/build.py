@@ -217,7 +217,8 @@ def scheduled_build(config_path: str, out: str, source: str | None = None, write
     """
     cfg = resolve_build_config(PipelineConfig.from_yaml(Path(config_path)), out, source,
                                fail_once_env=os.environ.get(FAIL_ONCE_ENV))
-    return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
+    with build_lock(out):  # a scheduled run never writes over a build that is still running
+        return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
 
 
 def build_flow_for(flow_cfg: FlowConfig):

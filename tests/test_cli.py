@@ -130,3 +130,16 @@ def test_build_rejects_read_only_filesystem_in_one_line(tmp_path, no_server, mon
     finally:
         if mounted:
             subprocess.run(["umount", str(ro_dir)], check=True)
+
+
+def test_build_refuses_a_mano_pickle_that_names_code_before_work(tmp_path, no_server):
+    marker = tmp_path / "pwned"
+    mano_dir = tmp_path / "mano"
+    mano_dir.mkdir()
+    (mano_dir / "MANO_RIGHT.pkl").write_bytes(
+        f"cnumpy.testing._private.utils\nrunstring\n(Vopen({str(marker)!r}, 'w').close()\n(dtR.".encode())
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"hand:\n  mano_dir: {mano_dir}\n  cache_dir: {tmp_path / 'cache'}\n")
+    result = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(tmp_path / "d")])
+    _assert_one_line_failure(result, "hand.mano_dir: refusing to load numpy.testing._private.utils.runstring")
+    assert not marker.exists()

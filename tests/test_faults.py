@@ -59,6 +59,9 @@ def test_mano_converter_cli_refuses_exploit_in_one_line(tmp_path: Path) -> None:
     assert "refusing to load numpy.testing._private.utils.runstring" in result.output
     assert "Traceback" not in result.output
     assert not marker.exists() and not (tmp_path / "out.pkl").exists()
+    result = CliRunner().invoke(app, ["inspect", "--mano-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "refusing to load numpy.testing._private.utils.runstring" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not marker.exists()
 
 
 # ----------------------------------------------------------------------------------------------

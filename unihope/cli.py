@@ -21,9 +21,15 @@ def inspect(
     render_platform: str = typer.Option("egl", help="egl | osmesa"),
 ) -> None:
     """Show what is installed, which hand model and which renderer are in use."""
+    import pickle
+
     from unihope.inspect_env import describe_environment
 
-    for line in describe_environment(mano_dir=mano_dir, render_platform=render_platform):
+    try:
+        lines = list(describe_environment(mano_dir=mano_dir, render_platform=render_platform))
+    except (ValueError, pickle.UnpicklingError) as err:  # e.g. a MANO pickle that names code
+        _fail(f"inspect: {err}")
+    for line in lines:
         typer.echo(line)
 
 
