@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -386,6 +386,29 @@ def _exit_now(code: int) -> None:
         worker.drain_all(timeout=EXIT_DRAIN_TIMEOUT_S)
     for server in list(OwnedAPIServer._instances.values()):
         server.stop()
+    for pid in _descendant_pids(os.getpid()):  # process-pool / Dask workers that missed the terminal's signal
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _descendant_pids(root_pid: int) -> list[int]:
+    """Pids of every live descendant of `root_pid`, from /proc (empty where /proc is absent)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent_pid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent_pid, []).append(int(entry.name))
+    found, todo = [], list(children.get(root_pid, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
