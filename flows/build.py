@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import contextmanager
+import signal
+from contextlib import contextmanager, suppress
 from functools import lru_cache, partial
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
+from pydantic import ValidationError
 
+from storage.io import sweep_temp_files
+from storage.lock import build_lock
 from tasks.annotate import annotate_batch, label_grasp_part
 from tasks.deocclude import deocclude_batch
 from tasks.finalize import finalize_dataset
@@ -17,14 +22,15 @@ from tasks.options import FAIL_ONCE_ENV, configure_task, parse_fail_once, result
 from tasks.pack import claim_output, dataset_attrs, pack_shard, plan_shards_task
 from tasks.source import index_source
 from tasks.work import WorkLayout, local_output_path, make_layout, resolve_work_dir
-from unihope.config import ConfigError, FlowConfig, PipelineConfig
+from unihope.config import ConfigError, FlowConfig, PipelineConfig, describe_validation_error
 from unihope.progress import BuildProgress
 
-from flows.runners import make_task_runner
+from flows.runners import make_task_runner, start_owned_api_server
 
 SYNTHETIC_DIR_NAME = "_synthetic"
 REPORT_DIR_NAME = "report"
 SOURCE_KINDS = ("synthetic", "dexycb", "ho3d")
+EXIT_DRAIN_TIMEOUT_S = 3.0  # an interrupted build waits this long for its last logs to reach the API
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,8 +83,8 @@ def resolve_build_config(
     data["flow"] = flow_cfg.model_dump(mode="json")
     try:
         return PipelineConfig.model_validate(data)
-    except ValueError as err:
-        raise ConfigError(f"invalid configuration after command-line overrides: {err}") from err
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error("command-line overrides", err)) from err
 
 
 def default_report_dir(out: str, layout: WorkLayout) -> Path:
@@ -216,7 +222,8 @@ def scheduled_build(config_path: str, out: str, source: str | None = None, write
     """
     cfg = resolve_build_config(PipelineConfig.from_yaml(Path(config_path)), out, source,
                                fail_once_env=os.environ.get(FAIL_ONCE_ENV))
-    return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
+    with build_lock(out):  # a scheduled run never writes over a build that is still running
+        return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
 
 
 def build_flow_for(flow_cfg: FlowConfig):
@@ -250,42 +257,83 @@ def api_for_worker_processes(flow_cfg: FlowConfig):
     if flow_cfg.task_runner == "threads" or PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
+    server = start_owned_api_server()  # in its own session, and exits with this process
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         yield
 
 
-def run_build(cfg: PipelineConfig, out: str, write_report: bool = True):
+def run_build(cfg: PipelineConfig, out: str, write_report: bool = True, wait_lock: bool = False):
     """Run `build_dataset` with the task runner the config names (config already resolved).
+
+    Holds the output's build lock (`storage.lock`) for the whole run, and first sweeps the temp
+    files a failed or killed build left in the output and work folders (safe: the lock is held).
 
     Returns:
         `unihope.report.DatasetSummary`.
+
+    Raises:
+        OutputBusyError: when another build writes `out` (and `wait_lock` is False).
     """
-    with api_for_worker_processes(cfg.flow):
-        return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
+    with build_lock(out, wait=wait_lock):
+        for folder in (local_output_path(out), resolve_work_dir(out, cfg.flow.work_dir)):
+            if folder is not None:
+                sweep_temp_files(folder)
+        with api_for_worker_processes(cfg.flow):
+            return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
 
 
 def run_build_from_cli(
     config_path: Path, source: str | None, out: str, train: bool, train_config_path: Path,
-    train_out: Path | None = None,
+    train_out: Path | None = None, wait_lock: bool = False,
 ) -> None:
-    """`unihope build`: load and resolve the config, build, print the summary, optionally train.
+    """`unihope build`: load, resolve and check the config, build, print the summary, optionally train.
+
+    Every fault a user can act on ends in one line and a non-zero exit, never a traceback: a bad
+    config or environment (exit 2, before Prefect starts), a busy output (3), a full or read-only
+    disk (1), Ctrl-C (130) or SIGTERM (143). The API server is the build's own (`OwnedAPIServer`),
+    so it survives the terminal's Ctrl-C long enough to record the stop, and never outlives the build.
 
     With `train`, the training runs as the train deployment's does: in `<train_out>/<dataset
     version>-<config digest>/` (default `runs/<build name>`), with the build's MANO files.
     """
     import typer
 
+    from storage.lock import OutputBusyError
+    from tasks.options import PERMANENT_OS_ERRNOS
+    from unihope.preflight import check_build, describe_os_error
+
+    def fail(message: str, code: int) -> None:
+        typer.secho(message, fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=code)
+
+    # 1. Config and environment checks: one line each, before Prefect starts.
     try:
         cfg = resolve_build_config(PipelineConfig.from_yaml(Path(config_path)), out, source,
                                    fail_once_env=os.environ.get(FAIL_ONCE_ENV))
-    except ConfigError as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from err
-    summary = run_build(cfg, out)
+        check_build(cfg, out, local_output_path(out), resolve_work_dir(out, cfg.flow.work_dir))
+    except ValueError as err:  # ConfigError, PreflightError, a remote --out without flow.work_dir
+        fail(str(err), code=2)
+
+    # 2. Build, with SIGTERM turned into the same clean stop as Ctrl-C, and no traceback for a full disk.
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_drop_traceback_of_permanent_os_errors)
+    try:
+        with build_lock(out, wait=wait_lock), _own_api_server():  # lock first: a refused build starts no server
+            summary = run_build(cfg, out, wait_lock=wait_lock)
+    except OutputBusyError as err:
+        fail(str(err), code=3)
+    except OSError as err:
+        if err.errno not in PERMANENT_OS_ERRNOS:
+            raise
+        fail(f"build failed: {describe_os_error(err)}; finished batches are kept, the rerun resumes", code=1)
+    except (KeyboardInterrupt, BuildTerminated) as err:
+        code = 143 if isinstance(err, BuildTerminated) else 130
+        typer.secho(f"build {'terminated' if code == 143 else 'interrupted'}: stopped; run the same command "
+                    "again to resume (finished batches are kept)", fg=typer.colors.RED, err=True)
+        _exit_now(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     for line in summary.describe():
         typer.echo(line)
     if train:
@@ -300,3 +348,82 @@ def run_build_from_cli(
 def mano_dir_parameter(cfg: PipelineConfig) -> str | None:
     """The build's `hand.mano_dir` as the train flow's parameter: training loads the files the build used."""
     return str(Path(cfg.hand.mano_dir).expanduser().resolve()) if cfg.hand.mano_dir is not None else None
+
+
+def _drop_traceback_of_permanent_os_errors(record: logging.LogRecord) -> bool:
+    """Log filter: a full or read-only disk is one line (the CLI says what to do), not a 100-line traceback."""
+    from tasks.options import PERMANENT_OS_ERRNOS
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_OS_ERRNOS:
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+class BuildTerminated(BaseException):
+    """SIGTERM reached a CLI build (a BaseException, like KeyboardInterrupt, so no task retries it)."""
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise BuildTerminated(f"signal {signum}")
+
+
+@contextmanager
+def _own_api_server():
+    """Point this process at the build's own API server (unless PREFECT_API_URL names one).
+
+    A finished build leaves stopping it to the exit handlers (Prefect's log and event workers
+    drain first, then the server stops); an interrupted one stops it in `_exit_now`.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    server = start_owned_api_server()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def _exit_now(code: int) -> None:
+    """Exit without waiting for running tasks: worker threads would finish their batch first (minutes).
+
+    What they leave half-written is temp files only, which the next run sweeps.
+    """
+    import sys
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.runners import OwnedAPIServer
+
+    for worker in (APILogWorker, EventsWorker):  # the crash record and last logs reach the API first
+        worker.drain_all(timeout=EXIT_DRAIN_TIMEOUT_S)
+    for server in list(OwnedAPIServer._instances.values()):
+        server.stop()
+    for pid in _descendant_pids(os.getpid()):  # process-pool / Dask workers that missed the terminal's signal
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _descendant_pids(root_pid: int) -> list[int]:
+    """Pids of every live descendant of `root_pid`, from /proc (empty where /proc is absent)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent_pid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent_pid, []).append(int(entry.name))
+    found, todo = [], list(children.get(root_pid, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import uuid
 from dataclasses import dataclass
 
 import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+
+TEMP_FILE_INFIX = ".tmp-"  # write_file_atomic's hidden temp files: .<name>.tmp-<8 hex>
+# Temp files and uncommitted shard folders (storage.writer: shard-XXXXX.incomplete-<attempt>) that a
+# killed or failed writer leaves; nothing reads them, and `sweep_temp_files` deletes them.
+TEMP_NAME_PATTERN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$|^shard-\d+\.incomplete-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -73,12 +81,18 @@ def write_file_atomic(path: str | os.PathLike, payload: bytes) -> None:
     target = os.fspath(path)
     folder = os.path.dirname(target) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp_path = os.path.join(folder, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp_path, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp_path, target)
+    tmp_path = os.path.join(folder, f".{os.path.basename(target)}{TEMP_FILE_INFIX}{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp_path, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, target)
+    except BaseException:
+        # A full disk (ENOSPC) or an interrupt: the half-written temp file must not stay behind.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -99,3 +113,30 @@ def remove_tree(loc: Location, relative: str) -> None:
     path = loc.path(relative)
     if loc.fs.exists(path):
         loc.fs.rm(path, recursive=True)
+
+
+def sweep_temp_files(root: str | os.PathLike) -> list[str]:
+    """Delete the temp files and uncommitted shard folders a failed or killed build left under `root`.
+
+    Only safe while no other build writes there: call it with the output's build lock held
+    (`storage.lock`). A missing root is fine (nothing to sweep).
+
+    Args:
+        root: a local folder (the dataset root or the work folder).
+
+    Returns:
+        The paths removed.
+    """
+    removed: list[str] = []
+    for folder, dir_names, file_names in os.walk(os.fspath(root)):
+        for name in list(dir_names):
+            if TEMP_NAME_PATTERN.match(name):
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                dir_names.remove(name)
+                removed.append(os.path.join(folder, name))
+        for name in file_names:
+            if TEMP_NAME_PATTERN.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+    return removed

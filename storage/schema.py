@@ -42,6 +42,8 @@ class SkipReason(str, enum.Enum):
     HAND_OUTSIDE_IMAGE = "hand_outside_image"
     HAND_NOT_VISIBLE = "hand_not_visible"
     NO_REFERENCE_FRAME = "no_reference_frame"
+    WRONG_RESOLUTION = "wrong_resolution"  # colour image size differs from the camera's (its depth image's)
+    OUTSIDE_ROOT = "outside_root"  # a (symlinked) annotation file whose real path leaves the dataset root
 
 
 @dataclass(frozen=True, slots=True)

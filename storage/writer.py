@@ -349,9 +349,14 @@ def write_shard(
         "dataset": attrs.to_json(),
     }
     objects = encode_group(columns, group_attrs, cfg)
-    _put_objects(loc, write_path, objects)
-    if write_path != final_path:  # local disk: a directory rename is atomic
-        os.rename(loc.path(write_path), loc.path(final_path))
+    try:
+        _put_objects(loc, write_path, objects)
+        if write_path != final_path:  # local disk: a directory rename is atomic
+            os.rename(loc.path(write_path), loc.path(final_path))
+    except BaseException:
+        # e.g. a full disk: the attempt's partial folder is garbage, remove it now rather than at finalize
+        remove_tree(loc, write_path)
+        raise
 
     # 4. Checksums of the stored bytes (hashed from memory), then the commit record, written last
     files_sha256 = {key: hashlib.sha256(payload).hexdigest() for key, payload in objects.items()}

@@ -3,6 +3,7 @@ fault injection, and the cache policy that keys results on inputs + task source.
 
 from __future__ import annotations
 
+import errno
 import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ FAIL_ONCE_ENV = "UNIHOPE_FAIL_ONCE"
 HANG_SUFFIX = "@hang"  # fail_once item mode: hang the first attempt instead of failing it
 INJECTED_HANG_FACTOR = 4.0  # an injected hang lasts this many timeouts at most (it ends when abandoned)
 RESULT_BLOCK_PREFIX = "unihope-results"
+# OSErrors no retry can fix: disk full, quota exceeded, read-only filesystem, permission denied.
+PERMANENT_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -104,8 +107,11 @@ def is_transient(exc: BaseException) -> bool:
     """Failures a retry can fix: I/O and network (OSError), CUDA OOM, injected faults.
 
     Deterministic errors (ValueError, TypeError, KeyError, ...) fail fast instead: retrying them
-    would only fail again, later.
+    would only fail again, later. So do OSErrors that stay until a person acts (`PERMANENT_OS_ERRNOS`:
+    a full disk or quota, a read-only filesystem, a permission denied).
     """
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_OS_ERRNOS:
+        return False
     return isinstance(exc, (OSError, InjectedFault, MemoryError)) or is_cuda_oom(exc)
 
 

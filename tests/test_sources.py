@@ -17,7 +17,7 @@ from unihope.config import HandModelConfig, SourceConfig, SyntheticConfig
 from unihope.hand import HandLayer, load_mano_arrays, resolve_mano_path
 from unihope.render.camera import cv_pose_to_gl, intrinsics_camera, project_points
 from unihope.sources import SOURCES, open_source, summarize_frames
-from unihope.sources.common import rotation_from_axis_angle, transform_mano_global
+from unihope.sources.common import FrameFileError, rotation_from_axis_angle, transform_mano_global
 from unihope.sources.dexycb import DexYCBSource
 from unihope.sources.ho3d import HO3DSource, decode_ho3d_depth_m, encode_ho3d_depth, load_ho3d_meta
 from unihope.sources.splits import DEXYCB_SERIALS, DEXYCB_SPLITS, DEXYCB_SUBJECTS
@@ -390,8 +390,9 @@ def test_ho3d_corrupt_frames_are_skipped_with_reasons(synthetic_ho3d: Path, tmp_
         else:
             assert isinstance(item, FrameRecord)
     assert "refusing global" in next(s.detail for s in out if isinstance(s, Skip) and s.sample_key.endswith("0004"))
-    with pytest.raises(ValueError, match="outside the dataset root"):
+    with pytest.raises(FrameFileError, match="outside the dataset root") as caught:
         load_ho3d_meta(meta_dir / "0000.pkl", tmp_path / "elsewhere")
+    assert caught.value.reason == SkipReason.OUTSIDE_ROOT
 
 
 # --- registry, determinism, idempotency ---------------------------------------------------------

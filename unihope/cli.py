@@ -21,18 +21,29 @@ def inspect(
     render_platform: str = typer.Option("egl", help="egl | osmesa"),
 ) -> None:
     """Show what is installed, which hand model and which renderer are in use."""
+    import pickle
+
     from unihope.inspect_env import describe_environment
 
-    for line in describe_environment(mano_dir=mano_dir, render_platform=render_platform):
+    try:
+        lines = list(describe_environment(mano_dir=mano_dir, render_platform=render_platform))
+    except (ValueError, pickle.UnpicklingError) as err:  # e.g. a MANO pickle that names code
+        _fail(f"inspect: {err}")
+    for line in lines:
         typer.echo(line)
 
 
 @app.command("convert-mano")
 def convert_mano(src: Path, dst: Path) -> None:
     """Convert an official chumpy-based MANO pickle to plain numpy (no chumpy needed)."""
+    import pickle
+
     from unihope.hand.convert import convert_official_mano
 
-    convert_official_mano(src, dst)
+    try:
+        convert_official_mano(src, dst)
+    except (ValueError, pickle.UnpicklingError) as err:
+        _fail(f"convert-mano: {err}")
     typer.echo(f"wrote {dst}")
 
 
@@ -68,12 +79,13 @@ def build(
     train_config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config for --train."),
     train_out: Optional[Path] = typer.Option(
         None, help="Root of --train's run folders (<dataset version>-<config digest>/ each); default runs/<name>."),
+    wait_lock: bool = typer.Option(False, "--wait-lock", help="Wait for another build of --out to finish instead of refusing."),
 ) -> None:
     """Run the build_dataset flow: source -> grasp -> annotate -> de-occlude -> pack -> finalize."""
     from flows.build import run_build_from_cli
 
     run_build_from_cli(config_path=config, source=source, out=out, train=train, train_config_path=train_config,
-                       train_out=train_out)
+                       train_out=train_out, wait_lock=wait_lock)
 
 
 @app.command()

@@ -109,6 +109,17 @@ class SourceConfig(StageConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_split(self) -> "SourceConfig":
+        # Imported here: unihope.sources imports this module.
+        from unihope.sources.splits import DEXYCB_SPLITS, HO3D_SPLITS
+
+        layout = self.synthetic.format if self.kind == "synthetic" else self.kind
+        valid = DEXYCB_SPLITS if layout == "dexycb" else HO3D_SPLITS
+        if self.split not in valid:
+            raise ValueError(f"source.split={self.split!r} is not a {layout} split; valid splits: {', '.join(valid)}")
+        return self
+
 
 class GraspConfig(StageConfig):
     """Grasp labels from the object's motion against the sequence's first frame (UniHOPE)."""
@@ -142,6 +153,16 @@ class RenderConfig(StageConfig):
     relative_depth_range_m: float = Field(0.15, gt=0)  # depth - object centre depth, scaled to [-1, 1]
     # UniHOPE's occlusion-interval bins on visibility: [0, .25], (.25, .5], (.5, .75], (.75, 1]
     occlusion_bin_edges: tuple[float, ...] = (0.25, 0.5, 0.75)
+
+    @model_validator(mode="after")
+    def _check_bin_edges(self) -> "RenderConfig":
+        edges = self.occlusion_bin_edges
+        if not edges or any(not 0 < edge < 1 for edge in edges) or any(a >= b for a, b in zip(edges, edges[1:])):
+            raise ValueError(
+                f"render.occlusion_bin_edges={list(edges)} must be strictly increasing visibilities inside (0, 1), "
+                "e.g. [0.25, 0.5, 0.75]"
+            )
+        return self
 
 
 class ControlNetConfig(StageConfig):
@@ -275,6 +296,15 @@ class PipelineConfig(StageConfig):
     storage: StorageConfig = StorageConfig()
     flow: FlowConfig = FlowConfig()
 
+    @model_validator(mode="after")
+    def _check_crop_feature_size(self) -> "PipelineConfig":
+        if self.crop.size_px % self.render.feature_downsample:
+            raise ValueError(
+                f"crop.size_px={self.crop.size_px} must be a multiple of render.feature_downsample="
+                f"{self.render.feature_downsample} (the feature maps are size_px / feature_downsample pixels)"
+            )
+        return self
+
 
 def load_yaml_model(model_cls: type[M], path_or_text: str | Path) -> M:
     """Parse YAML (a path or the text itself) into `model_cls`, with an error a user can act on.
@@ -298,11 +328,15 @@ def load_yaml_model(model_cls: type[M], path_or_text: str | Path) -> M:
     try:
         return model_cls.model_validate(data)
     except ValidationError as err:
-        lines = [f"{origin}: invalid configuration ({err.error_count()} problem(s)):"]
-        for item in err.errors():
-            where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-            lines.append(f"  - {where}: {item['msg']}")
-        raise ConfigError("\n".join(lines)) from err
+        raise ConfigError(describe_validation_error(origin, err)) from err
+
+
+def describe_validation_error(origin: str, err: ValidationError) -> str:
+    """A pydantic error as a user reads it: one line for one problem, one line per problem otherwise."""
+    problems = [f"{'.'.join(str(p) for p in item['loc']) or '(top level)'}: {item['msg']}" for item in err.errors()]
+    if len(problems) == 1:
+        return f"{origin}: invalid configuration: {problems[0]}"
+    return "\n".join([f"{origin}: invalid configuration ({len(problems)} problems):"] + [f"  - {p}" for p in problems])
 
 
 class ConfigError(ValueError):

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,19 @@ import numpy as np
 import scipy.sparse
 
 # Globals an official MANO pickle may reference; anything else is refused (pickles can run code).
+# The rule is HO3D's meta unpickler's: name each (module, name) pair a MANO file needs, never a whole
+# package (numpy alone holds numpy.testing's runstring and f2py/distutils helpers that run commands).
 _ALLOWED_BUILTINS = {"object", "set", "frozenset", "slice", "complex", "list", "dict", "tuple", "bytearray"}
 _ALLOWED_COPYREG = {"_reconstructor", "__newobj__", "__newobj_ex__"}
+_NUMPY_ARRAY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1 / numpy 2 spelling
+_ALLOWED_NUMPY = {(module, name) for module in _NUMPY_ARRAY_MODULES for name in ("_reconstruct", "scalar")} | {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+# scipy's sparse classes, under the public path or the private module old and new pickles name
+# (scipy.sparse.csc in the official Python 2 files, scipy.sparse._csc today).
+_ALLOWED_SPARSE_CLASSES = {"csc_matrix", "csr_matrix", "coo_matrix"}
+_SPARSE_MODULE_PATTERN = re.compile(r"scipy\.sparse(\._?(csc|csr|coo|compressed|base|data))?")
 _SPARSE_ATTRS = ("data", "indices", "indptr")
 CACHE_FILE_MODE = 0o644  # mkstemp creates 0600; converted models are plain readable files
 
@@ -46,7 +58,12 @@ class ChumpyStandIn:
 
 
 class _MANOUnpickler(pickle.Unpickler):
-    """Maps chumpy classes to ChumpyStandIn and old numpy/scipy paths to current ones."""
+    """Maps chumpy classes to ChumpyStandIn and resolves only the numpy/scipy globals a MANO file needs.
+
+    A chumpy class becomes a `ChumpyStandIn` that only stores its pickled state, so any chumpy
+    path (chumpy.ch.Ch, chumpy.reordering.*) is safe to accept; every other global must be on
+    an explicit allow-list.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "chumpy" or module.startswith("chumpy."):
@@ -63,15 +80,19 @@ class _MANOUnpickler(pickle.Unpickler):
             import builtins
 
             return getattr(builtins, name)
-        if module == "numpy" or module.startswith("numpy."):
-            module = module.replace("numpy.core", "numpy._core", 1) if module.startswith("numpy.core") else module
-            return super().find_class(module, name)
-        if module.startswith("scipy.sparse"):
+        if (module, name) in _ALLOWED_NUMPY:
+            if module == "numpy":
+                return getattr(np, name)
+            from numpy._core import multiarray
+
+            return getattr(multiarray, name)
+        if name in _ALLOWED_SPARSE_CLASSES and _SPARSE_MODULE_PATTERN.fullmatch(module):
             # Old pickles name private modules (scipy.sparse.csc); the classes live on scipy.sparse.
-            if hasattr(scipy.sparse, name):
-                return getattr(scipy.sparse, name)
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a MANO pickle")
+            return getattr(scipy.sparse, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} from a MANO pickle: only numpy arrays, scipy sparse matrices and "
+            "chumpy arrays may appear in a MANO file (a pickle naming anything else could run code)"
+        )
 
 
 def to_plain(value: Any) -> Any:

@@ -23,6 +23,7 @@ from storage.schema import (
 )
 from unihope.config import CropConfig, HandModelConfig, RenderConfig
 from unihope.crop import apply_affine, compute_crop
+from unihope.image_check import ImageDecodeError, read_color_image_bgr
 from unihope.render.camera import project_points
 from unihope.render.features import (
     box_keypoints,
@@ -161,12 +162,14 @@ def read_crop_image(
     """
     if not Path(image_path).is_file():
         return SkipReason.MISSING_FILE, f"image not found: {image_path}"
-    image_bgr = cv2.imread(image_path, cv2.IMREAD_COLOR)
-    if image_bgr is None:
-        return SkipReason.CORRUPT_FILE, f"image cannot be decoded: {image_path}"
+    try:
+        image_bgr = read_color_image_bgr(image_path)  # damaged JPEG entropy data is an error, not pixels
+    except ImageDecodeError as err:
+        return SkipReason.CORRUPT_FILE, str(err)
     height_px, width_px = image_bgr.shape[:2]
     if (width_px, height_px) != tuple(image_size_wh):
-        return SkipReason.CORRUPT_FILE, f"image is {width_px}x{height_px} px, the record says {image_size_wh}"
+        # the file changed since the source read its header (its size was checked against the camera's there)
+        return SkipReason.WRONG_RESOLUTION, f"image is {width_px}x{height_px} px, the record says {image_size_wh}"
     crop_bgr = cv2.warpAffine(
         image_bgr, affine, (size_px, size_px), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )

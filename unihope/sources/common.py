@@ -108,6 +108,23 @@ def image_size_wh(path: Path) -> tuple[int, int]:
     raise ValueError(f"unsupported image type {suffix!r} for {path}; expected .jpg or .png")
 
 
+def check_color_matches_depth(image_path: Path, color_wh: tuple[int, int], depth_wh: tuple[int, int]) -> None:
+    """A colour image must have its camera's resolution, which the registered depth image carries.
+
+    A resized colour image (1280x960 or 320x240 for a 640x480 camera) would be cropped with the
+    intrinsics of another resolution: a misaligned crop, or a hand "outside" the image.
+
+    Raises:
+        FrameFileError(WRONG_RESOLUTION): when the sizes differ.
+    """
+    if tuple(color_wh) != tuple(depth_wh):
+        raise FrameFileError(
+            SkipReason.WRONG_RESOLUTION,
+            f"{image_path}: colour image is {color_wh[0]}x{color_wh[1]} px, the camera's (depth) is "
+            f"{depth_wh[0]}x{depth_wh[1]} px",
+        )
+
+
 def rotation_from_axis_angle(axis_angle_rad: np.ndarray) -> np.ndarray:
     """(3, 3) rotation matrix of one axis-angle vector (Rodrigues)."""
     vec = np.asarray(axis_angle_rad, dtype=np.float64).reshape(3)

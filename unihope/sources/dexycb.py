@@ -13,7 +13,15 @@ import yaml
 from storage.schema import NUM_JOINTS, NUM_MANO_BETAS, FrameRecord, FrameRef, Skip, SkipReason
 from unihope.config import TIP_CONVENTION_OF_LAYOUT, HandModelConfig
 from unihope.hand import load_mano_arrays, pca_to_axis_angle, tip_vertex_ids
-from unihope.sources.common import FrameFileError, hand_model_path, image_size_wh, load_each, png_size_wh, skip
+from unihope.sources.common import (
+    FrameFileError,
+    check_color_matches_depth,
+    hand_model_path,
+    image_size_wh,
+    load_each,
+    png_size_wh,
+    skip,
+)
 from unihope.sources.splits import SplitSpec, dexycb_split
 from unihope.sources.ycb_meshes import MESH_FILE_NAME, YCB_NAMES
 
@@ -225,7 +233,7 @@ class DexYCBSource:
         depth_path = frame_dir / DEPTH_FORMAT.format(ref.frame_idx)
         label_path = frame_dir / LABEL_FORMAT.format(ref.frame_idx)
         size_wh = image_size_wh(image_path)
-        png_size_wh(depth_path)
+        check_color_matches_depth(image_path, size_wh, png_size_wh(depth_path))
         labels = _read_labels(label_path)
 
         # 3. Values: finite, and a hand present

@@ -22,6 +22,7 @@ from unihope.hand.constants import MANO_TO_DEXYCB_JOINTS
 from unihope.render.camera import project_points
 from unihope.sources.common import (
     FrameFileError,
+    check_color_matches_depth,
     hand_model_path,
     image_size_wh,
     load_each,
@@ -74,13 +75,17 @@ class _MetaUnpickler(pickle.Unpickler):
 def load_ho3d_meta(path: Path, root: Path) -> dict:
     """Read one HO3D meta pickle that lies inside `root`.
 
+    A symlink (a meta file or a folder above it) whose real path leaves the root is refused, not
+    followed: the frame is skipped as OUTSIDE_ROOT and the rest of the build goes on.
+
     Raises:
-        FrameFileError: MISSING_FILE when absent, CORRUPT_FILE when it cannot be unpickled safely.
-        ValueError: when `path` lies outside `root`.
+        FrameFileError: MISSING_FILE when absent, CORRUPT_FILE when it cannot be unpickled safely,
+            OUTSIDE_ROOT when its real path lies outside `root`.
     """
     path, root = Path(path), Path(root)
     if not path.resolve().is_relative_to(root.resolve()):
-        raise ValueError(f"refusing to read HO3D meta {path} outside the dataset root {root}")
+        raise FrameFileError(SkipReason.OUTSIDE_ROOT, f"refusing to read HO3D meta {path}: its real path "
+                                                      f"{path.resolve()} lies outside the dataset root {root}")
     if not path.is_file():
         raise FrameFileError(SkipReason.MISSING_FILE, f"missing file {path}")
     try:
@@ -253,7 +258,7 @@ class HO3DSource:
                           seq_dir / "rgb" / f"{name}{RGB_SUFFIXES[0]}")  # fmt: skip
         depth_path = seq_dir / "depth" / f"{name}.png"
         size_wh = image_size_wh(image_path)
-        png_size_wh(depth_path)
+        check_color_matches_depth(image_path, size_wh, png_size_wh(depth_path))
         meta = load_ho3d_meta(seq_dir / "meta" / f"{name}.pkl", self.root)
 
         # 2. Annotation present (evaluation metas hold no hand pose) and finite
