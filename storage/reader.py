@@ -35,12 +35,10 @@ from zarr.core.sync import sync as zarr_sync
 from storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
 from storage.io import Location, locate, read_bytes
 from storage.manifest import (
-    MANIFEST_NAME,
     StoreError,
     check_schema_version,
     commit_path,
     list_commits,
-    manifest_from_json,
     read_many,
     shard_stem,
 )
@@ -59,6 +57,7 @@ from storage.schema import (
     Manifest,
     ShardCommit,
 )
+from storage.versions import check_against_commits, load_version, newest_version_id, resolve_version
 
 VERIFY_MODES = ("lazy", "eager", "none")
 SPLITS = ("all", "train", "val")
@@ -317,8 +316,9 @@ def verify_shard(loc: Location, commit: ShardCommit) -> None:
 class DatasetView:
     """The committed shards of a dataset, read by global sample index (0..num_samples-1).
 
-    Built from manifest.json when the dataset is finalized, else from the shard commit records
-    (a build in progress): either way only committed shards are visible.
+    Built from one version manifest (storage.versions), else from the shard commit records (a
+    first build in progress): either way only committed shards are visible, and a view keeps
+    reading its version however many newer ones are committed meanwhile.
     """
 
     def __init__(self, loc: Location, shards: tuple[ShardCommit, ...], manifest: Manifest | None, verify: str) -> None:
@@ -338,6 +338,11 @@ class DatasetView:
     @property
     def is_finalized(self) -> bool:
         return self.manifest is not None
+
+    @property
+    def version_id(self) -> str:
+        """The dataset version this view reads ("" for the commit records of a first build in progress)."""
+        return self.manifest.version_id if self.manifest is not None else ""
 
     def __len__(self) -> int:
         return self.num_samples
@@ -451,37 +456,45 @@ class DatasetView:
         self._open.clear()
 
 
-def open_dataset(url: str | os.PathLike, storage_options: dict | None = None, verify: str = "lazy") -> DatasetView:
-    """Open the committed shards of a dataset.
+def open_dataset(
+    url: str | os.PathLike, storage_options: dict | None = None, verify: str = "lazy", version: str | None = None
+) -> DatasetView:
+    """Open one version of a dataset (the newest by default).
 
     Args:
         url: dataset root, a local path or an fsspec URL.
         storage_options: fsspec options (e.g. S3 endpoint and credentials).
         verify: "lazy" checks a shard's sha256 checksums when it is first read, "eager" checks all
             shards now, "none" trusts the store.
+        version: a version id (or a unique prefix of one); None = the newest committed version, or
+            the committed shards of a first build still in progress when there is none yet.
 
     Returns:
-        A DatasetView over the committed shards (from manifest.json, else from the commit records).
+        A DatasetView over the version's shards; `view.version_id` names it ("" for a build in progress).
 
     Raises:
         ValueError: on an unknown verify mode.
-        StoreError: on an unknown schema version, a corrupt shard (eager), or a missing field (eager).
+        StoreError: on an unknown schema version, a missing version, a version manifest that is
+            doubled, dropped or altered, a corrupt shard (eager), or a missing field (eager).
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     loc = locate(url, storage_options)
-    payload = read_bytes(loc, MANIFEST_NAME)
-    if payload is not None:
-        try:
-            manifest = manifest_from_json(json.loads(payload), where=f"{loc.url}/{MANIFEST_NAME}")
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{loc.url}/{MANIFEST_NAME}: not valid JSON ({err}); run finalize again") from err
+    newest = newest_version_id(loc)
+    if version is not None:
+        version_id = resolve_version(loc, version)
+    else:
+        version_id = newest
+    if version_id is not None:
+        manifest = load_version(loc, version_id)
+        if version_id == newest and verify != "none":
+            check_against_commits(loc, manifest)
         shards = manifest.shards
     else:
         manifest = None
         shards = tuple(list_commits(loc))
-    for commit in shards:
-        check_schema_version(commit.schema_version, f"{loc.url}/{commit_path(commit.shard_idx)}")
+        for commit in shards:
+            check_schema_version(commit.schema_version, f"{loc.url}/{commit_path(commit.shard_idx)}")
     view = DatasetView(loc, shards, manifest, verify)
     if verify == "eager":
         view.verify()
@@ -513,8 +526,9 @@ class PairedDataset(torch.utils.data.Dataset):
         val_fraction: float | None = None,
         storage_options: dict | None = None,
         verify: str = "lazy",
+        version: str | None = None,
     ) -> None:
-        """Select samples of a dataset.
+        """Select samples of one version of a dataset.
 
         Args:
             url: dataset root (path or fsspec URL).
@@ -527,9 +541,12 @@ class PairedDataset(torch.utils.data.Dataset):
                 (StorageConfig.val_fraction, default 0.1).
             storage_options: fsspec options for URLs.
             verify: checksum mode for shard reads (see open_dataset).
+            version: dataset version id (or unique prefix); None = the newest. Every process
+                (DataLoader workers too, whenever they start) reads this version.
 
         Raises:
             ValueError: on an unknown split or out-of-range fractions.
+            StoreError: on a missing version or a damaged store.
         """
         # 1. Check inputs
         if split not in SPLITS:
@@ -544,7 +561,8 @@ class PairedDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
         # 2. Filters from the small columns (read once here, never pickled)
-        view = open_dataset(self.url, self.storage_options, verify="none")
+        view = open_dataset(self.url, self.storage_options, verify=verify, version=version)
+        self.version_id = view.version_id
         if val_fraction is None:
             val_fraction = DEFAULT_VAL_FRACTION
             if view.shards:
@@ -583,7 +601,7 @@ class PairedDataset(torch.utils.data.Dataset):
             StoreError: when a shard was rewritten or removed since this dataset was created.
         """
         if self._view is None:
-            view = open_dataset(self.url, self.storage_options, verify="none")
+            view = open_dataset(self.url, self.storage_options, verify="none", version=self.version_id or None)
             by_idx = {commit.shard_idx: commit for commit in view.shards}
             shards = []
             for shard_idx, digest in self._shard_ids:

@@ -376,7 +376,7 @@ class ShardCommit:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """`manifest.json`: the committed shards of a finalized dataset."""
+    """A dataset version (`versions/<version_id>.json`): the committed shards it references, immutable."""
 
     schema_version: int
     attrs: DatasetAttrs
@@ -385,3 +385,6 @@ class Manifest:
     missing_shard_indices: tuple[int, ...]  # gaps in 0..max shard_idx (a writer never committed)
     skips_by_reason: dict[str, int]
     created_utc: str = ""
+    version_id: str = ""  # digest of the referenced shards (storage.versions.version_digest); "" = not a version
+    version_seq: int = 0  # 1 for a store's first version, +1 per committed version
+    parent_version_id: str = ""  # the newest version when this one was committed ("" for the first)

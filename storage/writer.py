@@ -24,7 +24,6 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
 from storage.io import Location, locate, remove_tree, write_bytes_atomic
 from storage.manifest import (
-    MANIFEST_NAME,
     SHARDS_DIR,
     SKIPS_NAME,
     StoreError,
@@ -34,7 +33,6 @@ from storage.manifest import (
     files_digest,
     keys_sha256,
     list_commits,
-    manifest_to_json,
     read_commit,
     shard_stem,
     utc_now,
@@ -52,6 +50,7 @@ from storage.schema import (
     ShardCommit,
     Skip,
 )
+from storage.versions import commit_version, referenced_folders
 
 if TYPE_CHECKING:  # storage/ does not import the pipeline at run time
     from unihope.config import StorageConfig
@@ -364,9 +363,8 @@ def write_shard(
     )
     write_bytes_atomic(loc, commit_path(shard_idx), json.dumps(commit.to_json(), indent=1).encode())
 
-    # 5. The superseded attempt (a rewrite with other inputs) is garbage now
-    if previous is not None and previous.data_path != final_path:
-        remove_tree(loc, previous.data_path)
+    # 5. A superseded attempt (a rewrite with other inputs) stays: a committed version may still
+    #    reference it. `finalize` removes it when none does, `gc` once its versions are gone.
     return commit
 
 
@@ -377,19 +375,22 @@ def finalize(
     storage_options: dict | None = None,
     remove_orphans: bool = True,
 ) -> Manifest:
-    """Assemble manifest.json from the shard commit records; write skips.jsonl and root attrs.
+    """Commit the shard commit records as a dataset version; write skips.jsonl and root attrs.
 
-    Run it once all writers are done (with `remove_orphans`, uncommitted attempt folders are deleted).
+    The version manifest (`versions/<id>.json`) is written once, then the newest-version pointer
+    `manifest.json`; an unchanged rebuild commits no new version. Run it once all writers are done
+    (with `remove_orphans`, attempt folders that neither a commit record nor a version references are deleted).
 
     Args:
         url: dataset root (path or fsspec URL).
         attrs: dataset attributes for the root group and the manifest.
         skips: every Skip of the build (all stages).
         storage_options: fsspec options for URLs.
-        remove_orphans: delete shard folders that no commit record names (killed or superseded writers).
+        remove_orphans: delete shard folders that no commit record and no version names (killed or
+            superseded writers).
 
     Returns:
-        The manifest that was written.
+        The committed version.
 
     Raises:
         StoreError: on a commit record with another schema version or a sample key in two shards.
@@ -413,9 +414,9 @@ def finalize(
                                  f"each frame must go to exactly one shard index")
             owner[key] = commit.shard_idx
 
-    # 3. Remove folders of killed or superseded writers
+    # 3. Remove folders of killed or superseded writers that no version references
     if remove_orphans and loc.fs.exists(loc.path(SHARDS_DIR)):
-        committed = {commit.data_path for commit in commits}
+        committed = referenced_folders(loc)
         for path in loc.fs.ls(loc.path(SHARDS_DIR), detail=False):
             name = path.rstrip("/").rsplit("/", 1)[-1]
             relative = f"{SHARDS_DIR}/{name}"
@@ -428,7 +429,6 @@ def finalize(
     root = zarr.open_group(loc.zarr_store("", read_only=False), mode="a", zarr_format=3)
     root.attrs[GROUP_ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "dataset": attrs.to_json()}
 
-    # 5. The manifest, last
+    # 5. The version and the newest-version pointer, last
     manifest = build_manifest(attrs, commits, dict(Counter(skip.reason.value for skip in skips)))
-    write_bytes_atomic(loc, MANIFEST_NAME, json.dumps(manifest_to_json(manifest), indent=1).encode())
-    return manifest
+    return commit_version(loc, manifest)

@@ -82,8 +82,10 @@ def test_round_trip_every_field_local(tmp_path):
              Skip("a/b/c/000002", "source", SkipReason.MISSING_FILE)]
     inputs, manifest = write_dataset(tmp_path / "ds", skips=skips)
     check_round_trip(tmp_path / "ds", inputs)
-    # manifest: counts, key ranges, checksums, skips; root attrs carry the schema version and config
-    data = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    # the pointer names the version; the version manifest: counts, key ranges, checksums, skips
+    pointer = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert pointer["version_id"] == manifest.version_id and pointer["num_samples"] == 12
+    data = json.loads((tmp_path / "ds" / "versions" / f"{manifest.version_id}.json").read_text())
     assert data["num_samples"] == 12 and data["num_shards"] == 2 and data["missing_shard_indices"] == []
     assert data["skips_by_reason"] == {"hand_not_visible": 1, "missing_file": 1}
     assert [s["first_key"] for s in data["shards"]] == [shard_plan(2)[0][0], shard_plan(2)[1][0]]
@@ -114,10 +116,12 @@ def test_rewrite_is_noop_and_changed_inputs_replace(tmp_path):
     mtime_ns = image_file.stat().st_mtime_ns
     again = write_shard(url, 0, annotated, results, STORAGE_ATTRS, CFG)
     assert again == first and image_file.stat().st_mtime_ns == mtime_ns
-    # other inputs: a new attempt folder is committed, the old one deleted
+    # other inputs: a new attempt folder is committed; the old one goes at finalize (no version names it)
     changed = [dataclasses.replace(r, keep=not r.keep) if r is not None else None for r in results]
     third = write_shard(url, 0, annotated, changed, STORAGE_ATTRS, CFG)
-    assert third.data_path != first.data_path and not (url / first.data_path).exists()
+    assert third.data_path != first.data_path and (url / first.data_path).exists()
+    finalize(url, STORAGE_ATTRS, [])
+    assert not (url / first.data_path).exists() and (url / third.data_path).exists()
     view = open_dataset(url)
     assert [bool(view.sample(i, ("keep",))["keep"]) for i in range(6)] == [r is not None and not r.keep for r in results]
 
@@ -314,3 +318,78 @@ def test_load_batch_errors(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a batch file"):
         load_batch(tmp_path / "bad.npz")
+
+
+# ---- versions: ids, pointer, pins, gc ----------------------------------------------------------
+
+
+def _rebuild_shard0_changed(url) -> None:
+    """The next build: shard 0 with other de-occlusion results (a new attempt folder), shard 1 unchanged."""
+    plan = shard_plan(2)
+    for idx, keys in plan.items():
+        annotated, results = make_batch(keys)
+        if idx == 0:
+            results = [dataclasses.replace(r, keep=not r.keep) if r is not None else None for r in results]
+        write_shard(url, idx, annotated, results, STORAGE_ATTRS, CFG)
+    finalize(url, STORAGE_ATTRS, [])
+
+
+def test_versions_are_immutable_and_an_unchanged_rebuild_commits_none(tmp_path):
+    from storage.versions import current_version, list_versions, version_digest
+
+    url = tmp_path / "ds"
+    _, first = write_dataset(url)
+    assert current_version(url) == first.version_id == version_digest(first.shards) and first.version_seq == 1
+    v1_keep = open_dataset(url).column("keep").copy()
+    write_dataset(url)  # same inputs: same shards, same id, nothing new
+    assert [row.version_id for row in list_versions(url)] == [first.version_id]
+    _rebuild_shard0_changed(url)
+    second = current_version(url)
+    rows = list_versions(url)
+    assert [row.version_id for row in rows] == [second, first.version_id] and rows[0].is_current
+    assert [row.seq for row in rows] == [2, 1] and all(row.num_samples == 12 for row in rows)
+    # the old version still reads exactly as it was written, by id or unique prefix
+    old = open_dataset(url, version=first.version_id[:6], verify="eager")
+    assert old.version_id == first.version_id
+    np.testing.assert_array_equal(old.column("keep"), v1_keep)
+    assert not np.array_equal(open_dataset(url).column("keep")[:6], v1_keep[:6])
+    with pytest.raises(StoreError, match="does not exist"):
+        open_dataset(url, version="ffffffffffff")
+
+
+def test_gc_keeps_pinned_versions_and_removes_them_once_released(tmp_path):
+    import subprocess
+    import time
+
+    from storage.versions import PinRecord, current_version, gc, list_versions, pin
+
+    url = tmp_path / "ds"
+    _, first = write_dataset(url)
+    _rebuild_shard0_changed(url)
+    newest = current_version(url)
+    only_v1 = {c.data_path for c in first.shards} - {c.data_path for c in open_dataset(url).shards}
+    assert len(only_v1) == 1 and all((url / path).is_dir() for path in only_v1)
+    with pin(url, first.version_id, owner="test-run", ttl_s=600) as held:
+        assert list_versions(url)[1].pinned_by == ("test-run",)
+        result = gc(url, keep=1)
+        assert result.removed_versions == () and set(result.kept_versions) == {newest, first.version_id}
+        assert open_dataset(url, version=first.version_id, verify="eager").num_samples == 12
+    assert held.is_released
+    result = gc(url, keep=1)
+    assert result.removed_versions == (first.version_id,) and set(result.removed_folders) == only_v1
+    assert not any((url / path).exists() for path in only_v1)
+    assert [row.version_id for row in list_versions(url)] == [newest]
+    assert open_dataset(url, verify="eager").num_samples == 12  # the newest is untouched
+    with pytest.raises(StoreError, match="does not exist"):
+        pin(url, first.version_id, owner="late", ttl_s=60)
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        gc(url, keep=0)
+    # pins left by a killed run: expired, or their process is gone on this host
+    expired = pin(url, newest, owner="expired", ttl_s=0.01)
+    time.sleep(0.05)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = PinRecord("pins/x.json", newest, "killed", dead.pid, socket.gethostname(), time.time() + 600)
+    alive = PinRecord("pins/y.json", newest, "alive", os.getpid(), socket.gethostname(), time.time() + 600)
+    assert not killed.is_live(time.time()) and alive.is_live(time.time())
+    assert gc(url, keep=1).removed_pins == (expired.relative_path,)

@@ -132,5 +132,42 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Folder for everything 
     run_demo(out_dir=out)
 
 
+@app.command("ls-versions")
+def ls_versions(data: str = typer.Option(..., help="Dataset path or URL.")) -> None:
+    """List the dataset's committed versions, newest first: id, created, samples, shards, pins."""
+    from storage.manifest import StoreError
+    from storage.versions import list_versions
+
+    try:
+        rows = list_versions(data)
+    except StoreError as err:
+        _fail(str(err))
+    if not rows:
+        _fail(f"{data}: no committed dataset version")
+    typer.echo(f"{'version':<18}{'seq':>5}  {'created (UTC)':<22}{'samples':>9}{'shards':>8}  pinned by")
+    for row in rows:
+        mark = "*" if row.is_current else " "
+        typer.echo(f"{mark}{row.version_id:<17}{row.seq:>5}  {row.created_utc:<22}{row.num_samples:>9}"
+                   f"{row.num_shards:>8}  {', '.join(row.pinned_by) or '-'}")
+
+
+@app.command("gc")
+def gc_versions(
+    data: str = typer.Option(..., help="Dataset path or URL."),
+    keep: int = typer.Option(2, help="Keep this many of the newest versions (pinned ones are always kept)."),
+) -> None:
+    """Remove old dataset versions and the shard folders only they referenced."""
+    from storage.manifest import StoreError
+    from storage.versions import gc
+
+    try:
+        result = gc(data, keep=keep)
+    except (StoreError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"removed {len(result.removed_versions)} version(s) {list(result.removed_versions)}, "
+               f"{len(result.removed_folders)} shard folder(s), {len(result.removed_pins)} stale pin(s); "
+               f"kept {list(result.kept_versions)}")
+
+
 if __name__ == "__main__":
     app()
