@@ -106,17 +106,46 @@ def _seed_for(seed: int, epoch: int, sample_key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}|{epoch}|{sample_key}".encode()).digest()[:8], "little")
 
 
+def chunk_key_of(name: str, ndim: int) -> str:
+    """Key of the only chunk (column) or shard object (sample array) of array `name` in a shard group."""
+    return f"{name}/c/" + "/".join(["0"] * ndim)
+
+
+def _check_sha256(where: str, name: str, payload: bytes, expected: str | None) -> None:
+    """Refuse an object whose sha256 differs from its commit record's (or that the record does not list).
+
+    Raises:
+        StoreError: naming the shard (`where`) and the object.
+    """
+    if expected is None:
+        raise StoreError(f"{where}: stored file {name} is not listed in the commit record; the shard is damaged, "
+                         f"rewrite it")
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise StoreError(f"{where}: checksum mismatch in {name} (sha256 {actual[:12]}..., commit record says "
+                         f"{expected[:12]}...); the shard is corrupt, rewrite it")
+
+
 class _ChunkReader:
     """One sharded per-sample array of one shard: cached shard index + byte-range reads + Blosc decode."""
 
-    def __init__(self, loc: Location, array_path: str, meta: dict, num_samples: int, where: str) -> None:
+    def __init__(self, loc: Location, data_path: str, name: str, meta: dict, num_samples: int, where: str,
+                 expected_sha256: str | None = None) -> None:
+        """Open the shard object of array `name` in the shard group at `data_path`.
+
+        With `expected_sha256` the whole object is read once and checked first (lazy verification).
+
+        Raises:
+            StoreError: naming the shard when the object is missing, corrupt or fails its checksum.
+        """
         self.where = where
         self.sample_shape = tuple(meta["shape"][1:])
         self.dtype = np.dtype(meta["data_type"])
         self.fill_value = meta.get("fill_value", 0)
         self.loc = loc
-        ndim = len(meta["shape"])
-        self.path = loc.path(f"{array_path}/c/" + "/".join(["0"] * ndim))
+        array_path = f"{data_path}/{name}"
+        chunk_key = chunk_key_of(name, len(meta["shape"]))
+        self.path = loc.path(f"{data_path}/{chunk_key}")
         self._blosc = numcodecs.Blosc()
         self._fd: int | None = None
         index_nbytes = num_samples * 16 + 4
@@ -124,10 +153,17 @@ class _ChunkReader:
             if loc.is_local:
                 self._fd = os.open(self.path, os.O_RDONLY)
                 size = os.fstat(self._fd).st_size
+                if expected_sha256 is not None:  # lazy verification: the whole object once, on first use
+                    _check_sha256(where, chunk_key, os.pread(self._fd, size, 0), expected_sha256)
                 raw = os.pread(self._fd, index_nbytes, size - index_nbytes)
             else:
-                size = loc.fs.size(self.path)
-                raw = loc.fs.cat_file(self.path, start=size - index_nbytes, end=size)
+                if expected_sha256 is not None:
+                    whole = loc.fs.cat_file(self.path)
+                    _check_sha256(where, chunk_key, whole, expected_sha256)
+                    size, raw = len(whole), whole[-index_nbytes:]
+                else:
+                    size = loc.fs.size(self.path)
+                    raw = loc.fs.cat_file(self.path, start=size - index_nbytes, end=size)
         except FileNotFoundError as err:
             field_name = array_path.rsplit("/", 1)[-1]
             raise StoreError(f"{where}: field {field_name!r} is missing (no {self.path}); the shard is incomplete "
@@ -183,15 +219,26 @@ class _ChunkReader:
 
 
 class _ShardReader:
-    """An opened, checked shard group: lazily loaded columns and per-sample chunk readers."""
+    """An opened, checked shard group: lazily loaded columns and per-sample chunk readers.
+
+    With `verify`, every stored object is checked against the commit record's sha256 when it is
+    first read (the group's zarr.json at open, a column's chunk when it is loaded, a sample array's
+    shard object when its first sample is read), so nothing is decoded unchecked and objects that
+    are never read are never hashed.
+    """
 
     def __init__(self, loc: Location, commit: ShardCommit, verify: bool) -> None:
         self.commit = commit
+        self.loc = loc
+        self.verify = verify
         self.where = f"{shard_stem(commit.shard_idx)} ({commit.data_path})"
-        # 1. Checksums of the stored bytes against the commit record
+        # 1. The group's metadata, checked against the commit record
         if verify:
-            verify_shard(loc, commit)
-        # 2. Schema version and fields (the group's zarr.json holds every array's metadata: one request)
+            payload = read_bytes(loc, f"{commit.data_path}/zarr.json")
+            if payload is None:
+                raise StoreError(f"{self.where}: stored file zarr.json is missing; rewrite the shard")
+            _check_sha256(self.where, "zarr.json", payload, commit.files_sha256.get("zarr.json"))
+        # 2. Schema version and fields (consolidated metadata, when present, holds every array's: one request)
         try:
             self.group = zarr.open_group(loc.zarr_store(commit.data_path, read_only=True), mode="r", zarr_format=3)
         except (FileNotFoundError, ValueError, KeyError) as err:
@@ -201,11 +248,15 @@ class _ShardReader:
             if consolidated is not None else {}
         attrs = self.group.attrs.get("unihope", {})
         check_schema_version(int(attrs.get("schema_version", -1)), self.where)
+        if attrs.get("shard_idx") != commit.shard_idx or attrs.get("num_samples") != commit.num_samples:
+            raise StoreError(f"{self.where}: the group holds shard {attrs.get('shard_idx')} with "
+                             f"{attrs.get('num_samples')} samples, the manifest says shard {commit.shard_idx} with "
+                             f"{commit.num_samples}; the manifest and the shards disagree")
         self.attrs = attrs
         self._columns: dict[str, np.ndarray] = {}
         self._chunk_readers: dict[str, _ChunkReader] = {}
         self._arrays: dict[str, zarr.Array] = {}
-        self.loc = loc
+        self._arrays_verified: set[str] = set()
 
     def array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
@@ -216,6 +267,16 @@ class _ShardReader:
                                  f"schema or is incomplete, rewrite it") from err
         return self._arrays[name]
 
+    def _verify_objects(self, prefix: str) -> None:
+        """Check every stored object whose key starts with `prefix` (an array read through zarr-python)."""
+        names = [name for name in self.commit.files_sha256 if name.startswith(prefix)]
+        fetched = read_many(self.loc, [f"{self.commit.data_path}/{name}" for name in names])
+        for name in names:
+            payload = fetched.get(f"{self.commit.data_path}/{name}")
+            if payload is None:
+                raise StoreError(f"{self.where}: stored file {name} is missing; rewrite the shard")
+            _check_sha256(self.where, name, payload, self.commit.files_sha256[name])
+
     def column(self, name: str) -> np.ndarray:
         if name not in self._columns:
             self.load_columns((name,))
@@ -225,7 +286,8 @@ class _ShardReader:
         """Fetch the chunks of several columns in one concurrent batch and decode them in one Zarr call.
 
         Raises:
-            StoreError: when a column is not in the shard or its chunk is missing.
+            StoreError: naming the shard when a column is not in the shard, its chunk is missing,
+                fails its checksum or does not decode.
         """
         names = tuple(name for name in dict.fromkeys(names) if name not in self._columns)
         if not names:
@@ -236,19 +298,39 @@ class _ShardReader:
                              f"schema or is incomplete, rewrite it")
         if not self._array_meta:  # no consolidated metadata: plain Zarr reads
             for name in names:
-                self._columns[name] = self._checked(name, self.array(name)[...])
+                array = self.array(name)
+                if self.verify:
+                    self._verify_objects(f"{name}/")
+                self._columns[name] = self._checked(name, self._decoded(name, lambda: array[...]))
             return
-        keys = {name: f"{name}/c/" + "/".join(["0"] * len(self._array_meta[name]["shape"])) for name in names}
+        keys = {name: chunk_key_of(name, len(self._array_meta[name]["shape"])) for name in names}
         fetched = read_many(self.loc, [f"{self.commit.data_path}/{key}" for key in ["zarr.json", *keys.values()]])
         prefix = f"{self.commit.data_path}/"
         for name, key in keys.items():
             if f"{prefix}{key}" not in fetched:
                 raise StoreError(f"{self.where}: field {name!r} has no data ({key}); the shard is incomplete or "
                                  f"damaged, rewrite it")
+            if self.verify:
+                _check_sha256(self.where, key, fetched[f"{prefix}{key}"], self.commit.files_sha256.get(key))
         to_buffer = zarr.core.buffer.default_buffer_prototype().buffer.from_bytes
         memory = zarr.storage.MemoryStore({path[len(prefix):]: to_buffer(payload) for path, payload in fetched.items()})
-        for name, values in zip(names, zarr_sync(_decode_columns(memory, names))):
+        decoded = self._decoded(", ".join(names), lambda: zarr_sync(_decode_columns(memory, names)))
+        for name, values in zip(names, decoded):
             self._columns[name] = self._checked(name, values)
+
+    def _decoded(self, what: str, decode):
+        """Run a Zarr decode; a codec failure (a truncated or damaged chunk) names the shard and the fields.
+
+        Raises:
+            StoreError: naming the shard and `what`.
+        """
+        try:
+            return decode()
+        except StoreError:
+            raise
+        except Exception as err:  # codecs raise RuntimeError, ValueError, TypeError, zstd/blosc-specific errors
+            raise StoreError(f"{self.where}: cannot decode {what} ({type(err).__name__}: {err}); the shard is "
+                             f"corrupt, rewrite it") from err
 
     def _checked(self, name: str, values: np.ndarray) -> np.ndarray:
         if values.shape[0] != self.commit.num_samples:
@@ -265,9 +347,17 @@ class _ShardReader:
                 meta = json.loads(read_bytes(self.loc, f"{self.commit.data_path}/{name}/zarr.json") or b"{}")
             meta = json.loads(json.dumps(meta, default=_json_default))
             if not _ChunkReader.supports(meta):
-                return np.asarray(array[local_idx])
-            reader = _ChunkReader(self.loc, f"{self.commit.data_path}/{name}", meta, self.commit.num_samples,
-                                  self.where)
+                if self.verify and name not in self._arrays_verified:
+                    self._verify_objects(f"{name}/")
+                    self._arrays_verified.add(name)
+                return np.asarray(self._decoded(f"sample {local_idx} of {name}", lambda: array[local_idx]))
+            chunk_key = chunk_key_of(name, len(meta["shape"]))
+            expected = self.commit.files_sha256.get(chunk_key) if self.verify else None
+            if self.verify and expected is None:
+                raise StoreError(f"{self.where}: stored file {chunk_key} is not listed in the commit record; the "
+                                 f"shard is damaged, rewrite it")
+            reader = _ChunkReader(self.loc, self.commit.data_path, name, meta, self.commit.num_samples, self.where,
+                                  expected_sha256=expected)
             self._chunk_readers[name] = reader
         return reader.read(local_idx)
 
@@ -361,9 +451,9 @@ class DatasetView:
             self._open.move_to_end(position)
             return reader
         commit = self.shards[position]
+        # lazy: each object is checked on first read; a shard verified whole (eager) is not checked again
         must_verify = self.verify_mode == "lazy" and commit.shard_idx not in self._verified
         reader = _ShardReader(self.loc, commit, verify=must_verify)
-        self._verified.add(commit.shard_idx)
         self._open[position] = reader
         if len(self._open) > MAX_OPEN_SHARDS:
             _, evicted = self._open.popitem(last=False)
@@ -371,14 +461,15 @@ class DatasetView:
         return reader
 
     def column(self, name: str) -> np.ndarray:
-        """A column field over all committed shards, concatenated (no checksum pass).
+        """A column field over all shards of the version, concatenated (each chunk checked unless verify="none").
 
         Raises:
             ValueError: for a per-sample (image-like) field, which is read by sample instead.
         """
         if ARRAYS_BY_NAME[name].chunking != CHUNKING_COLUMN:
             raise ValueError(f"{name!r} is a per-sample array; read it with sample(index, names=[{name!r}])")
-        parts = [_ShardReader(self.loc, commit, verify=False).column(name) for commit in self.shards] \
+        parts = [_ShardReader(self.loc, commit, verify=self.verify_mode == "lazy").column(name)
+                 for commit in self.shards] \
             if len(self.shards) > MAX_OPEN_SHARDS else [self.shard(p).column(name) for p in range(len(self.shards))]
         if not parts:
             return np.zeros((0, *ARRAYS_BY_NAME[name].shape), dtype=object)

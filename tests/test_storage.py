@@ -393,3 +393,95 @@ def test_gc_keeps_pinned_versions_and_removes_them_once_released(tmp_path):
     alive = PinRecord("pins/y.json", newest, "alive", os.getpid(), socket.gethostname(), time.time() + 600)
     assert not killed.is_live(time.time()) and alive.is_live(time.time())
     assert gc(url, keep=1).removed_pins == (expired.relative_path,)
+
+
+# ---- damaged stores: refused in plain words, naming the shard ----------------------------------
+
+
+def _version_file(url, manifest):
+    return url / "versions" / f"{manifest.version_id}.json"
+
+
+def test_doubled_dropped_or_altered_manifests_are_refused(tmp_path):
+    from storage.versions import POINTER_FORMAT, version_digest
+
+    url = tmp_path / "ds"
+    _, manifest = write_dataset(url, num_shards=3)
+    path = _version_file(url, manifest)
+    original = json.loads(path.read_text())
+
+    def damaged(edit):
+        data = json.loads(json.dumps(original))
+        edit(data)
+        path.write_text(json.dumps(data))
+
+    # a shard listed twice (the sample count made to match): 24 samples with 6 duplicates before
+    damaged(lambda d: (d["shards"].insert(1, d["shards"][0]), d.update(num_samples=24)))
+    with pytest.raises(StoreError, match="lists shard-00000 2 times"):
+        open_dataset(url, verify="none")
+    # a shard dropped: a gap the manifest does not record, or (the last one) a digest that no longer matches
+    damaged(lambda d: (d["shards"].pop(1), d.update(num_samples=12)))
+    with pytest.raises(StoreError, match=r"shard indices \[1\] are absent.*dropped"):
+        open_dataset(url, verify="none")
+    damaged(lambda d: (d["shards"].pop(2), d.update(num_samples=12)))
+    with pytest.raises(StoreError, match="digest to .* not to its id .* altered"):
+        open_dataset(url, verify="none")
+    damaged(lambda d: d.update(num_samples=17))
+    with pytest.raises(StoreError, match="says 17 samples but its shards hold 18"):
+        open_dataset(url)
+    # a self-consistent version that drops a shard the commit records say was committed before it
+    path.write_text(json.dumps(original))
+    forged = json.loads(json.dumps(original))
+    forged["shards"].pop(2)
+    forged.update(num_samples=12, created_utc="2999-01-01T00:00:00Z")
+    from storage.schema import ShardCommit
+
+    forged["version_id"] = version_digest([ShardCommit.from_json(s) for s in forged["shards"]])
+    (url / "versions" / f"{forged['version_id']}.json").write_text(json.dumps(forged))
+    (url / "manifest.json").write_text(json.dumps({"format": POINTER_FORMAT, "schema_version": SCHEMA_VERSION,
+                                                   "version_id": forged["version_id"]}))
+    with pytest.raises(StoreError, match=r"shard-00002\.commit\.json was committed before version .* dropped"):
+        open_dataset(url)
+    # a manifest.json of the old layout (the shards inline, no pointer)
+    (url / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "shards": original["shards"]}))
+    with pytest.raises(StoreError, match="not a version pointer"):
+        open_dataset(url)
+
+
+def test_truncated_column_names_its_shard_even_without_verification(tmp_path):
+    url = tmp_path / "ds"
+    _, manifest = write_dataset(url)
+    chunk = url / manifest.shards[1].data_path / "visibility" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-7])
+    with pytest.raises(StoreError, match=r"shard-00001 .*cannot decode visibility"):
+        open_dataset(url, verify="none").column("visibility")
+    with pytest.raises(StoreError, match=r"shard-00001 .*checksum mismatch in visibility/c/0"):
+        open_dataset(url).column("visibility")  # the default verifies what it reads
+    assert open_dataset(url).sample(0, ("visibility",))["visibility"] == open_dataset(
+        url, verify="none").shard(0).column("visibility")[0]  # shard 0 is intact and reads
+
+
+def test_report_and_cli_refuse_a_damaged_store_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from unihope.cli import app
+    from unihope.report import summarize_dataset, write_report
+
+    url = tmp_path / "ds"
+    _, manifest = write_dataset(url)
+    _corrupt_byte(url / manifest.shards[1].data_path / "image" / "c" / "0" / "0" / "0" / "0")
+    summarize_dataset(str(url))  # columns only: the image is not read, the columns are intact
+    with pytest.raises(StoreError, match=r"shard-00001 .*checksum mismatch in image"):
+        write_report(data_url=str(url), out_dir=tmp_path / "report")
+    _corrupt_byte(url / manifest.shards[0].data_path / "keep" / "c" / "0")
+    with pytest.raises(StoreError, match=r"shard-00000 .*checksum mismatch in keep/c/0"):
+        summarize_dataset(str(url))
+    runner = CliRunner()
+    for args in (["train", "--data", str(url), "--out", str(tmp_path / "run")],
+                 ["report", "--data", str(url), "--out", str(tmp_path / "report")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        # one line from us (smplx may print its MANO shape warning before it): no traceback
+        errors = [line for line in result.output.splitlines() if "cannot read the dataset: " in line]
+        assert len(errors) == 1 and "shard-00000" in errors[0] and "checksum mismatch" in errors[0], result.output
+        assert "Traceback" not in result.output and len(result.output.splitlines()) <= 3, result.output

@@ -80,9 +80,13 @@ def train(
     out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.json, plots."),
 ) -> None:
     """Train the UniHOPE model from the shards; evaluates on the held-out split at the end."""
+    from storage.manifest import StoreError
     from unihope.training import run_training_from_cli
 
-    run_training_from_cli(config_path=config, data_url=data, out_dir=out)
+    try:
+        run_training_from_cli(config_path=config, data_url=data, out_dir=out)
+    except StoreError as err:  # a damaged or missing dataset: one line, not a traceback
+        _fail(f"cannot read the dataset: {err}")
 
 
 @app.command("eval")
@@ -93,9 +97,13 @@ def evaluate(
     config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config the checkpoint used."),
 ) -> None:
     """Evaluate a checkpoint: MPJPE, PA-MPJPE, MPVPE, ADD-S, switcher accuracy, occlusion table."""
+    from storage.manifest import StoreError
     from unihope.training import run_evaluation_from_cli
 
-    run_evaluation_from_cli(config_path=config, checkpoint_path=checkpoint, data_url=data, out_dir=out)
+    try:
+        run_evaluation_from_cli(config_path=config, checkpoint_path=checkpoint, data_url=data, out_dir=out)
+    except StoreError as err:
+        _fail(f"cannot read the dataset: {err}")
 
 
 @app.command()
@@ -103,10 +111,14 @@ def report(
     data: str = typer.Option(..., help="Dataset path or URL."),
     out: Path = typer.Option(..., help="Folder for index.html and PNGs."),
 ) -> None:
-    """Write an HTML report: contact sheets, histograms, skip table."""
+    """Write an HTML report: contact sheets, histograms, skip table (every shard's checksums are checked)."""
+    from storage.manifest import StoreError
     from unihope.report import write_report
 
-    path = write_report(data_url=data, out_dir=out)
+    try:
+        path = write_report(data_url=data, out_dir=out)
+    except StoreError as err:
+        _fail(f"cannot read the dataset: {err}")
     typer.echo(f"report: {path}")
 
 
