@@ -33,6 +33,7 @@ import zarr.api.asynchronous
 from zarr.core.sync import sync as zarr_sync
 
 from storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
+from storage.codes import decode_utf8_fixed
 from storage.io import Location, locate, read_bytes
 from storage.manifest import (
     StoreError,
@@ -333,9 +334,15 @@ class _ShardReader:
                              f"corrupt, rewrite it") from err
 
     def _checked(self, name: str, values: np.ndarray) -> np.ndarray:
+        """The column as the schema declares it (strings decoded from their code units), its length checked."""
         if values.shape[0] != self.commit.num_samples:
             raise StoreError(f"{self.where}: field {name!r} holds {values.shape[0]} samples, the commit record "
                              f"says {self.commit.num_samples}")
+        if ARRAYS_BY_NAME[name].dtype == "str":
+            try:
+                return decode_utf8_fixed(values)
+            except ValueError as err:
+                raise StoreError(f"{self.where}: field {name!r}: {err}; the shard is corrupt, rewrite it") from err
         return values
 
     def sample_array(self, name: str, local_idx: int) -> np.ndarray:

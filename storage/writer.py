@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
+from storage.codes import decode_utf8_fixed, encode_utf8_fixed
 from storage.io import Location, locate, remove_tree, write_bytes_atomic
 from storage.manifest import (
     SHARDS_DIR,
@@ -38,11 +39,13 @@ from storage.manifest import (
     utc_now,
 )
 from storage.schema import (
+    ARRAY_DIMS,
     ARRAYS,
     CHUNKING_SAMPLE,
     HAND_SIDE_CODES,
     MAX_BETA_CANDIDATES,
     SCHEMA_VERSION,
+    STRING_WIDTH_BYTES,
     AnnotatedFrame,
     DatasetAttrs,
     DeocclusionResult,
@@ -221,8 +224,9 @@ def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "Storag
     """Encode one shard group in memory: object key -> bytes, exactly as Zarr stores them.
 
     Sample arrays: sharding codec, whole shard = one object, inner chunk = one sample, blosc.
-    Columns: one zstd chunk. The group's zarr.json carries consolidated metadata so a reader opens
-    all arrays with one request.
+    Columns: one zstd chunk. Strings: uint8 UTF-8 code units. Every array carries `dimension_names`.
+    The group's zarr.json also carries consolidated metadata so our reader opens all arrays with
+    one request (other readers ignore it; ours works without it).
     """
     objects: dict = {}
     group = zarr.open_group(zarr.storage.MemoryStore(objects), mode="w", zarr_format=3)
@@ -230,23 +234,23 @@ def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "Storag
     num_samples = len(columns["sample_key"])
     for spec in ARRAYS:
         column = columns[spec.name]
+        if spec.dtype == "str":  # a Zarr v3 core type: uint8 UTF-8 code units (storage.codes)
+            column = encode_utf8_fixed(column, STRING_WIDTH_BYTES[spec.name], spec.name)
+        common = {"shape": column.shape, "dtype": column.dtype, "dimension_names": ARRAY_DIMS[spec.name],
+                  "attributes": {"units": spec.units, "description": spec.description}, "config": _WRITE_EVERY_CHUNK}
         if spec.chunking == CHUNKING_SAMPLE:
             shuffle = _BLOSC_SHUFFLE_BY_DTYPE.get(spec.dtype, BloscShuffle.shuffle)
             array = group.create_array(
-                spec.name, shape=column.shape, dtype=column.dtype, fill_value=0,
-                chunks=(1, *column.shape[1:]), shards=column.shape,
-                compressors=BloscCodec(cname=cfg.image_codec, clevel=cfg.compression_level, shuffle=shuffle),
-                attributes={"units": spec.units, "description": spec.description}, config=_WRITE_EVERY_CHUNK,
+                spec.name, fill_value=0, chunks=(1, *column.shape[1:]), shards=column.shape,
+                compressors=BloscCodec(cname=cfg.image_codec, clevel=cfg.compression_level, shuffle=shuffle), **common,
             )
         else:
             array = group.create_array(
-                spec.name, shape=column.shape, dtype=column.dtype,
-                chunks=(num_samples, *column.shape[1:]),
-                compressors=ZstdCodec(level=cfg.compression_level),
-                attributes={"units": spec.units, "description": spec.description}, config=_WRITE_EVERY_CHUNK,
+                spec.name, chunks=(num_samples, *column.shape[1:]), compressors=ZstdCodec(level=cfg.compression_level),
+                **common,
             )
         array[...] = column
-    with warnings.catch_warnings():  # consolidated metadata is a Zarr-python extension; our reader relies on it
+    with warnings.catch_warnings():  # a zarr-python extension: the reader uses it when present (one request), never needs it
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(group.store)
     return {key: buffer.to_bytes() for key, buffer in objects.items()}
@@ -408,7 +412,7 @@ def finalize(
     owner: dict[str, int] = {}
     for commit in commits:
         group = zarr.open_group(loc.zarr_store(commit.data_path, read_only=True), mode="r")
-        for key in group["sample_key"][...].tolist():
+        for key in decode_utf8_fixed(group["sample_key"][...]).tolist():
             if key in owner:
                 raise StoreError(f"sample {key!r} is in {shard_stem(owner[key])} and {shard_stem(commit.shard_idx)}; "
                                  f"each frame must go to exactly one shard index")

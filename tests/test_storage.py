@@ -485,3 +485,84 @@ def test_report_and_cli_refuse_a_damaged_store_in_one_line(tmp_path):
         errors = [line for line in result.output.splitlines() if "cannot read the dataset: " in line]
         assert len(errors) == 1 and "shard-00000" in errors[0] and "checksum mismatch" in errors[0], result.output
         assert "Traceback" not in result.output and len(result.output.splitlines()) <= 3, result.output
+
+
+# ---- standard Zarr v3 readers: tensorstore, xarray, no consolidated metadata -------------------
+
+
+def _zarr_values(group_path, name):
+    return zarr.open_array(f"{group_path}/{name}", mode="r", zarr_format=3)[...]
+
+
+def test_tensorstore_reads_every_array_of_a_version_like_zarr_python(tmp_path):
+    import tensorstore as ts
+
+    from storage.interop import shard_group_urls
+    from storage.schema import ARRAY_DIMS
+
+    url = tmp_path / "ds"
+    write_dataset(url)
+    groups = shard_group_urls(url)
+    assert len(groups) == 2
+    for group in groups:
+        for name in ARRAY_NAMES:
+            store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{group}/{name}"}},
+                            read=True).result()
+            expected = _zarr_values(group, name)
+            assert store.domain.labels == ARRAY_DIMS[name], name
+            actual = store.read().result()
+            assert actual.dtype == expected.dtype and actual.shape == expected.shape, name
+            np.testing.assert_array_equal(actual, expected, err_msg=name)  # NaNs compare equal
+
+
+def test_xarray_opens_a_version_as_one_table_with_all_samples(tmp_path):
+    from storage.codes import decode_utf8_fixed
+    from storage.interop import open_xarray
+    from storage.versions import current_version
+
+    url = tmp_path / "ds"
+    inputs, first = write_dataset(url)
+    _rebuild_shard0_changed(url)
+    for version_id in (first.version_id, current_version(url)):
+        table = open_xarray(url, version=version_id)
+        view = open_dataset(url, version=version_id, verify="eager")
+        assert table.sizes["sample"] == view.num_samples == 12 and set(table.data_vars) == set(ARRAY_NAMES)
+        assert table.attrs["unihope"]["version_id"] == version_id
+        keys = decode_utf8_fixed(table["sample_key"].values).tolist()
+        assert keys == view.column("sample_key").tolist() == sorted(inputs)
+        np.testing.assert_array_equal(table["keep"].values, view.column("keep"))
+        for index in (0, 7, 11):
+            stored = view.sample(index, ("image", "hand_parts", "joints_3d", "beta"))
+            for name, value in stored.items():
+                np.testing.assert_array_equal(table[name].values[index], value, err_msg=name)
+        assert table["image"].dims == ("sample", "y", "x", "rgb")
+    assert not np.array_equal(open_xarray(url, version=first.version_id)["keep"].values,
+                              open_xarray(url)["keep"].values)
+
+
+def test_reader_does_not_need_consolidated_metadata(tmp_path):
+    url = tmp_path / "ds"
+    inputs, manifest = write_dataset(url)
+    for commit in manifest.shards:
+        meta_path = url / commit.data_path / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta.pop("consolidated_metadata", None) is not None
+        meta_path.write_text(json.dumps(meta))
+    view = open_dataset(url, verify="none")  # the rewritten zarr.json no longer matches its checksum
+    assert view.column("sample_key").tolist() == sorted(inputs)
+    for index in range(view.num_samples):
+        annotated, result = view.record(index)
+        expected_annotated, expected_result = inputs[annotated.frame.sample_key]
+        assert_same_record(annotated, expected_annotated)
+        if expected_result is not None:
+            assert_same_record(result, expected_result)
+    with pytest.raises(StoreError, match="checksum mismatch in zarr.json"):
+        open_dataset(url).column("keep")
+
+
+def test_too_long_strings_are_refused_naming_the_field(tmp_path):
+    annotated, results = make_batch(make_keys(1, 2))
+    record = dataclasses.replace(annotated[0].frame, image_path="/data/" + "x" * 1100 + ".jpg")
+    annotated[0] = dataclasses.replace(annotated[0], frame=record)
+    with pytest.raises(ValueError, match=r"field 'image_path'.* 1110 bytes in UTF-8.* at most 1024"):
+        write_shard(tmp_path, 0, annotated, results, STORAGE_ATTRS, CFG)
