@@ -613,6 +613,8 @@ class PairedDataset(torch.utils.data.Dataset):
     Augmentation is seeded per sample from (seed, epoch, sample_key); `make_loader` passes the epoch.
     """
 
+    reads_batches = True  # make_loader hands whole batches (lists of items) to __getitem__
+
     def __init__(
         self,
         url: str | os.PathLike,
@@ -877,26 +879,49 @@ _TORCH_DTYPES = {np.float32: torch.float32, np.bool_: torch.bool, np.int64: torc
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields (index, epoch) so workers seed augmentation per epoch; reshuffles (seeded) each epoch."""
+    """Yields (index, epoch) so workers seed augmentation per epoch; reshuffles (seeded) each epoch.
 
-    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0) -> None:
+    The order of an epoch depends only on (seed, epoch): `np.random.default_rng([seed, epoch])`,
+    so a run resumed mid-epoch (`epoch`, `skip_samples`) continues with the very same items.
+    """
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, epoch: int = 0, skip_samples: int = 0) -> None:
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
-        self.epoch = 0
+        self.epoch = epoch
+        self.skip_samples = skip_samples  # of the first epoch iterated only
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples - self.skip_samples
 
     def __iter__(self):
-        epoch = self.epoch
+        epoch, skip = self.epoch, self.skip_samples
         self.epoch += 1
+        self.skip_samples = 0
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
-        for index in order.tolist():
+        for index in order[skip:].tolist():
             yield index, epoch
+
+
+class _PerSampleBatches(torch.utils.data.Dataset):
+    """Batches of a dataset that only reads single samples (e.g. an in-memory test double): the
+    worker collates them with default_collate. PairedDataset never goes through here."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+        self.is_augmented = getattr(dataset, "augment", None) is not None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, items: list[tuple[int, int]]) -> dict:
+        # (index, epoch) seeds an augmented sample; an unaugmented one is indexed plainly
+        return torch.utils.data.default_collate(
+            [self.dataset[item if self.is_augmented else item[0]] for item in items])
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -908,32 +933,38 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def make_loader(
-    dataset: PairedDataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
-    drop_last: bool = False,
+    dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
+    drop_last: bool = False, epoch: int = 0, skip_batches: int = 0,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over a PairedDataset: spawn-started workers that open the store lazily.
 
     Args:
-        dataset: the PairedDataset.
+        dataset: the PairedDataset (or any dataset whose `reads_batches` is True); another dataset
+            is read sample by sample and collated in the worker.
         batch_size: samples per batch.
         num_workers: worker processes (0 = in the main process).
         shuffle: reshuffle every epoch (seeded by `seed` and the epoch).
         seed: shuffle seed.
         drop_last: drop the last incomplete batch.
+        epoch: the first epoch the loader yields (later iterations yield epoch + 1, ...).
+        skip_batches: batches of the first epoch to leave out (a run resumed mid-epoch).
 
     Returns:
         A DataLoader yielding dicts of batched tensors (`sample_key` as a list of str).
 
     Raises:
-        ValueError: on a non-positive batch size or negative worker count.
+        ValueError: on a non-positive batch size, negative worker count, epoch or skip.
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+    if epoch < 0 or not 0 <= skip_batches * batch_size <= len(dataset):
+        raise ValueError(f"epoch must be >= 0 and skip_batches within the epoch, got {epoch} and {skip_batches}")
     # each worker builds a whole collated batch (PairedDataset.load_batch) and sends it as one buffer
-    batches = torch.utils.data.BatchSampler(EpochSampler(len(dataset), shuffle=shuffle, seed=seed), batch_size,
-                                            drop_last=drop_last)
+    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch,
+                           skip_samples=skip_batches * batch_size)
+    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last)
     return torch.utils.data.DataLoader(
-        dataset,
+        dataset if getattr(dataset, "reads_batches", False) else _PerSampleBatches(dataset),
         batch_size=None,
         sampler=batches,
         collate_fn=_collated,
