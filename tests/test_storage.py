@@ -566,3 +566,130 @@ def test_too_long_strings_are_refused_naming_the_field(tmp_path):
     annotated[0] = dataclasses.replace(annotated[0], frame=record)
     with pytest.raises(ValueError, match=r"field 'image_path'.* 1110 bytes in UTF-8.* at most 1024"):
         write_shard(tmp_path, 0, annotated, results, STORAGE_ATTRS, CFG)
+
+
+# ---- UniHOPE's own label files (export-unihope), read as the released loader reads them ---------
+
+# dex-ycb-toolkit's s0 setup (dex_ycb.py), written out here from the toolkit, not from our splits module
+TOOLKIT_SUBJECTS = ["20200709-subject-01", "20200813-subject-02", "20200820-subject-03", "20200903-subject-04",
+                    "20200908-subject-05", "20200918-subject-06", "20200928-subject-07", "20201002-subject-08",
+                    "20201015-subject-09", "20201022-subject-10"]
+TOOLKIT_SERIALS = ["836212060125", "839512060362", "840412060917", "841412060263", "932122060857", "932122060861",
+                   "932122061900", "932122062010"]
+TOOLKIT_S0 = {"train": (range(10), lambda i: i % 5 != 4), "val": ([0, 1], lambda i: i % 5 == 4),
+              "test": (range(2, 10), lambda i: i % 5 == 4)}
+NUM_TOOLKIT_FRAMES = 5
+
+
+def _toolkit_s0_ids(root, mode) -> dict[str, int]:
+    """frame key -> index, as DexYCBDataset('s0', mode) enumerates: subject, sorted sequences, camera, frame."""
+    subject_idx, rule = TOOLKIT_S0[mode]
+    ids = {}
+    for s in subject_idx:
+        subject = TOOLKIT_SUBJECTS[s]
+        if not (root / subject).is_dir():
+            continue
+        sequences = [name for i, name in enumerate(sorted(os.listdir(root / subject))) if rule(i)]
+        for sequence in sequences:
+            for serial in TOOLKIT_SERIALS:
+                for frame in range(NUM_TOOLKIT_FRAMES):
+                    ids[f"{subject}/{sequence}/{serial}/{frame:06d}"] = len(ids)
+    return ids
+
+
+def _upstream_like_read(root, setup, mode) -> list[dict]:
+    """What data_loader/DEX_YCB_HOPE.py takes from the files (local mode), sample by sample in its order."""
+    with open(root / f"dex_ycb_{setup}_{mode}_data.json", encoding="utf-8") as handle:
+        sample_dict = json.load(handle)
+    sample_list = sorted(sample_dict.keys(), key=lambda x: int(x[3:]))
+    grasp_gt = np.load(root / f"grasp_{setup}_{mode}.npy", allow_pickle=True).item()
+    occ_ratio = np.load(root / f"hand_occ_{setup}_{mode}.npy", allow_pickle=True).item()
+    rows = []
+    for sample_key in sample_list:
+        info = sample_dict[sample_key]
+        intr = info["intrinsics"]
+        rows.append({
+            "id": sample_key, "color_file": info["color_file"], "object_seg_file": info["object_seg_file"],
+            "K": np.array([[intr["fx"], 0, intr["ppx"]], [0, intr["fy"], intr["ppy"]], [0, 0, 1]]),
+            "joint_2d": np.array(info["joint_2d"], dtype=np.float32).squeeze(),
+            "joint_3d": np.array(info["joint_3d"], dtype=np.float32).squeeze(),
+            "pose_m": np.array(info["pose_m"], dtype=np.float32).squeeze(),
+            "grasp_object_pose": np.array(info["pose_y"][info["ycb_grasp_ind"]], dtype=np.float32),
+            "grasp_object_id": info["ycb_ids"][info["ycb_grasp_ind"]],
+            "mano_side": info["mano_side"], "mano_betas": np.array(info["mano_betas"], dtype=np.float32),
+            "gt_grasping": grasp_gt[sample_key], "occluded": not occ_ratio[sample_key] > 0.8,
+            "occ_ratio": occ_ratio[sample_key], "is_grasp_target": info.get("is_grasp_target"),
+        })
+    return rows
+
+
+def _dexycb_tree(root, keys) -> dict[str, dict]:
+    """A DexYCB-layout tree: 5 sequences for subjects 01 and 03, meta.yml, label files for `keys`."""
+    labels = {}
+    for subject in (TOOLKIT_SUBJECTS[0], TOOLKIT_SUBJECTS[2]):
+        for i in range(5):
+            sequence_dir = root / subject / f"2020{i + 1:02d}01_1000{i:02d}"
+            sequence_dir.mkdir(parents=True)
+            (sequence_dir / "meta.yml").write_text(
+                f"num_frames: {NUM_TOOLKIT_FRAMES}\nserials: {TOOLKIT_SERIALS}\nycb_ids: [4, 5, 12]\n"
+                f"ycb_grasp_ind: 1\nmano_sides: [right]\nmano_calib: [calib_a]\n")
+    rng = np.random.default_rng(7)
+    for key in keys:
+        subject, sequence, serial, frame = key.split("/")
+        folder = root / subject / sequence / serial
+        folder.mkdir(parents=True, exist_ok=True)
+        label = {"joint_3d": rng.normal(0, 1, (1, 21, 3)).astype(np.float32),
+                 "joint_2d": rng.uniform(0, 400, (1, 21, 2)).astype(np.float32),
+                 "pose_m": rng.normal(0, 1, (1, 51)).astype(np.float32),
+                 "pose_y": rng.normal(0, 1, (3, 3, 4)).astype(np.float32), "seg": np.zeros((4, 4), np.uint8)}
+        np.savez(folder / f"labels_{frame}.npz", **label)
+        labels[key] = label
+    return labels
+
+
+def test_export_unihope_writes_what_the_released_loader_reads(tmp_path):
+    from typer.testing import CliRunner
+
+    from unihope.cli import app
+
+    root = tmp_path / "dexycb"
+    (root / "calibration").mkdir(parents=True)
+    keys = [f"{TOOLKIT_SUBJECTS[0]}/20200201_100001/{TOOLKIT_SERIALS[1]}/000002",
+            f"{TOOLKIT_SUBJECTS[0]}/20200201_100001/{TOOLKIT_SERIALS[1]}/000003",
+            f"{TOOLKIT_SUBJECTS[2]}/20200301_100002/{TOOLKIT_SERIALS[6]}/000001",
+            f"{TOOLKIT_SUBJECTS[0]}/20200501_100004/{TOOLKIT_SERIALS[0]}/000001",
+            f"{TOOLKIT_SUBJECTS[2]}/20200501_100004/{TOOLKIT_SERIALS[7]}/000004",
+            f"{TOOLKIT_SUBJECTS[2]}/20200501_100004/{TOOLKIT_SERIALS[7]}/000000"]
+    labels = _dexycb_tree(root, keys)
+    annotated, results = make_batch(keys)
+    write_shard(tmp_path / "ds", 0, annotated, results, STORAGE_ATTRS, CFG)
+    finalize(tmp_path / "ds", STORAGE_ATTRS, [])
+    by_key = {a.frame.sample_key: a for a in annotated}
+    out = tmp_path / "unihope"
+    result = CliRunner().invoke(app, ["export-unihope", "--data", str(tmp_path / "ds"), "--split", "s0", "--out",
+                                      str(out), "--dexycb-root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "train 3, val 1, test 2" in result.output
+    for mode, expected_keys in (("train", keys[:3]), ("val", keys[3:4]), ("test", keys[4:])):
+        ids = _toolkit_s0_ids(root, mode)
+        rows = _upstream_like_read(out, "s0", mode)
+        assert [row["id"] for row in rows] == sorted((f"id_{ids[k]}" for k in expected_keys), key=lambda x: int(x[3:]))
+        key_of = {f"id_{ids[k]}": k for k in expected_keys}
+        for row in rows:
+            key = key_of[row["id"]]
+            frame = by_key[key]
+            assert row["color_file"] == f"{key.rsplit('/', 1)[0]}/color_{key.rsplit('/', 1)[1]}.jpg"
+            assert row["object_seg_file"] == "object_render/" + row["color_file"].replace(
+                "color", "grasp_object_seg").replace("jpg", "png")
+            np.testing.assert_allclose(row["K"], frame.frame.K)
+            np.testing.assert_array_equal(row["joint_2d"], labels[key]["joint_2d"][0])
+            np.testing.assert_array_equal(row["pose_m"], labels[key]["pose_m"][0])
+            np.testing.assert_array_equal(row["grasp_object_pose"], labels[key]["pose_y"][1])
+            assert row["grasp_object_id"] == 5 and row["mano_side"] == "right"
+            np.testing.assert_array_equal(row["mano_betas"], frame.frame.mano_betas)
+            assert isinstance(row["gt_grasping"], bool) and row["gt_grasping"] == frame.grasp.is_grasping
+            assert row["occ_ratio"] == pytest.approx(frame.visibility) and row["occluded"] == (frame.visibility <= 0.8)
+    test_rows = {row["id"]: row for row in _upstream_like_read(out, "s0", "test")}
+    ids = _toolkit_s0_ids(root, "test")
+    assert test_rows[f"id_{ids[keys[4]]}"]["is_grasp_target"] is True  # frame 4 of 5: the last BOP target
+    assert test_rows[f"id_{ids[keys[5]]}"]["is_grasp_target"] is False  # frame 0: a BOP target, not the last

@@ -181,5 +181,25 @@ def gc_versions(
                f"kept {list(result.kept_versions)}")
 
 
+@app.command("export-unihope")
+def export_unihope(
+    data: str = typer.Option(..., help="Dataset path or URL written by `unihope build` (DexYCB)."),
+    split: str = typer.Option("s0", help="DexYCB setup: s0 | s1 | s2 | s3."),
+    out: Path = typer.Option(..., help="Folder for UniHOPE's dex_ycb_*_data.json, grasp_*.npy, hand_occ_*.npy."),
+    dexycb_root: Optional[Path] = typer.Option(None, help="The DexYCB tree (default: the dataset's source.root)."),
+    version: Optional[str] = typer.Option(None, help="Dataset version id (default: the newest)."),
+) -> None:
+    """Write the label files the released UniHOPE loader reads for DexYCB, from a dataset version."""
+    from storage.manifest import StoreError
+    from unihope.export_unihope import export_unihope_labels
+
+    try:
+        summary = export_unihope_labels(data, split, out, dexycb_root=dexycb_root, version=version)
+    except (StoreError, ValueError) as err:
+        _fail(str(err))
+    counts = ", ".join(f"{mode} {count}" for mode, count in summary.num_by_mode.items())
+    typer.echo(f"version {summary.version_id}: {counts} samples -> {summary.out_dir}")
+
+
 if __name__ == "__main__":
     app()
