@@ -27,6 +27,11 @@ def shard_stem(shard_idx: int) -> str:
     return SHARD_STEM.format(shard_idx=shard_idx)
 
 
+def chunk_key_of(name: str, ndim: int) -> str:
+    """Key of the only chunk (column) or shard object (sample array) of array `name` in a shard group."""
+    return f"{name}/c/" + "/".join(["0"] * ndim)
+
+
 def commit_path(shard_idx: int) -> str:
     """Commit record of a shard, relative to the dataset root."""
     return f"{SHARDS_DIR}/{shard_stem(shard_idx)}{COMMIT_SUFFIX}"

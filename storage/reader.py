@@ -37,6 +37,7 @@ from storage.codes import decode_utf8_fixed
 from storage.io import Location, locate, read_bytes
 from storage.manifest import (
     StoreError,
+    chunk_key_of,
     check_schema_version,
     commit_path,
     list_commits,
@@ -105,11 +106,6 @@ def _sequence_hash_unit(sequence_key: str) -> float:
 
 def _seed_for(seed: int, epoch: int, sample_key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}|{epoch}|{sample_key}".encode()).digest()[:8], "little")
-
-
-def chunk_key_of(name: str, ndim: int) -> str:
-    """Key of the only chunk (column) or shard object (sample array) of array `name` in a shard group."""
-    return f"{name}/c/" + "/".join(["0"] * ndim)
 
 
 def _check_sha256(where: str, name: str, payload: bytes, expected: str | None) -> None:
