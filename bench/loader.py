@@ -10,7 +10,12 @@ The baseline runs in a per-sample DataLoader (default_collate), the shard reader
 (workers build whole batches, one shared buffer per batch). Also reports write throughput and bytes
 per sample. Prints ratios against the baseline measured in the same run, and the 1-minute load average.
 
-    .venv/bin/python bench/loader.py [--samples 512] [--workers 2] [--batch 32]
+Data wait: the share of a training step spent waiting for the next batch from `make_loader` (what
+`unihope train` reads through), for the CPU demo config (configs/train_demo.yaml: its model, batch
+size and workers, real optimiser steps) and, at the GPU config's batch size (configs/train_dexycb_gpu.yaml),
+the loader's time per batch here, i.e. the shortest GPU step it keeps fed (no GPU on this machine).
+
+    .venv/bin/python bench/loader.py [--samples 512] [--workers 2] [--batch 32] [--skip-baseline]
 """
 
 from __future__ import annotations
@@ -172,12 +177,66 @@ def samples_per_s(loader: torch.utils.data.DataLoader, epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def data_wait(loader: torch.utils.data.DataLoader, step, num_steps: int) -> tuple[float, float]:
+    """(seconds waiting for batches, seconds in `step`) over `num_steps` steps after one warm-up step."""
+    iterator = iter(loader)
+    step(next(iterator))  # warm-up: worker start, first shard open, first forward
+    wait_s = step_s = 0.0
+    for _ in range(num_steps):
+        start = time.perf_counter()
+        try:
+            batch_dict = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            batch_dict = next(iterator)
+        middle = time.perf_counter()
+        step(batch_dict)
+        wait_s += middle - start
+        step_s += time.perf_counter() - middle
+    return wait_s, step_s
+
+
+def report_data_wait(url: Path, num_steps: int) -> None:
+    """Data-wait share of a real demo training step, and the loader's batch time at the GPU batch size."""
+    from unihope import training as T
+    from unihope.train_config import TrainConfig
+
+    demo = TrainConfig.from_yaml("configs/train_demo.yaml")
+    hand_layer = T.build_hand_layer()
+    model = T.build_model(demo, hand_layer)
+    optimizer = torch.optim.Adam(model.parameters(), lr=demo.optim.learning_rate)
+
+    def train_step(batch_dict: dict) -> None:
+        prepared = T.with_gt_vertices(model, T.prepare_batch(batch_dict, demo, torch.device("cpu"), is_train=True))
+        loss, _ = T.batch_loss(model, prepared, demo)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    dataset = PairedDataset(url, augment=AugmentConfig(), seed=0)
+    for workers in sorted({demo.data.num_workers, 2}):
+        loader = make_loader(dataset, demo.optim.batch_size, num_workers=workers, seed=0)
+        wait_s, step_s = data_wait(loader, train_step, num_steps)
+        print(f"data wait, CPU demo config (batch {demo.optim.batch_size}, {workers} workers, load avg "
+              f"{os.getloadavg()[0]:.1f}): {wait_s / (wait_s + step_s):.1%} of a training step "
+              f"({wait_s / num_steps * 1e3:.0f} ms waiting, {step_s / num_steps * 1e3:.0f} ms computing per step)")
+    gpu = TrainConfig.from_yaml("configs/train_dexycb_gpu.yaml")
+    for workers in (0, 2):
+        loader = make_loader(dataset, gpu.optim.batch_size, num_workers=workers, seed=0)
+        wait_s, _ = data_wait(loader, lambda batch_dict: None, num_steps)
+        print(f"data wait, GPU config's batch {gpu.optim.batch_size}, {workers} workers here: "
+              f"{wait_s / num_steps * 1e3:.0f} ms per batch: no wait for GPU steps longer than that "
+              f"(the config asks for {gpu.data.num_workers} workers)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=12, help="training steps per data-wait measurement")
+    parser.add_argument("--skip-baseline", action="store_true", help="only write throughput and data wait")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -206,7 +265,12 @@ def main() -> None:
               f"{raw_bytes / len(annotated) / 1e3:.1f} kB raw; baseline source files "
               f"{source_bytes / len(annotated) / 1e3:.1f} kB (jpg + labels npz + deocc png)")
 
-        # 3. Read throughput, same augmentation, same workers
+        # 3. Data wait of a training step through make_loader
+        report_data_wait(url, args.steps)
+        if args.skip_baseline:
+            return
+
+        # 4. Read throughput, same augmentation, same workers
         augment = AugmentConfig()
         shard_ds = PairedDataset(url, augment=augment, seed=0)
         base_ds = JpegBaseline(index, augment, seed=0)

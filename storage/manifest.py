@@ -11,7 +11,7 @@ from storage.io import Location, read_bytes
 from storage.schema import SCHEMA_VERSION, DatasetAttrs, Manifest, ShardCommit
 
 SHARDS_DIR = "shards"
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "manifest.json"  # the newest-version pointer (storage.versions)
 SKIPS_NAME = "skips.jsonl"
 COMMIT_SUFFIX = ".commit.json"
 SHARD_STEM = "shard-{shard_idx:05d}"
@@ -25,6 +25,11 @@ class StoreError(ValueError):
 def shard_stem(shard_idx: int) -> str:
     """`shard-00042` for shard 42."""
     return SHARD_STEM.format(shard_idx=shard_idx)
+
+
+def chunk_key_of(name: str, ndim: int) -> str:
+    """Key of the only chunk (column) or shard object (sample array) of array `name` in a shard group."""
+    return f"{name}/c/" + "/".join(["0"] * ndim)
 
 
 def commit_path(shard_idx: int) -> str:
@@ -141,12 +146,15 @@ def manifest_to_json(manifest: Manifest) -> dict:
         "missing_shard_indices": list(manifest.missing_shard_indices),
         "skips_by_reason": manifest.skips_by_reason,
         "created_utc": manifest.created_utc,
+        "version_id": manifest.version_id,
+        "version_seq": manifest.version_seq,
+        "parent_version_id": manifest.parent_version_id,
         "shards": [commit.to_json() for commit in manifest.shards],
     }
 
 
 def manifest_from_json(data: dict, where: str) -> Manifest:
-    """Decode manifest.json.
+    """Decode a version manifest (`versions/<id>.json`).
 
     Raises:
         StoreError: on an unknown schema version or missing keys.
@@ -161,6 +169,9 @@ def manifest_from_json(data: dict, where: str) -> Manifest:
             missing_shard_indices=tuple(data.get("missing_shard_indices", ())),
             skips_by_reason=dict(data.get("skips_by_reason", {})),
             created_utc=data.get("created_utc", ""),
+            version_id=str(data.get("version_id", "")),
+            version_seq=int(data.get("version_seq", 0)),
+            parent_version_id=str(data.get("parent_version_id", "")),
         )
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise StoreError(f"{where}: malformed manifest ({err}); run storage.writer.finalize again") from err

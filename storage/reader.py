@@ -33,14 +33,14 @@ import zarr.api.asynchronous
 from zarr.core.sync import sync as zarr_sync
 
 from storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
+from storage.codes import decode_utf8_fixed
 from storage.io import Location, locate, read_bytes
 from storage.manifest import (
-    MANIFEST_NAME,
     StoreError,
+    chunk_key_of,
     check_schema_version,
     commit_path,
     list_commits,
-    manifest_from_json,
     read_many,
     shard_stem,
 )
@@ -59,6 +59,7 @@ from storage.schema import (
     Manifest,
     ShardCommit,
 )
+from storage.versions import check_against_commits, load_version, newest_version_id, resolve_version
 
 VERIFY_MODES = ("lazy", "eager", "none")
 SPLITS = ("all", "train", "val")
@@ -107,17 +108,41 @@ def _seed_for(seed: int, epoch: int, sample_key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}|{epoch}|{sample_key}".encode()).digest()[:8], "little")
 
 
+def _check_sha256(where: str, name: str, payload: bytes, expected: str | None) -> None:
+    """Refuse an object whose sha256 differs from its commit record's (or that the record does not list).
+
+    Raises:
+        StoreError: naming the shard (`where`) and the object.
+    """
+    if expected is None:
+        raise StoreError(f"{where}: stored file {name} is not listed in the commit record; the shard is damaged, "
+                         f"rewrite it")
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise StoreError(f"{where}: checksum mismatch in {name} (sha256 {actual[:12]}..., commit record says "
+                         f"{expected[:12]}...); the shard is corrupt, rewrite it")
+
+
 class _ChunkReader:
     """One sharded per-sample array of one shard: cached shard index + byte-range reads + Blosc decode."""
 
-    def __init__(self, loc: Location, array_path: str, meta: dict, num_samples: int, where: str) -> None:
+    def __init__(self, loc: Location, data_path: str, name: str, meta: dict, num_samples: int, where: str,
+                 expected_sha256: str | None = None) -> None:
+        """Open the shard object of array `name` in the shard group at `data_path`.
+
+        With `expected_sha256` the whole object is read once and checked first (lazy verification).
+
+        Raises:
+            StoreError: naming the shard when the object is missing, corrupt or fails its checksum.
+        """
         self.where = where
         self.sample_shape = tuple(meta["shape"][1:])
         self.dtype = np.dtype(meta["data_type"])
         self.fill_value = meta.get("fill_value", 0)
         self.loc = loc
-        ndim = len(meta["shape"])
-        self.path = loc.path(f"{array_path}/c/" + "/".join(["0"] * ndim))
+        array_path = f"{data_path}/{name}"
+        chunk_key = chunk_key_of(name, len(meta["shape"]))
+        self.path = loc.path(f"{data_path}/{chunk_key}")
         self._blosc = numcodecs.Blosc()
         self._fd: int | None = None
         index_nbytes = num_samples * 16 + 4
@@ -125,10 +150,17 @@ class _ChunkReader:
             if loc.is_local:
                 self._fd = os.open(self.path, os.O_RDONLY)
                 size = os.fstat(self._fd).st_size
+                if expected_sha256 is not None:  # lazy verification: the whole object once, on first use
+                    _check_sha256(where, chunk_key, os.pread(self._fd, size, 0), expected_sha256)
                 raw = os.pread(self._fd, index_nbytes, size - index_nbytes)
             else:
-                size = loc.fs.size(self.path)
-                raw = loc.fs.cat_file(self.path, start=size - index_nbytes, end=size)
+                if expected_sha256 is not None:
+                    whole = loc.fs.cat_file(self.path)
+                    _check_sha256(where, chunk_key, whole, expected_sha256)
+                    size, raw = len(whole), whole[-index_nbytes:]
+                else:
+                    size = loc.fs.size(self.path)
+                    raw = loc.fs.cat_file(self.path, start=size - index_nbytes, end=size)
         except FileNotFoundError as err:
             field_name = array_path.rsplit("/", 1)[-1]
             raise StoreError(f"{where}: field {field_name!r} is missing (no {self.path}); the shard is incomplete "
@@ -184,15 +216,26 @@ class _ChunkReader:
 
 
 class _ShardReader:
-    """An opened, checked shard group: lazily loaded columns and per-sample chunk readers."""
+    """An opened, checked shard group: lazily loaded columns and per-sample chunk readers.
+
+    With `verify`, every stored object is checked against the commit record's sha256 when it is
+    first read (the group's zarr.json at open, a column's chunk when it is loaded, a sample array's
+    shard object when its first sample is read), so nothing is decoded unchecked and objects that
+    are never read are never hashed.
+    """
 
     def __init__(self, loc: Location, commit: ShardCommit, verify: bool) -> None:
         self.commit = commit
+        self.loc = loc
+        self.verify = verify
         self.where = f"{shard_stem(commit.shard_idx)} ({commit.data_path})"
-        # 1. Checksums of the stored bytes against the commit record
+        # 1. The group's metadata, checked against the commit record
         if verify:
-            verify_shard(loc, commit)
-        # 2. Schema version and fields (the group's zarr.json holds every array's metadata: one request)
+            payload = read_bytes(loc, f"{commit.data_path}/zarr.json")
+            if payload is None:
+                raise StoreError(f"{self.where}: stored file zarr.json is missing; rewrite the shard")
+            _check_sha256(self.where, "zarr.json", payload, commit.files_sha256.get("zarr.json"))
+        # 2. Schema version and fields (consolidated metadata, when present, holds every array's: one request)
         try:
             self.group = zarr.open_group(loc.zarr_store(commit.data_path, read_only=True), mode="r", zarr_format=3)
         except (FileNotFoundError, ValueError, KeyError) as err:
@@ -202,11 +245,15 @@ class _ShardReader:
             if consolidated is not None else {}
         attrs = self.group.attrs.get("unihope", {})
         check_schema_version(int(attrs.get("schema_version", -1)), self.where)
+        if attrs.get("shard_idx") != commit.shard_idx or attrs.get("num_samples") != commit.num_samples:
+            raise StoreError(f"{self.where}: the group holds shard {attrs.get('shard_idx')} with "
+                             f"{attrs.get('num_samples')} samples, the manifest says shard {commit.shard_idx} with "
+                             f"{commit.num_samples}; the manifest and the shards disagree")
         self.attrs = attrs
         self._columns: dict[str, np.ndarray] = {}
         self._chunk_readers: dict[str, _ChunkReader] = {}
         self._arrays: dict[str, zarr.Array] = {}
-        self.loc = loc
+        self._arrays_verified: set[str] = set()
 
     def array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
@@ -217,6 +264,16 @@ class _ShardReader:
                                  f"schema or is incomplete, rewrite it") from err
         return self._arrays[name]
 
+    def _verify_objects(self, prefix: str) -> None:
+        """Check every stored object whose key starts with `prefix` (an array read through zarr-python)."""
+        names = [name for name in self.commit.files_sha256 if name.startswith(prefix)]
+        fetched = read_many(self.loc, [f"{self.commit.data_path}/{name}" for name in names])
+        for name in names:
+            payload = fetched.get(f"{self.commit.data_path}/{name}")
+            if payload is None:
+                raise StoreError(f"{self.where}: stored file {name} is missing; rewrite the shard")
+            _check_sha256(self.where, name, payload, self.commit.files_sha256[name])
+
     def column(self, name: str) -> np.ndarray:
         if name not in self._columns:
             self.load_columns((name,))
@@ -226,7 +283,8 @@ class _ShardReader:
         """Fetch the chunks of several columns in one concurrent batch and decode them in one Zarr call.
 
         Raises:
-            StoreError: when a column is not in the shard or its chunk is missing.
+            StoreError: naming the shard when a column is not in the shard, its chunk is missing,
+                fails its checksum or does not decode.
         """
         names = tuple(name for name in dict.fromkeys(names) if name not in self._columns)
         if not names:
@@ -237,24 +295,50 @@ class _ShardReader:
                              f"schema or is incomplete, rewrite it")
         if not self._array_meta:  # no consolidated metadata: plain Zarr reads
             for name in names:
-                self._columns[name] = self._checked(name, self.array(name)[...])
+                array = self.array(name)
+                if self.verify:
+                    self._verify_objects(f"{name}/")
+                self._columns[name] = self._checked(name, self._decoded(name, lambda: array[...]))
             return
-        keys = {name: f"{name}/c/" + "/".join(["0"] * len(self._array_meta[name]["shape"])) for name in names}
+        keys = {name: chunk_key_of(name, len(self._array_meta[name]["shape"])) for name in names}
         fetched = read_many(self.loc, [f"{self.commit.data_path}/{key}" for key in ["zarr.json", *keys.values()]])
         prefix = f"{self.commit.data_path}/"
         for name, key in keys.items():
             if f"{prefix}{key}" not in fetched:
                 raise StoreError(f"{self.where}: field {name!r} has no data ({key}); the shard is incomplete or "
                                  f"damaged, rewrite it")
+            if self.verify:
+                _check_sha256(self.where, key, fetched[f"{prefix}{key}"], self.commit.files_sha256.get(key))
         to_buffer = zarr.core.buffer.default_buffer_prototype().buffer.from_bytes
         memory = zarr.storage.MemoryStore({path[len(prefix):]: to_buffer(payload) for path, payload in fetched.items()})
-        for name, values in zip(names, zarr_sync(_decode_columns(memory, names))):
+        decoded = self._decoded(", ".join(names), lambda: zarr_sync(_decode_columns(memory, names)))
+        for name, values in zip(names, decoded):
             self._columns[name] = self._checked(name, values)
 
+    def _decoded(self, what: str, decode):
+        """Run a Zarr decode; a codec failure (a truncated or damaged chunk) names the shard and the fields.
+
+        Raises:
+            StoreError: naming the shard and `what`.
+        """
+        try:
+            return decode()
+        except StoreError:
+            raise
+        except Exception as err:  # codecs raise RuntimeError, ValueError, TypeError, zstd/blosc-specific errors
+            raise StoreError(f"{self.where}: cannot decode {what} ({type(err).__name__}: {err}); the shard is "
+                             f"corrupt, rewrite it") from err
+
     def _checked(self, name: str, values: np.ndarray) -> np.ndarray:
+        """The column as the schema declares it (strings decoded from their code units), its length checked."""
         if values.shape[0] != self.commit.num_samples:
             raise StoreError(f"{self.where}: field {name!r} holds {values.shape[0]} samples, the commit record "
                              f"says {self.commit.num_samples}")
+        if ARRAYS_BY_NAME[name].dtype == "str":
+            try:
+                return decode_utf8_fixed(values)
+            except ValueError as err:
+                raise StoreError(f"{self.where}: field {name!r}: {err}; the shard is corrupt, rewrite it") from err
         return values
 
     def sample_array(self, name: str, local_idx: int) -> np.ndarray:
@@ -266,9 +350,17 @@ class _ShardReader:
                 meta = json.loads(read_bytes(self.loc, f"{self.commit.data_path}/{name}/zarr.json") or b"{}")
             meta = json.loads(json.dumps(meta, default=_json_default))
             if not _ChunkReader.supports(meta):
-                return np.asarray(array[local_idx])
-            reader = _ChunkReader(self.loc, f"{self.commit.data_path}/{name}", meta, self.commit.num_samples,
-                                  self.where)
+                if self.verify and name not in self._arrays_verified:
+                    self._verify_objects(f"{name}/")
+                    self._arrays_verified.add(name)
+                return np.asarray(self._decoded(f"sample {local_idx} of {name}", lambda: array[local_idx]))
+            chunk_key = chunk_key_of(name, len(meta["shape"]))
+            expected = self.commit.files_sha256.get(chunk_key) if self.verify else None
+            if self.verify and expected is None:
+                raise StoreError(f"{self.where}: stored file {chunk_key} is not listed in the commit record; the "
+                                 f"shard is damaged, rewrite it")
+            reader = _ChunkReader(self.loc, self.commit.data_path, name, meta, self.commit.num_samples, self.where,
+                                  expected_sha256=expected)
             self._chunk_readers[name] = reader
         return reader.read(local_idx)
 
@@ -317,8 +409,9 @@ def verify_shard(loc: Location, commit: ShardCommit) -> None:
 class DatasetView:
     """The committed shards of a dataset, read by global sample index (0..num_samples-1).
 
-    Built from manifest.json when the dataset is finalized, else from the shard commit records
-    (a build in progress): either way only committed shards are visible.
+    Built from one version manifest (storage.versions), else from the shard commit records (a
+    first build in progress): either way only committed shards are visible, and a view keeps
+    reading its version however many newer ones are committed meanwhile.
     """
 
     def __init__(self, loc: Location, shards: tuple[ShardCommit, ...], manifest: Manifest | None, verify: str) -> None:
@@ -339,6 +432,11 @@ class DatasetView:
     def is_finalized(self) -> bool:
         return self.manifest is not None
 
+    @property
+    def version_id(self) -> str:
+        """The dataset version this view reads ("" for the commit records of a first build in progress)."""
+        return self.manifest.version_id if self.manifest is not None else ""
+
     def __len__(self) -> int:
         return self.num_samples
 
@@ -356,9 +454,9 @@ class DatasetView:
             self._open.move_to_end(position)
             return reader
         commit = self.shards[position]
+        # lazy: each object is checked on first read; a shard verified whole (eager) is not checked again
         must_verify = self.verify_mode == "lazy" and commit.shard_idx not in self._verified
         reader = _ShardReader(self.loc, commit, verify=must_verify)
-        self._verified.add(commit.shard_idx)
         self._open[position] = reader
         if len(self._open) > MAX_OPEN_SHARDS:
             _, evicted = self._open.popitem(last=False)
@@ -366,14 +464,15 @@ class DatasetView:
         return reader
 
     def column(self, name: str) -> np.ndarray:
-        """A column field over all committed shards, concatenated (no checksum pass).
+        """A column field over all shards of the version, concatenated (each chunk checked unless verify="none").
 
         Raises:
             ValueError: for a per-sample (image-like) field, which is read by sample instead.
         """
         if ARRAYS_BY_NAME[name].chunking != CHUNKING_COLUMN:
             raise ValueError(f"{name!r} is a per-sample array; read it with sample(index, names=[{name!r}])")
-        parts = [_ShardReader(self.loc, commit, verify=False).column(name) for commit in self.shards] \
+        parts = [_ShardReader(self.loc, commit, verify=self.verify_mode == "lazy").column(name)
+                 for commit in self.shards] \
             if len(self.shards) > MAX_OPEN_SHARDS else [self.shard(p).column(name) for p in range(len(self.shards))]
         if not parts:
             return np.zeros((0, *ARRAYS_BY_NAME[name].shape), dtype=object)
@@ -451,37 +550,45 @@ class DatasetView:
         self._open.clear()
 
 
-def open_dataset(url: str | os.PathLike, storage_options: dict | None = None, verify: str = "lazy") -> DatasetView:
-    """Open the committed shards of a dataset.
+def open_dataset(
+    url: str | os.PathLike, storage_options: dict | None = None, verify: str = "lazy", version: str | None = None
+) -> DatasetView:
+    """Open one version of a dataset (the newest by default).
 
     Args:
         url: dataset root, a local path or an fsspec URL.
         storage_options: fsspec options (e.g. S3 endpoint and credentials).
         verify: "lazy" checks a shard's sha256 checksums when it is first read, "eager" checks all
             shards now, "none" trusts the store.
+        version: a version id (or a unique prefix of one); None = the newest committed version, or
+            the committed shards of a first build still in progress when there is none yet.
 
     Returns:
-        A DatasetView over the committed shards (from manifest.json, else from the commit records).
+        A DatasetView over the version's shards; `view.version_id` names it ("" for a build in progress).
 
     Raises:
         ValueError: on an unknown verify mode.
-        StoreError: on an unknown schema version, a corrupt shard (eager), or a missing field (eager).
+        StoreError: on an unknown schema version, a missing version, a version manifest that is
+            doubled, dropped or altered, a corrupt shard (eager), or a missing field (eager).
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     loc = locate(url, storage_options)
-    payload = read_bytes(loc, MANIFEST_NAME)
-    if payload is not None:
-        try:
-            manifest = manifest_from_json(json.loads(payload), where=f"{loc.url}/{MANIFEST_NAME}")
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{loc.url}/{MANIFEST_NAME}: not valid JSON ({err}); run finalize again") from err
+    newest = newest_version_id(loc)
+    if version is not None:
+        version_id = resolve_version(loc, version)
+    else:
+        version_id = newest
+    if version_id is not None:
+        manifest = load_version(loc, version_id)
+        if version_id == newest and verify != "none":
+            check_against_commits(loc, manifest)
         shards = manifest.shards
     else:
         manifest = None
         shards = tuple(list_commits(loc))
-    for commit in shards:
-        check_schema_version(commit.schema_version, f"{loc.url}/{commit_path(commit.shard_idx)}")
+        for commit in shards:
+            check_schema_version(commit.schema_version, f"{loc.url}/{commit_path(commit.shard_idx)}")
     view = DatasetView(loc, shards, manifest, verify)
     if verify == "eager":
         view.verify()
@@ -502,6 +609,8 @@ class PairedDataset(torch.utils.data.Dataset):
     Augmentation is seeded per sample from (seed, epoch, sample_key); `make_loader` passes the epoch.
     """
 
+    reads_batches = True  # make_loader hands whole batches (lists of items) to __getitem__
+
     def __init__(
         self,
         url: str | os.PathLike,
@@ -513,8 +622,9 @@ class PairedDataset(torch.utils.data.Dataset):
         val_fraction: float | None = None,
         storage_options: dict | None = None,
         verify: str = "lazy",
+        version: str | None = None,
     ) -> None:
-        """Select samples of a dataset.
+        """Select samples of one version of a dataset.
 
         Args:
             url: dataset root (path or fsspec URL).
@@ -527,9 +637,12 @@ class PairedDataset(torch.utils.data.Dataset):
                 (StorageConfig.val_fraction, default 0.1).
             storage_options: fsspec options for URLs.
             verify: checksum mode for shard reads (see open_dataset).
+            version: dataset version id (or unique prefix); None = the newest. Every process
+                (DataLoader workers too, whenever they start) reads this version.
 
         Raises:
             ValueError: on an unknown split or out-of-range fractions.
+            StoreError: on a missing version or a damaged store.
         """
         # 1. Check inputs
         if split not in SPLITS:
@@ -544,7 +657,8 @@ class PairedDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
         # 2. Filters from the small columns (read once here, never pickled)
-        view = open_dataset(self.url, self.storage_options, verify="none")
+        view = open_dataset(self.url, self.storage_options, verify=verify, version=version)
+        self.version_id = view.version_id
         if val_fraction is None:
             val_fraction = DEFAULT_VAL_FRACTION
             if view.shards:
@@ -583,7 +697,7 @@ class PairedDataset(torch.utils.data.Dataset):
             StoreError: when a shard was rewritten or removed since this dataset was created.
         """
         if self._view is None:
-            view = open_dataset(self.url, self.storage_options, verify="none")
+            view = open_dataset(self.url, self.storage_options, verify="none", version=self.version_id or None)
             by_idx = {commit.shard_idx: commit for commit in view.shards}
             shards = []
             for shard_idx, digest in self._shard_ids:
@@ -761,26 +875,49 @@ _TORCH_DTYPES = {np.float32: torch.float32, np.bool_: torch.bool, np.int64: torc
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields (index, epoch) so workers seed augmentation per epoch; reshuffles (seeded) each epoch."""
+    """Yields (index, epoch) so workers seed augmentation per epoch; reshuffles (seeded) each epoch.
 
-    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0) -> None:
+    The order of an epoch depends only on (seed, epoch): `np.random.default_rng([seed, epoch])`,
+    so a run resumed mid-epoch (`epoch`, `skip_samples`) continues with the very same items.
+    """
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, epoch: int = 0, skip_samples: int = 0) -> None:
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
-        self.epoch = 0
+        self.epoch = epoch
+        self.skip_samples = skip_samples  # of the first epoch iterated only
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples - self.skip_samples
 
     def __iter__(self):
-        epoch = self.epoch
+        epoch, skip = self.epoch, self.skip_samples
         self.epoch += 1
+        self.skip_samples = 0
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
-        for index in order.tolist():
+        for index in order[skip:].tolist():
             yield index, epoch
+
+
+class _PerSampleBatches(torch.utils.data.Dataset):
+    """Batches of a dataset that only reads single samples (e.g. an in-memory test double): the
+    worker collates them with default_collate. PairedDataset never goes through here."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+        self.is_augmented = getattr(dataset, "augment", None) is not None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, items: list[tuple[int, int]]) -> dict:
+        # (index, epoch) seeds an augmented sample; an unaugmented one is indexed plainly
+        return torch.utils.data.default_collate(
+            [self.dataset[item if self.is_augmented else item[0]] for item in items])
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -792,32 +929,38 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def make_loader(
-    dataset: PairedDataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
-    drop_last: bool = False,
+    dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
+    drop_last: bool = False, epoch: int = 0, skip_batches: int = 0,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over a PairedDataset: spawn-started workers that open the store lazily.
 
     Args:
-        dataset: the PairedDataset.
+        dataset: the PairedDataset (or any dataset whose `reads_batches` is True); another dataset
+            is read sample by sample and collated in the worker.
         batch_size: samples per batch.
         num_workers: worker processes (0 = in the main process).
         shuffle: reshuffle every epoch (seeded by `seed` and the epoch).
         seed: shuffle seed.
         drop_last: drop the last incomplete batch.
+        epoch: the first epoch the loader yields (later iterations yield epoch + 1, ...).
+        skip_batches: batches of the first epoch to leave out (a run resumed mid-epoch).
 
     Returns:
         A DataLoader yielding dicts of batched tensors (`sample_key` as a list of str).
 
     Raises:
-        ValueError: on a non-positive batch size or negative worker count.
+        ValueError: on a non-positive batch size, negative worker count, epoch or skip.
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+    if epoch < 0 or not 0 <= skip_batches * batch_size <= len(dataset):
+        raise ValueError(f"epoch must be >= 0 and skip_batches within the epoch, got {epoch} and {skip_batches}")
     # each worker builds a whole collated batch (PairedDataset.load_batch) and sends it as one buffer
-    batches = torch.utils.data.BatchSampler(EpochSampler(len(dataset), shuffle=shuffle, seed=seed), batch_size,
-                                            drop_last=drop_last)
+    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch,
+                           skip_samples=skip_batches * batch_size)
+    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last)
     return torch.utils.data.DataLoader(
-        dataset,
+        dataset if getattr(dataset, "reads_batches", False) else _PerSampleBatches(dataset),
         batch_size=None,
         sampler=batches,
         collate_fn=_collated,

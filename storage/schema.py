@@ -203,7 +203,8 @@ class StageSummary:
 #
 # Layout of one dataset (a local folder or an fsspec URL):
 #   zarr.json                          root group; dataset-level attrs (written by `finalize`)
-#   manifest.json                      committed shards, counts, key ranges, checksums (written last)
+#   manifest.json                      newest-version pointer (written last; storage.versions)
+#   versions/<version_id>.json         one immutable manifest per version: shards, counts, key ranges, checksums
 #   skips.jsonl                        one Skip per line, every stage
 #   shards/shard-00000.commit.json     per-shard commit record; its presence IS the commit
 #   shards/shard-00000.<attempt>/      one Zarr v3 group per shard, one array per field below,
@@ -214,7 +215,7 @@ class StageSummary:
 # kept in memory by readers.
 # ---------------------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: strings as uint8 UTF-8 code units, dimension_names, versions/
 
 CHUNKING_SAMPLE = "sample"  # sharding codec, inner chunk = 1 sample, blosc/zstd
 CHUNKING_COLUMN = "column"  # one chunk per shard group, zstd
@@ -227,8 +228,8 @@ class ArraySpec:
     """One Zarr array of a shard group: per-sample shape, dtype, chunking and units.
 
     `shape` entries are ints or the symbols "S" (crop size, px) and "F" (feature-map size,
-    S // render.feature_downsample, px). `dtype` is a numpy dtype name, or "str" for
-    variable-length UTF-8 strings.
+    S // render.feature_downsample, px). `dtype` is a numpy dtype name, or "str" for UTF-8
+    strings (stored as fixed-width uint8 code units, STRING_WIDTH_BYTES).
     """
 
     name: str
@@ -320,6 +321,41 @@ ARRAYS: tuple[ArraySpec, ...] = (
 ARRAYS_BY_NAME: dict[str, ArraySpec] = {spec.name: spec for spec in ARRAYS}
 ARRAY_NAMES: tuple[str, ...] = tuple(ARRAYS_BY_NAME)
 
+# Standard Zarr v3 readers (tensorstore, xarray) need core data types and named dimensions.
+# A "str" field is stored as fixed-width UTF-8 code units: uint8 (N, width), NUL-padded (a Zarr v3
+# core type every reader supports; zarr-python's string types are extensions tensorstore refuses).
+# Widths are bytes per value; a longer value is refused at write time, naming the field.
+PATH_WIDTH_BYTES = 1024
+STRING_WIDTH_BYTES: dict[str, int] = {
+    "grasp_reference_key": 128, "grasp_source": 16, "deocclusion_reason": 64, "deocclusion_backend": 64,
+    "object_name": 64, "sample_key": 128, "sequence_key": 128, "dataset": 16, "serial": 32,
+    "image_path": PATH_WIDTH_BYTES, "depth_path": PATH_WIDTH_BYTES, "object_mesh_path": PATH_WIDTH_BYTES,
+}
+SAMPLE_DIM = "sample"
+_CROP_DIMS = ("y", "x")
+_FEATURE_DIMS = ("feature_y", "feature_x")
+# Zarr `dimension_names` of every array (first = "sample"); one name means one size across a shard group,
+# so xarray can open a group (and concatenate a version's groups along "sample").
+ARRAY_DIMS: dict[str, tuple[str, ...]] = {
+    "image": (SAMPLE_DIM, *_CROP_DIMS, "rgb"), "image_deoccluded": (SAMPLE_DIM, *_CROP_DIMS, "rgb"),
+    **{name: (SAMPLE_DIM, *_CROP_DIMS) for name in ("inpaint_mask", "mask_hand", "mask_hand_visible", "mask_object",
+                                                     "depth_hand", "depth_scene", "hand_parts")},
+    "seg_map": (SAMPLE_DIM, *_FEATURE_DIMS), "relative_depth_map": (SAMPLE_DIM, *_FEATURE_DIMS),
+    "dense_map": (SAMPLE_DIM, *_FEATURE_DIMS, "dense_channel"),
+    "finger_visibility": (SAMPLE_DIM, "finger"),
+    "candidate_betas": (SAMPLE_DIM, "beta_candidate"), "candidate_scores": (SAMPLE_DIM, "beta_candidate"),
+    "mano_pose": (SAMPLE_DIM, "mano_pose_param"), "mano_betas": (SAMPLE_DIM, "mano_shape_param"),
+    "mano_trans": (SAMPLE_DIM, "xyz"), "joints_3d": (SAMPLE_DIM, "joint", "xyz"),
+    "joints_2d": (SAMPLE_DIM, "joint", "uv"), "joints_2d_full": (SAMPLE_DIM, "joint", "uv"),
+    "object_pose": (SAMPLE_DIM, "pose_row", "pose_col"),
+    "object_keypoints_2d": (SAMPLE_DIM, "object_keypoint", "uv"),
+    "K": (SAMPLE_DIM, "K_row", "K_col"), "K_full": (SAMPLE_DIM, "K_row", "K_col"),
+    "crop_affine": (SAMPLE_DIM, "affine_row", "affine_col"), "crop_box_xyxy": (SAMPLE_DIM, "box_xyxy"),
+    "image_size_wh": (SAMPLE_DIM, "wh"),
+    **{name: (SAMPLE_DIM, f"{name}_utf8") for name in STRING_WIDTH_BYTES},
+    **{spec.name: (SAMPLE_DIM,) for spec in ARRAYS if spec.shape == () and spec.dtype != "str"},
+}
+
 # Keys of one training sample as storage.reader.PairedDataset returns it (torch tensors unless noted).
 # (dtype, shape, meaning); S = crop size. The model's training loop is built against these names.
 SAMPLE_FIELDS: dict[str, tuple[str, str, str]] = {
@@ -392,7 +428,7 @@ class ShardCommit:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """`manifest.json`: the committed shards of a finalized dataset."""
+    """A dataset version (`versions/<version_id>.json`): the committed shards it references, immutable."""
 
     schema_version: int
     attrs: DatasetAttrs
@@ -401,3 +437,6 @@ class Manifest:
     missing_shard_indices: tuple[int, ...]  # gaps in 0..max shard_idx (a writer never committed)
     skips_by_reason: dict[str, int]
     created_utc: str = ""
+    version_id: str = ""  # digest of the referenced shards (storage.versions.version_digest); "" = not a version
+    version_seq: int = 0  # 1 for a store's first version, +1 per committed version
+    parent_version_id: str = ""  # the newest version when this one was committed ("" for the first)

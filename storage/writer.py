@@ -19,33 +19,37 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+import google_crc32c
+import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
+from storage.codes import decode_utf8_fixed, encode_utf8_fixed
 from storage.io import Location, locate, remove_tree, write_bytes_atomic
 from storage.manifest import (
-    MANIFEST_NAME,
     SHARDS_DIR,
     SKIPS_NAME,
     StoreError,
     build_manifest,
+    chunk_key_of,
     check_schema_version,
     commit_path,
     files_digest,
     keys_sha256,
     list_commits,
-    manifest_to_json,
     read_commit,
     shard_stem,
     utc_now,
 )
 from storage.schema import (
+    ARRAY_DIMS,
     ARRAYS,
     CHUNKING_SAMPLE,
     HAND_SIDE_CODES,
     MAX_BETA_CANDIDATES,
     SCHEMA_VERSION,
+    STRING_WIDTH_BYTES,
     AnnotatedFrame,
     DatasetAttrs,
     DeocclusionResult,
@@ -53,6 +57,7 @@ from storage.schema import (
     ShardCommit,
     Skip,
 )
+from storage.versions import commit_version, referenced_folders
 
 if TYPE_CHECKING:  # storage/ does not import the pipeline at run time
     from unihope.config import StorageConfig
@@ -60,9 +65,13 @@ if TYPE_CHECKING:  # storage/ does not import the pipeline at run time
 GROUP_ATTRS_KEY = "unihope"
 FSYNC_THREADS = 16
 NO_RESULT_REASON = "no_result"
-# Every chunk is stored, even all-zero ones: a missing object then always means a damaged shard.
+# Every stored object is written, even an all-zero one: a missing object then always means a damaged
+# shard (inside a shard object, an all-zero sample is an empty index entry, as zarr-python writes it).
 _WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 _BLOSC_SHUFFLE_BY_DTYPE = {"bool": BloscShuffle.bitshuffle, "uint8": BloscShuffle.noshuffle}
+_EMPTY_INNER_CHUNK = np.iinfo(np.uint64).max  # sharding index entry of an inner chunk that is all fill value
+_NUMCODECS_SHUFFLE = {BloscShuffle.noshuffle: numcodecs.Blosc.NOSHUFFLE, BloscShuffle.shuffle: numcodecs.Blosc.SHUFFLE,
+                      BloscShuffle.bitshuffle: numcodecs.Blosc.BITSHUFFLE}
 
 
 def code_version() -> str:
@@ -223,35 +232,66 @@ def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "Storag
     """Encode one shard group in memory: object key -> bytes, exactly as Zarr stores them.
 
     Sample arrays: sharding codec, whole shard = one object, inner chunk = one sample, blosc.
-    Columns: one zstd chunk. The group's zarr.json carries consolidated metadata so a reader opens
-    all arrays with one request.
+    Columns: one zstd chunk. Strings: uint8 UTF-8 code units. Every array carries `dimension_names`.
+    The group's zarr.json also carries consolidated metadata so our reader opens all arrays with
+    one request (other readers ignore it; ours works without it).
     """
     objects: dict = {}
+    shard_objects: dict[str, bytes] = {}
     group = zarr.open_group(zarr.storage.MemoryStore(objects), mode="w", zarr_format=3)
     group.attrs[GROUP_ATTRS_KEY] = group_attrs
     num_samples = len(columns["sample_key"])
     for spec in ARRAYS:
         column = columns[spec.name]
+        if spec.dtype == "str":  # a Zarr v3 core type: uint8 UTF-8 code units (storage.codes)
+            column = encode_utf8_fixed(column, STRING_WIDTH_BYTES[spec.name], spec.name)
+        common = {"shape": column.shape, "dtype": column.dtype, "dimension_names": ARRAY_DIMS[spec.name],
+                  "attributes": {"units": spec.units, "description": spec.description}, "config": _WRITE_EVERY_CHUNK}
         if spec.chunking == CHUNKING_SAMPLE:
             shuffle = _BLOSC_SHUFFLE_BY_DTYPE.get(spec.dtype, BloscShuffle.shuffle)
             array = group.create_array(
-                spec.name, shape=column.shape, dtype=column.dtype, fill_value=0,
-                chunks=(1, *column.shape[1:]), shards=column.shape,
-                compressors=BloscCodec(cname=cfg.image_codec, clevel=cfg.compression_level, shuffle=shuffle),
-                attributes={"units": spec.units, "description": spec.description}, config=_WRITE_EVERY_CHUNK,
+                spec.name, fill_value=0, chunks=(1, *column.shape[1:]), shards=column.shape,
+                compressors=BloscCodec(cname=cfg.image_codec, clevel=cfg.compression_level, shuffle=shuffle), **common,
             )
+            # Zarr writes the array's metadata; the shard object itself is encoded directly (same bytes, tested):
+            # zarr-python's codec pipeline spends ~1.5-2 s per 256 samples on per-inner-chunk overhead.
+            shard_objects[chunk_key_of(spec.name, column.ndim)] = encode_blosc_shard(
+                column, cname=cfg.image_codec, clevel=cfg.compression_level, shuffle=shuffle)
+            continue
         else:
             array = group.create_array(
-                spec.name, shape=column.shape, dtype=column.dtype,
-                chunks=(num_samples, *column.shape[1:]),
-                compressors=ZstdCodec(level=cfg.compression_level),
-                attributes={"units": spec.units, "description": spec.description}, config=_WRITE_EVERY_CHUNK,
+                spec.name, chunks=(num_samples, *column.shape[1:]), compressors=ZstdCodec(level=cfg.compression_level),
+                **common,
             )
         array[...] = column
-    with warnings.catch_warnings():  # consolidated metadata is a Zarr-python extension; our reader relies on it
+    with warnings.catch_warnings():  # a zarr-python extension: the reader uses it when present (one request), never needs it
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(group.store)
-    return {key: buffer.to_bytes() for key, buffer in objects.items()}
+    return {**{key: buffer.to_bytes() for key, buffer in objects.items()}, **shard_objects}
+
+
+def encode_blosc_shard(column: np.ndarray, cname: str, clevel: int, shuffle: BloscShuffle) -> bytes:
+    """The shard object Zarr's sharding codec writes for `column` with one inner chunk per sample.
+
+    Layout (Zarr v3 `sharding_indexed`, index at the end): the Blosc-compressed bytes of every
+    sample, in order, then the index ((offset, nbytes) uint64 little-endian per inner chunk) and
+    the index's crc32c (uint32 little-endian). A sample whose values all equal the fill value (0)
+    stores no bytes and an index entry of 2**64 - 1 twice, as zarr-python writes it.
+    """
+    codec = numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=_NUMCODECS_SHUFFLE[shuffle], blocksize=0)
+    pieces = []
+    index = np.empty((len(column), 2), dtype="<u8")
+    offset = 0
+    for row, values in enumerate(column):
+        if not np.any(values != 0):  # all fill value: zarr stores no inner chunk, the index marks it empty
+            index[row] = (_EMPTY_INNER_CHUNK, _EMPTY_INNER_CHUNK)
+            continue
+        piece = codec.encode(np.ascontiguousarray(values))
+        pieces.append(piece)
+        index[row] = (offset, len(piece))
+        offset += len(piece)
+    index_bytes = index.tobytes()
+    return b"".join(pieces) + index_bytes + np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
 
 
 def _put_objects(loc: Location, data_path: str, objects: dict[str, bytes]) -> None:
@@ -370,9 +410,8 @@ def write_shard(
     )
     write_bytes_atomic(loc, commit_path(shard_idx), json.dumps(commit.to_json(), indent=1).encode())
 
-    # 5. The superseded attempt (a rewrite with other inputs) is garbage now
-    if previous is not None and previous.data_path != final_path:
-        remove_tree(loc, previous.data_path)
+    # 5. A superseded attempt (a rewrite with other inputs) stays: a committed version may still
+    #    reference it. `finalize` removes it when none does, `gc` once its versions are gone.
     return commit
 
 
@@ -383,19 +422,22 @@ def finalize(
     storage_options: dict | None = None,
     remove_orphans: bool = True,
 ) -> Manifest:
-    """Assemble manifest.json from the shard commit records; write skips.jsonl and root attrs.
+    """Commit the shard commit records as a dataset version; write skips.jsonl and root attrs.
 
-    Run it once all writers are done (with `remove_orphans`, uncommitted attempt folders are deleted).
+    The version manifest (`versions/<id>.json`) is written once, then the newest-version pointer
+    `manifest.json`; an unchanged rebuild commits no new version. Run it once all writers are done
+    (with `remove_orphans`, attempt folders that neither a commit record nor a version references are deleted).
 
     Args:
         url: dataset root (path or fsspec URL).
         attrs: dataset attributes for the root group and the manifest.
         skips: every Skip of the build (all stages).
         storage_options: fsspec options for URLs.
-        remove_orphans: delete shard folders that no commit record names (killed or superseded writers).
+        remove_orphans: delete shard folders that no commit record and no version names (killed or
+            superseded writers).
 
     Returns:
-        The manifest that was written.
+        The committed version.
 
     Raises:
         StoreError: on a commit record with another schema version or a sample key in two shards.
@@ -413,15 +455,15 @@ def finalize(
     owner: dict[str, int] = {}
     for commit in commits:
         group = zarr.open_group(loc.zarr_store(commit.data_path, read_only=True), mode="r")
-        for key in group["sample_key"][...].tolist():
+        for key in decode_utf8_fixed(group["sample_key"][...]).tolist():
             if key in owner:
                 raise StoreError(f"sample {key!r} is in {shard_stem(owner[key])} and {shard_stem(commit.shard_idx)}; "
                                  f"each frame must go to exactly one shard index")
             owner[key] = commit.shard_idx
 
-    # 3. Remove folders of killed or superseded writers
+    # 3. Remove folders of killed or superseded writers that no version references
     if remove_orphans and loc.fs.exists(loc.path(SHARDS_DIR)):
-        committed = {commit.data_path for commit in commits}
+        committed = referenced_folders(loc)
         for path in loc.fs.ls(loc.path(SHARDS_DIR), detail=False):
             name = path.rstrip("/").rsplit("/", 1)[-1]
             relative = f"{SHARDS_DIR}/{name}"
@@ -434,7 +476,6 @@ def finalize(
     root = zarr.open_group(loc.zarr_store("", read_only=False), mode="a", zarr_format=3)
     root.attrs[GROUP_ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "dataset": attrs.to_json()}
 
-    # 5. The manifest, last
+    # 5. The version and the newest-version pointer, last
     manifest = build_manifest(attrs, commits, dict(Counter(skip.reason.value for skip in skips)))
-    write_bytes_atomic(loc, MANIFEST_NAME, json.dumps(manifest_to_json(manifest), indent=1).encode())
-    return manifest
+    return commit_version(loc, manifest)

@@ -309,3 +309,40 @@ def test_pair_differing_in_a_patch_stays_identical_outside_it(with_geometry: boo
         assert (~reach).sum() > S * S / 4
         np.testing.assert_array_equal(out["image"][~reach], out["image_deoccluded"][~reach])
         assert not np.array_equal(out["image"], image)  # the draw did change the colours
+
+
+def test_loader_reads_its_version_across_a_rebuild_mid_epoch(tmp_path):
+    """A training run's loader keeps reading its version when the next build commits mid-epoch:
+    workers started after the commit (a new loader) read identical bytes; gc keeps the pinned version."""
+    from storage.versions import current_version, gc, pin
+
+    annotated, results = make_batch(make_keys(3, 4))
+    _write(tmp_path, annotated, results, shard_size=4)
+    version = current_version(tmp_path)
+    dataset = PairedDataset(tmp_path, augment=AugmentConfig(), seed=3)
+    assert dataset.version_id == version
+    reference = list(make_loader(dataset, batch_size=3, num_workers=0, shuffle=True, seed=1))
+    with pin(tmp_path, version, owner="test-train", ttl_s=600):
+        loader = make_loader(dataset, batch_size=3, num_workers=1, shuffle=True, seed=1)
+        got = []
+        for batch in loader:
+            got.append(batch)
+            if len(got) == 2:
+                break
+        del loader  # the workers go away with the loader
+        # the next build: every image changes, every shard gets a new folder, a new version is committed
+        changed = [dataclasses.replace(a, image=255 - a.image) for a in annotated]
+        _write(tmp_path, changed, results, shard_size=4)
+        assert current_version(tmp_path) != version
+        assert gc(tmp_path, keep=1).removed_versions == ()  # pinned: kept
+        loader = make_loader(dataset, batch_size=3, num_workers=1, shuffle=True, seed=1)  # fresh workers, epoch 0
+        got.extend(list(loader)[2:])
+    assert len(got) == len(reference)
+    for expected, actual in zip(reference, got):
+        assert actual["sample_key"] == expected["sample_key"]
+        for key in SAMPLE_KEYS:
+            if key != "sample_key":
+                assert torch.equal(actual[key], expected[key]), key
+    newest = PairedDataset(tmp_path, augment=AugmentConfig(), seed=3)[(0, 0)]
+    assert not torch.equal(newest["image"], dataset[(0, 0)]["image"])
+    assert gc(tmp_path, keep=1).removed_versions == (version,)  # released: removed

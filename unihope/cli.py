@@ -99,6 +99,7 @@ def train(
         None, help="Folder with the MANO_RIGHT.pkl / MANO_LEFT.pkl the dataset was built with (overrides hand.mano_dir)."),
 ) -> None:
     """Train the UniHOPE model from the shards; evaluates on the held-out split at the end."""
+    from storage.manifest import StoreError
     from unihope.training import run_training_from_cli, run_training_in_runs_dir
 
     if (out is None) == (runs_dir is None):
@@ -108,6 +109,8 @@ def train(
             run_training_from_cli(config_path=config, data_url=data, out_dir=out, mano_dir=mano_dir)
         else:
             run_training_in_runs_dir(config_path=config, data_url=data, runs_dir=runs_dir, mano_dir=mano_dir)
+    except StoreError as err:  # a damaged or missing dataset: one line, not a traceback
+        _fail(f"cannot read the dataset: {err}")
     except ValueError as err:
         _fail(str(err))
 
@@ -122,11 +125,14 @@ def evaluate(
         None, help="Folder with the MANO_RIGHT.pkl / MANO_LEFT.pkl the dataset was built with (overrides hand.mano_dir)."),
 ) -> None:
     """Evaluate a checkpoint: MPJPE, PA-MPJPE, MPVPE, ADD-S, switcher accuracy, occlusion table."""
+    from storage.manifest import StoreError
     from unihope.training import run_evaluation_from_cli
 
     try:
         run_evaluation_from_cli(config_path=config, checkpoint_path=checkpoint, data_url=data, out_dir=out,
                                 mano_dir=mano_dir)
+    except StoreError as err:
+        _fail(f"cannot read the dataset: {err}")
     except ValueError as err:
         _fail(str(err))
 
@@ -136,10 +142,14 @@ def report(
     data: str = typer.Option(..., help="Dataset path or URL."),
     out: Path = typer.Option(..., help="Folder for index.html and PNGs."),
 ) -> None:
-    """Write an HTML report: contact sheets, histograms, skip table."""
+    """Write an HTML report: contact sheets, histograms, skip table (every shard's checksums are checked)."""
+    from storage.manifest import StoreError
     from unihope.report import write_report
 
-    path = write_report(data_url=data, out_dir=out)
+    try:
+        path = write_report(data_url=data, out_dir=out)
+    except StoreError as err:
+        _fail(f"cannot read the dataset: {err}")
     typer.echo(f"report: {path}")
 
 
@@ -164,6 +174,63 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Folder for everything 
     from unihope.demo import run_demo
 
     run_demo(out_dir=out)
+
+
+@app.command("ls-versions")
+def ls_versions(data: str = typer.Option(..., help="Dataset path or URL.")) -> None:
+    """List the dataset's committed versions, newest first: id, created, samples, shards, pins."""
+    from storage.manifest import StoreError
+    from storage.versions import list_versions
+
+    try:
+        rows = list_versions(data)
+    except StoreError as err:
+        _fail(str(err))
+    if not rows:
+        _fail(f"{data}: no committed dataset version")
+    typer.echo(f"{'version':<18}{'seq':>5}  {'created (UTC)':<22}{'samples':>9}{'shards':>8}  pinned by")
+    for row in rows:
+        mark = "*" if row.is_current else " "
+        typer.echo(f"{mark}{row.version_id:<17}{row.seq:>5}  {row.created_utc:<22}{row.num_samples:>9}"
+                   f"{row.num_shards:>8}  {', '.join(row.pinned_by) or '-'}")
+
+
+@app.command("gc")
+def gc_versions(
+    data: str = typer.Option(..., help="Dataset path or URL."),
+    keep: int = typer.Option(2, help="Keep this many of the newest versions (pinned ones are always kept)."),
+) -> None:
+    """Remove old dataset versions and the shard folders only they referenced."""
+    from storage.manifest import StoreError
+    from storage.versions import gc
+
+    try:
+        result = gc(data, keep=keep)
+    except (StoreError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"removed {len(result.removed_versions)} version(s) {list(result.removed_versions)}, "
+               f"{len(result.removed_folders)} shard folder(s), {len(result.removed_pins)} stale pin(s); "
+               f"kept {list(result.kept_versions)}")
+
+
+@app.command("export-unihope")
+def export_unihope(
+    data: str = typer.Option(..., help="Dataset path or URL written by `unihope build` (DexYCB)."),
+    split: str = typer.Option("s0", help="DexYCB setup: s0 | s1 | s2 | s3."),
+    out: Path = typer.Option(..., help="Folder for UniHOPE's dex_ycb_*_data.json, grasp_*.npy, hand_occ_*.npy."),
+    dexycb_root: Optional[Path] = typer.Option(None, help="The DexYCB tree (default: the dataset's source.root)."),
+    version: Optional[str] = typer.Option(None, help="Dataset version id (default: the newest)."),
+) -> None:
+    """Write the label files the released UniHOPE loader reads for DexYCB, from a dataset version."""
+    from storage.manifest import StoreError
+    from unihope.export_unihope import export_unihope_labels
+
+    try:
+        summary = export_unihope_labels(data, split, out, dexycb_root=dexycb_root, version=version)
+    except (StoreError, ValueError) as err:
+        _fail(str(err))
+    counts = ", ".join(f"{mode} {count}" for mode, count in summary.num_by_mode.items())
+    typer.echo(f"version {summary.version_id}: {counts} samples -> {summary.out_dir}")
 
 
 if __name__ == "__main__":

@@ -7,38 +7,26 @@ that build's data instead of resuming the previous night's finished run. Runs th
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from unihope.hand_identity import HandModelIdentity
 
-MANIFEST_NAME = "manifest.json"
-VERSION_CHARS = 16  # hex digits of the manifest digest
 RUN_DIR_SEPARATOR = "-"
 
 
 def dataset_version(url: str) -> str:
     """The version of the finished dataset at `url`: the one function every run key reads it from.
 
-    Today a digest of the dataset's manifest.json (it names every committed shard, its digest and the
-    build's time, so every finished build gets a new version); the storage layer's versions replace it.
-
-    Args:
-        url: dataset path or fsspec URL.
-
-    Returns:
-        `VERSION_CHARS` hex digits.
+    The storage layer's newest committed version id (`storage.versions.current_version`): a digest
+    of the shards it references, so an unchanged rebuild keeps its version and any change makes a new one.
 
     Raises:
-        ValueError: when the dataset has no manifest (not finalized).
+        ValueError: (a StoreError) when the dataset has no committed version (not finalized).
     """
-    from storage.io import locate, read_bytes
+    from storage.versions import current_version
 
-    payload = read_bytes(locate(url), MANIFEST_NAME)
-    if payload is None:
-        raise ValueError(f"{url} has no {MANIFEST_NAME}: not a finished dataset (run `unihope build` to completion)")
-    return hashlib.sha256(payload).hexdigest()[:VERSION_CHARS]
+    return current_version(url)
 
 
 def run_dir_for(runs_dir: Path, version: str, config_digest: str) -> Path:

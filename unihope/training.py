@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage.io import write_file_atomic
+from storage.reader import make_loader
 from unihope import metrics as M
 from unihope.config import HandModelConfig
 from unihope.run_keys import RunIdentity
@@ -310,8 +312,7 @@ def collect_train_statistics(dataset: torch.utils.data.Dataset, cfg: TrainConfig
     evaluation time needs them, and the shards carry no object meshes.
     """
     # 1. Gather labels (unmirrored for the object geometry, mirrored for the hand baseline)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False,
-                                         num_workers=cfg.data.num_workers)  # fmt: skip
+    loader = make_loader(dataset, cfg.eval_batch_size, cfg.data.num_workers, shuffle=False)
     joints, grasps, kps, poses, Ks, ids = [], [], [], [], [], []
     for batch in loader:
         j = batch["joints_3d"].double().clone()
@@ -521,44 +522,11 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
 def epoch_order(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """The batches of one epoch: a permutation seeded by (seed, epoch), cut into batch_size chunks.
 
-    Depending only on (seed, epoch) makes the order reproducible after a resume mid-epoch.
+    Depending only on (seed, epoch) makes the order reproducible after a resume mid-epoch; it is the
+    order `storage.reader.make_loader` (EpochSampler) yields, which training reads through.
     """
     order = np.random.default_rng([seed, epoch]).permutation(num_samples)
     return [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
-
-
-def _item(dataset, index: int, epoch: int) -> dict:
-    # storage.reader.PairedDataset seeds its augmentation per (sample, epoch) when indexed by a tuple.
-    if getattr(dataset, "augment", None) is not None:
-        return dataset[(index, epoch)]
-    return dataset[index]
-
-
-def _collate(dataset, indices: np.ndarray, epoch: int = 0) -> dict:
-    return torch.utils.data.default_collate([_item(dataset, int(i), epoch) for i in indices])
-
-
-class _BatchDataset(torch.utils.data.Dataset):
-    """Makes one item per batch so a DataLoader's workers can load whole batches in a fixed order."""
-
-    def __init__(self, dataset, batches: list[np.ndarray], epoch: int) -> None:
-        self.dataset, self.batches, self.epoch = dataset, batches, epoch
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, idx: int) -> dict:
-        return _collate(self.dataset, self.batches[idx], self.epoch)
-
-
-def _batches(dataset, batches: list[np.ndarray], num_workers: int, epoch: int = 0):
-    if num_workers == 0:
-        for indices in batches:
-            yield _collate(dataset, indices, epoch)
-        return
-    loader = torch.utils.data.DataLoader(_BatchDataset(dataset, batches, epoch), batch_size=None, shuffle=False,
-                                         num_workers=num_workers)  # fmt: skip
-    yield from loader
 
 
 class FirstSamples(torch.utils.data.Dataset):
@@ -567,14 +535,17 @@ class FirstSamples(torch.utils.data.Dataset):
     def __init__(self, dataset, num_samples: int) -> None:
         self.dataset, self.num_samples = dataset, min(num_samples, len(dataset))
         self.augment = getattr(dataset, "augment", None)
+        self.reads_batches = getattr(dataset, "reads_batches", False)  # storage.reader.make_loader's batched path
+        self.version_id = getattr(dataset, "version_id", "")
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __getitem__(self, item):
-        index = item[0] if isinstance(item, tuple) else item
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        for one in item if isinstance(item, list) else [item]:  # a list is a whole batch (make_loader)
+            index = one[0] if isinstance(one, tuple) else one
+            if not 0 <= index < self.num_samples:
+                raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         return self.dataset[item]
 
 
@@ -669,9 +640,10 @@ def train(
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = epoch_order(len(train_dataset), cfg.optim.batch_size, cfg.seed, epoch)[first_batch:]
-        batches = batches[: total_steps - step]
-        for batch in _batches(train_dataset, batches, cfg.data.num_workers, epoch):
+        # storage.reader.make_loader: the epoch's order is epoch_order(...) (seeded by (seed, epoch)), resumable mid-epoch
+        loader = make_loader(train_dataset, cfg.optim.batch_size, cfg.data.num_workers, shuffle=True, seed=cfg.seed,
+                             epoch=epoch, skip_batches=first_batch)
+        for batch in itertools.islice(loader, min(steps_per_epoch - first_batch, total_steps - step)):
             prepared = with_gt_vertices(model, prepare_batch(batch, cfg, device, epoch=epoch, is_train=True))
             loss, terms = batch_loss(model, prepared, cfg)
             if not torch.isfinite(loss):
@@ -706,6 +678,7 @@ def train(
         "train_seconds_this_session": train_seconds,
         "device": str(device),
         "config_hash": cfg.config_hash(),
+        "data_version": getattr(train_dataset, "version_id", ""),  # storage.versions id the run read ("" in tests)
         "evaluated": False,
         **(identity.to_json() if identity is not None else {}),
     }
@@ -822,11 +795,10 @@ def evaluate(
         "mpjpe", "pa", "mpvpe", "mean", "j2d", "per_joint", "pa_per_joint", "label", "prob", "vis", "adds", "kp",
         "keys")}  # fmt: skip
     f_rows: dict[str, list[np.ndarray]] = {}
-    batches = [np.arange(i, min(i + cfg.eval_batch_size, len(dataset))) for i in range(0, len(dataset), cfg.eval_batch_size)]
 
     # 2. Predict and score batch by batch
     with torch.no_grad():
-        for batch in _batches(dataset, batches, cfg.data.num_workers):
+        for batch in make_loader(dataset, cfg.eval_batch_size, cfg.data.num_workers, shuffle=False):
             prepared = with_gt_vertices(model, prepare_batch(batch, cfg, device, is_train=False))
             t = prepared.targets
             out = model(prepared.images, t.hand_boxes_xyxy_px, t.object_boxes_xyxy_px)
@@ -955,16 +927,26 @@ def _json_safe(value):
 # ---------------------------------------------------------------- entry points
 
 
-def open_paired_dataset(data_url: str, split: str, cfg: TrainConfig, max_samples: int | None, augment_on: bool = False):
-    """The shards' split through `storage.reader.PairedDataset` (capped to `max_samples`; augmented when asked)."""
+def open_paired_dataset(data_url: str, split: str, cfg: TrainConfig, max_samples: int | None, augment_on: bool = False,
+                        version: str | None = None):
+    """The shards' split through `storage.reader.PairedDataset` (capped to `max_samples`; augmented when asked).
+
+    `version` is a dataset version id (storage.versions); None = the newest.
+    """
     from storage.augment import AugmentConfig
     from storage.reader import PairedDataset
 
     augment = AugmentConfig() if (augment_on and cfg.data.augment) else None
-    dataset = PairedDataset(data_url, split=split, augment=augment, seed=cfg.seed, val_fraction=cfg.data.val_fraction)
+    dataset = PairedDataset(data_url, split=split, augment=augment, seed=cfg.seed, val_fraction=cfg.data.val_fraction,
+                            version=version)
     if max_samples is not None and len(dataset) > max_samples:
         dataset = FirstSamples(dataset, max_samples)
     return dataset
+
+
+# A run's pin on its dataset version: released at the end; a killed run's pin is stale at once on
+# its host (its pid is gone) and after this long elsewhere.
+TRAIN_PIN_TTL_S = 24 * 3600.0
 
 
 def _apply_cpu_threads(cfg: TrainConfig) -> None:
@@ -1036,20 +1018,24 @@ def run_training_from_cli(
     Raises:
         ValueError: on a hand model mismatch, or a run folder holding a run on other data.
     """
-    from unihope.run_keys import dataset_version
+    from storage.versions import current_version, pin
 
     cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
     _apply_cpu_threads(cfg)
     cfg, hand_model = resolve_hand_model(cfg, data_url)
-    identity = RunIdentity(dataset_version=version or dataset_version(data_url), hand_model=hand_model)
-    train_set = open_paired_dataset(data_url, cfg.data.train_split, cfg, cfg.data.max_train_samples, augment_on=True)
-    eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples)
-    print(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url}, "
-          f"version {identity.dataset_version}, hand {identity.hand_model.describe()})")
-    from unihope.tip_convention import tip_convention_of_dataset
+    # the run reads one dataset version, pinned so that `unihope gc` keeps it while the run lives
+    version = version or current_version(data_url)
+    identity = RunIdentity(dataset_version=version, hand_model=hand_model)
+    with pin(data_url, version, owner=f"train:{out_dir}", ttl_s=TRAIN_PIN_TTL_S):
+        train_set = open_paired_dataset(data_url, cfg.data.train_split, cfg, cfg.data.max_train_samples,
+                                        augment_on=True, version=version)
+        eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples, version=version)
+        print(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url}, "
+              f"version {identity.dataset_version}, hand {identity.hand_model.describe()})")
+        from unihope.tip_convention import tip_convention_of_dataset
 
-    hand_layer = build_hand_layer(cfg.hand, tip_convention_of_dataset(train_set))
-    result = train(cfg, train_set, eval_set, Path(out_dir), hand_layer, identity=identity)
+        hand_layer = build_hand_layer(cfg.hand, tip_convention_of_dataset(train_set))
+        result = train(cfg, train_set, eval_set, Path(out_dir), hand_layer, identity=identity)
     print(f"checkpoint: {result.checkpoint_path}")
     print(f"metrics:    {Path(out_dir) / 'metrics.json'}")
     return result
