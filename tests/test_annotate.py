@@ -498,3 +498,17 @@ def test_object_coordinates_keep_the_aspect():
     pair_noc = np.linalg.norm(noc[:, None].astype(np.float64) - noc[None], axis=-1)
     np.testing.assert_allclose(pair_noc, pair_m / 0.04, atol=1e-6)
     np.testing.assert_allclose(unit_cube_coordinates(np.zeros((3, 3))), 0.5)  # a point: the cube's centre
+
+
+def test_a_frame_annotated_on_another_thread_after_this_one_renders(tmp_path: Path):
+    """A build renders on its render thread after a direct caller rendered the same crop size on the main
+    thread: each thread gets its own GL context (one context cannot be current on two threads)."""
+    from tasks.common import on_render_thread
+
+    frame, _ = make_frame(tmp_path, "t/s/c/000000", [0.3, 0.3, 0.4], [0.35, 0.35, 0.45])
+    (here,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG)
+    (there,) = on_render_thread(annotate_frames, [frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG)
+    (again,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG)
+    assert isinstance(there, AnnotatedFrame) and isinstance(again, AnnotatedFrame)
+    assert_same_render(here, there)
+    assert_same_render(here, again)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,14 +60,19 @@ class ObjectAsset:
 # Per-process caches. A GL context and compiled shaders cost ~50-150 ms and a hand layer loads a model
 # file, both far more than annotating a frame, and worker processes annotate many batches: keep one of
 # each per process, keyed by what makes them differ. They hold no per-frame state.
-_RENDERERS: dict[tuple[int, str], AnnotationRenderer] = {}
+_RENDERERS: dict[tuple[int, str, int], AnnotationRenderer] = {}  # (size, platform, thread id)
 _HAND_LAYERS: dict[tuple[str, str, str], tuple[object, HandPartGeometry]] = {}
 _OBJECTS: dict[str, ObjectAsset | Skip] = {}  # keyed by ObjectAsset.cache_key
 
 
 def get_renderer(size_px: int, platform: str) -> AnnotationRenderer:
-    """The process's renderer for crops of `size_px` on `platform` (created on first use)."""
-    key = (int(size_px), platform)
+    """This thread's renderer for crops of `size_px` on `platform` (created on first use).
+
+    Keyed by thread as well: an EGL context stays current on the thread that rendered with it, and
+    making it current on another thread fails (EGL_BAD_ACCESS). Builds render on one render thread
+    (`tasks.common.on_render_thread`); a direct caller on another thread gets its own renderer.
+    """
+    key = (int(size_px), platform, threading.get_ident())
     if key not in _RENDERERS:
         _RENDERERS[key] = AnnotationRenderer(size_px, platform)
     return _RENDERERS[key]
