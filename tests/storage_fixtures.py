@@ -143,7 +143,7 @@ def make_batch(keys: list[str], crop_size_px: int = 32, every_nth_without_result
 
 # ---- helpers run in spawned writer processes (must be importable by module name) -----------------
 
-STORAGE_ATTRS = {"name": "test", "source": "synthetic:dexycb", "config": {"storage": {"shard_size": 6}},
+STORAGE_ATTRS = {"name": "test", "source": "synthetic:dexycb", "config": {"source": {"kind": "synthetic"}, "storage": {"shard_size": 6}},
                  "config_hash": "abc123"}
 
 
