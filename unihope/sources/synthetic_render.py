@@ -10,6 +10,7 @@ OpenGL flip lives in one place. Per view it produces the colour image, the objec
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,19 +125,20 @@ def look_at_cv(camera_centre_m: np.ndarray, target_m: np.ndarray, up: np.ndarray
     return T
 
 
-_RENDERERS: dict[tuple[int, int, str], "SceneRenderer"] = {}
+_RENDERERS: dict[tuple[int, int, str, int], "SceneRenderer"] = {}  # (w, h, platform, thread id)
 
 
 def get_scene_renderer(width_px: int, height_px: int, platform: str = "egl") -> "SceneRenderer":
-    """The process's SceneRenderer for this image size and platform, created on first use.
+    """This thread's SceneRenderer for this image size and platform, created on first use.
 
-    One per process and never deleted: creating a GL context costs ~50-150 ms, and pyrender's EGL
+    One per thread, since an EGL context stays current on the thread that rendered with it (making
+    it current on another fails with EGL_BAD_ACCESS). Never deleted: creating a GL context costs ~50-150 ms, and pyrender's EGL
     backend terminates the process-wide EGL display when any OffscreenRenderer is deleted, which
     would also kill the renderers of other stages living in the same process.
     """
-    key = (int(width_px), int(height_px), platform)
+    key = (int(width_px), int(height_px), platform, threading.get_ident())
     if key not in _RENDERERS:
-        _RENDERERS[key] = SceneRenderer(*key)
+        _RENDERERS[key] = SceneRenderer(*key[:3])
     return _RENDERERS[key]
 
 
