@@ -1,24 +1,32 @@
-"""Intermediate batch files that tasks pass by path (annotate -> deocclude -> pack): one atomic .npz each.
+"""The one work-file format: intermediate files that tasks pass by path, one atomic .npz each, never a pickle.
+
+Annotated batches (`save_batch`, annotate -> deocclude -> pack) and named groups of records
+(`save_records`: grasp parts, de-occlusion results) share one container and one encoder.
 
 The file holds a JSON header (scalar fields, nested record structure, which results are None) and
 every array field stacked over the batch when shapes agree (else one entry per record), each
 Blosc/lz4-compressed (Blosc reads the codec from each buffer, so older zstd files still load).
 AnnotatedFrame (with its FrameRecord, GraspLabel and Crop) and
-DeocclusionResult round-trip exactly: same values, dtypes, shapes and Python/numpy scalar types.
+DeocclusionResult round-trip exactly: same values, dtypes, shapes and Python/numpy scalar types
+(NaN included). Files are read with `allow_pickle=False` and records are rebuilt only as the schema
+types listed here, so a file planted in the work folder (a pickle, an object array) is refused
+with a ValueError and never runs code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import io
 import json
 import os
+import zipfile
 
 import numcodecs
 import numpy as np
 
 from storage.io import locate, read_bytes, write_bytes_atomic
-from storage.schema import AnnotatedFrame, Crop, DeocclusionResult, FrameRecord, GraspLabel
+from storage.schema import AnnotatedFrame, Crop, DeocclusionResult, FrameRecord, GraspLabel, Skip, SkipReason
 
 BATCH_FORMAT_VERSION = 1
 BATCH_COMPRESSION_LEVEL = 1
@@ -26,7 +34,10 @@ BATCH_COMPRESSION_LEVEL = 1
 # 240-frame batch of 128 px crops lz4-1 saves in 0.72 ms/frame and loads in 0.48 (67 KB/frame),
 # zstd-1 in 1.35 and 0.67 (51 KB/frame): ~1 ms/frame less of the flow's in-task overhead.
 _META_KEY = "__meta__"
-_RECORD_TYPES = {cls.__name__: cls for cls in (AnnotatedFrame, FrameRecord, GraspLabel, Crop, DeocclusionResult)}
+RECORDS_FORMAT_VERSION = 1
+_RECORDS_KIND = "records"
+_RECORD_TYPES = {cls.__name__: cls for cls in (AnnotatedFrame, FrameRecord, GraspLabel, Crop, DeocclusionResult, Skip)}
+_ENUM_TYPES = {cls.__name__: cls for cls in (SkipReason,)}
 _CODEC = numcodecs.Blosc(cname="lz4", clevel=BATCH_COMPRESSION_LEVEL, shuffle=numcodecs.Blosc.SHUFFLE)
 
 
@@ -43,6 +54,10 @@ def _flatten(record, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
         elif isinstance(value, np.ndarray):
             arrays[path] = value
             scalars[field.name] = {"__array__": path}
+        elif isinstance(value, enum.Enum):  # before str: SkipReason is a str enum
+            if type(value).__name__ not in _ENUM_TYPES:
+                raise ValueError(f"save_batch: field {path} has unsupported enum type {type(value).__name__}")
+            scalars[field.name] = {"__enum__": type(value).__name__, "v": value.value}
         elif isinstance(value, np.generic):
             scalars[field.name] = {"__np__": value.dtype.str, "v": value.item()}
         elif isinstance(value, tuple):
@@ -55,7 +70,7 @@ def _flatten(record, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
 
 
 def _unflatten(scalars: dict, arrays: dict[str, np.ndarray]):
-    cls = _RECORD_TYPES[scalars["__type__"]]
+    cls = _RECORD_TYPES[scalars["__type__"]]  # KeyError for a type not listed: never built from a name
     kwargs = {}
     for name, value in scalars.items():
         if name == "__type__":
@@ -64,6 +79,8 @@ def _unflatten(scalars: dict, arrays: dict[str, np.ndarray]):
             kwargs[name] = _unflatten(value, arrays)
         elif isinstance(value, dict) and "__array__" in value:
             kwargs[name] = arrays[value["__array__"]]
+        elif isinstance(value, dict) and "__enum__" in value:
+            kwargs[name] = _ENUM_TYPES[value["__enum__"]](value["v"])
         elif isinstance(value, dict) and "__np__" in value:
             kwargs[name] = np.dtype(value["__np__"]).type(value["v"])
         elif isinstance(value, dict) and "__tuple__" in value:
@@ -77,18 +94,22 @@ def _pack_group(group: str, per_record: list[dict[str, np.ndarray]], entries: di
     """Stack each array path over records when shapes and dtypes agree; compress into `entries`."""
     paths = sorted({path for arrays in per_record for path in arrays})
     for path in paths:
-        values = [arrays[path] for arrays in per_record]
-        stackable = len({(v.shape, v.dtype.str) for v in values}) == 1 and values[0].dtype.kind not in "OUT"
+        present = [i for i, arrays in enumerate(per_record) if path in arrays]  # an optional array may be None
+        values = [per_record[i][path] for i in present]
+        stackable = (len(present) == len(per_record)
+                     and len({(v.shape, v.dtype.str) for v in values}) == 1 and values[0].dtype.kind not in "OUT")
         if stackable:
             stacked = np.ascontiguousarray(np.stack(values))
             entries[f"{group}/{path}"] = np.frombuffer(_CODEC.encode(stacked), dtype=np.uint8)
             layout[f"{group}/{path}"] = {"dtype": stacked.dtype.str, "shape": list(stacked.shape), "stacked": True}
         else:
-            for i, value in enumerate(values):
+            for i, value in zip(present, values):
                 if value.dtype.kind in "OT":
                     raise ValueError(f"save_batch: array {path} has object/string dtype {value.dtype}")
                 entries[f"{group}/{path}#{i}"] = np.ascontiguousarray(value)
             layout[f"{group}/{path}"] = {"stacked": False}
+            if len(present) != len(per_record):
+                layout[f"{group}/{path}"]["present"] = present
 
 
 def _unpack_group(group: str, num: int, npz, layout: dict) -> list[dict[str, np.ndarray]]:
@@ -104,7 +125,7 @@ def _unpack_group(group: str, num: int, npz, layout: dict) -> list[dict[str, np.
             for i in range(num):
                 per_record[i][path] = stacked[i]
         else:
-            for i in range(num):
+            for i in spec.get("present", range(num)):
                 per_record[i][path] = npz[f"{key}#{i}"]
     return per_record
 
@@ -199,3 +220,74 @@ def load_batch(
     res_arrays = iter(_unpack_group("results", num_present, npz, meta["layout"]))
     results = [None if scalars is None else _unflatten(scalars, next(res_arrays)) for scalars in meta["results"]]
     return annotated, results
+
+
+def save_records(path_or_url: str | os.PathLike, groups: dict[str, list], storage_options: dict | None = None) -> str:
+    """Write named groups of schema records (e.g. a grasp part's frames, labels and skips) atomically.
+
+    The same container as `save_batch`: a JSON header under `__meta__` with every scalar field and
+    Blosc-compressed arrays stacked per field over each group.
+
+    Args:
+        path_or_url: target file (`.npz`), local path or fsspec URL.
+        groups: group name -> records, each an instance of a schema type this module lists.
+        storage_options: fsspec options for URLs.
+
+    Returns:
+        The path written (as given).
+
+    Raises:
+        ValueError: on a record of an unsupported type or a field of an unsupported type.
+    """
+    entries: dict[str, np.ndarray] = {}
+    layout: dict = {}
+    scalars: dict[str, list] = {}
+    for group, records in groups.items():
+        if "/" in group:
+            raise ValueError(f"save_records: group name {group!r} may not contain '/'")
+        per_record: list[dict[str, np.ndarray]] = []
+        scalars[group] = []
+        for record in records:
+            arrays: dict[str, np.ndarray] = {}
+            scalars[group].append(_flatten(record, "", arrays))
+            per_record.append(arrays)
+        _pack_group(group, per_record, entries, layout)
+    meta = {"version": RECORDS_FORMAT_VERSION, "kind": _RECORDS_KIND, "groups": scalars, "layout": layout}
+    entries[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **entries)
+    write_bytes_atomic(locate(path_or_url, storage_options), "", buffer.getvalue())
+    return os.fspath(path_or_url)
+
+
+def load_records(path_or_url: str | os.PathLike, storage_options: dict | None = None) -> dict[str, list]:
+    """Read a file written by `save_records` (never unpickles: `allow_pickle=False`).
+
+    Returns:
+        Group name -> records, in the order written.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when the file is not a records file of a known version (a pickle, an npz with
+            object arrays, an unknown record type, a damaged file).
+    """
+    loc = locate(path_or_url, storage_options)
+    payload = read_bytes(loc, "")
+    if payload is None:
+        raise FileNotFoundError(f"work file not found: {path_or_url}")
+    try:
+        npz = np.load(io.BytesIO(payload), allow_pickle=False)
+        meta = json.loads(npz[_META_KEY].tobytes())
+        if not isinstance(meta, dict) or meta.get("kind") != _RECORDS_KIND:
+            raise ValueError("no records header")
+        if meta.get("version") != RECORDS_FORMAT_VERSION:
+            raise ValueError(f"records format version {meta.get('version')} is not supported "
+                             f"(expects {RECORDS_FORMAT_VERSION})")
+        groups = {}
+        for group, group_scalars in meta["groups"].items():
+            per_record = _unpack_group(group, len(group_scalars), npz, meta["layout"])
+            groups[group] = [_unflatten(scalars, arrays) for scalars, arrays in zip(group_scalars, per_record)]
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path_or_url}: not a work file written by storage.batches.save_records ({err}); "
+                         "delete it and rebuild") from err
+    return groups

@@ -9,13 +9,19 @@ Layout:
 
     <work>/
       source-<h>/index.json              refs + plan (which frames each task handles)
-      grasp-<h>/part-0000.pkl            loaded FrameRecords + GraspLabels + source skips of one part
+      grasp-<h>/part-0000.npz            loaded FrameRecords + GraspLabels + source skips of one part
       annotate-<h>/batch-0000.*          storage.batches file of AnnotatedFrames (+ .skips.jsonl)
-      deocclude-<h>/results-0000.pkl     the batch's DeocclusionResults (its frames stay in annotate-<h>)
+      deocclude-<h>/results-0000.npz     the batch's DeocclusionResults (its frames stay in annotate-<h>)
       pack-<h>/shard-0000.json           marker: shard 0 of this pack hash is committed at the output
       output.json                        which pack hash the output currently holds
       executions.jsonl                   one line per stage item actually computed (not reused)
       _prefect-results/                  Prefect's persisted task results and cache records
+
+Every data file is one work-file format, `storage.batches` (an .npz of Blosc-compressed arrays
+plus a JSON header, read with `allow_pickle=False`; the rest is JSON): no work file is ever
+unpickled. (Prefect's own result records in `_prefect-results/` are not ours: Prefect serializes
+them with its default pickle serializer and reads them back on a cache hit; removing that cache
+is issue 15's "one caching mechanism".)
 
 A file exists only once complete (written to a hidden `.*.tmp-*` file, then renamed), so a build killed
 at any point resumes by skipping what exists and redoing the rest.
@@ -26,11 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.batches import load_records, save_records
 from storage.io import write_file_atomic
 from storage.schema import DeocclusionResult, FrameRecord, FrameRef, GraspLabel, Skip, SkipReason
 from unihope.config import PipelineConfig
@@ -40,7 +46,8 @@ WORK_DIR_NAME = "_work"
 RESULTS_DIR_NAME = "_prefect-results"
 INDEX_FORMAT_VERSION = 1
 # Bump when the meaning of a stage's output files changes: old folders are then not reused.
-STAGE_CODE_VERSIONS = {"source": 1, "grasp": 1, "annotate": 1, "deocclude": 2, "pack": 1}
+# grasp 2 / deocclude 3: parts and results became storage.batches work files (were pickles, never read now).
+STAGE_CODE_VERSIONS = {"source": 1, "grasp": 2, "annotate": 1, "deocclude": 3, "pack": 1}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,7 +159,7 @@ class WorkLayout:
         return self.stage_dir("source") / "index.json"
 
     def grasp_part_path(self, part_idx: int) -> Path:
-        return self.stage_dir("grasp") / f"part-{part_idx:04d}.pkl"
+        return self.stage_dir("grasp") / f"part-{part_idx:04d}.npz"
 
     def annotate_batch_path(self, batch_idx: int) -> Path:
         return self.stage_dir("annotate") / f"batch-{batch_idx:04d}.batch"
@@ -161,7 +168,7 @@ class WorkLayout:
         return self.stage_dir("annotate") / f"batch-{batch_idx:04d}.skips.jsonl"
 
     def deocclude_results_path(self, batch_idx: int) -> Path:
-        return self.stage_dir("deocclude") / f"results-{batch_idx:04d}.pkl"
+        return self.stage_dir("deocclude") / f"results-{batch_idx:04d}.npz"
 
     def shard_marker_path(self, shard_idx: int) -> Path:
         return self.stage_dir("pack") / f"shard-{shard_idx:04d}.json"
@@ -392,34 +399,54 @@ class GraspPartOutput:
 
 
 def save_grasp_part(path: Path, output: GraspPartOutput) -> None:
-    """Pickle a part atomically. Pickle is safe here: the build only reads files it wrote itself."""
-    write_file_atomic(path, pickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL))
+    """Write a part atomically as a work file (`storage.batches.save_records`: arrays + JSON, no pickle)."""
+    save_records(path, {"records": list(output.records), "grasps": list(output.grasps), "skips": list(output.skips)})
 
 
 def load_grasp_part(path: Path) -> GraspPartOutput:
-    with open(path, "rb") as handle:
-        output = pickle.load(handle)
-    if not isinstance(output, GraspPartOutput):
-        raise ValueError(f"{path}: not a grasp part file (got {type(output).__name__}); delete it and rebuild")
+    """Inverse of `save_grasp_part`.
+
+    Raises:
+        ValueError: when the file is not a grasp part work file (e.g. a pickle planted in its place:
+            it is refused unread, never unpickled).
+    """
+    groups = load_records(path)
+    if set(groups) != {"records", "grasps", "skips"}:
+        raise ValueError(f"{path}: not a grasp part file (groups {sorted(groups)}); delete it and rebuild")
+    output = GraspPartOutput(tuple(groups["records"]), tuple(groups["grasps"]), tuple(groups["skips"]))
+    _check_types(path, "grasp part", (
+        (output.records, FrameRecord), (output.grasps, GraspLabel), (output.skips, Skip)))
     return output
 
 
 def save_results(path: Path, results: list[DeocclusionResult]) -> None:
-    """Pickle a batch's de-occlusion results atomically.
+    """Write a batch's de-occlusion results atomically as a work file (no pickle).
 
     Only the results: the frames are already in the annotate batch file, and writing them again
-    cost ~2 ms per frame (a tenth of a 128 px frame's whole pipeline). Pickle, not a storage
-    format: the build only reads files it wrote itself.
+    cost ~2 ms per frame (a tenth of a 128 px frame's whole pipeline).
     """
-    write_file_atomic(path, pickle.dumps(tuple(results), protocol=pickle.HIGHEST_PROTOCOL))
+    save_records(path, {"results": list(results)})
 
 
 def load_results(path: Path) -> list[DeocclusionResult]:
-    with open(path, "rb") as handle:
-        results = pickle.load(handle)
-    if not isinstance(results, tuple) or not all(isinstance(r, DeocclusionResult) for r in results):
-        raise ValueError(f"{path}: not a de-occlusion results file; delete it and rebuild")
-    return list(results)
+    """Inverse of `save_results`.
+
+    Raises:
+        ValueError: when the file is not a de-occlusion results work file (never unpickled).
+    """
+    groups = load_records(path)
+    if set(groups) != {"results"}:
+        raise ValueError(f"{path}: not a de-occlusion results file (groups {sorted(groups)}); delete it and rebuild")
+    _check_types(path, "de-occlusion results", ((groups["results"], DeocclusionResult),))
+    return list(groups["results"])
+
+
+def _check_types(path: Path, what: str, groups: tuple) -> None:
+    for records, cls in groups:
+        for record in records:
+            if not isinstance(record, cls):
+                raise ValueError(f"{path}: not a {what} file ({type(record).__name__} where a {cls.__name__} "
+                                 "belongs); delete it and rebuild")
 
 
 def write_skips(path: Path, skips: list[Skip]) -> None:

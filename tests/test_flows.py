@@ -403,9 +403,9 @@ def test_deocclude_task_halves_its_chunks_on_cuda_oom(reference_build, tmp_path,
     monkeypatch.setattr(deocclude_tasks, "get_deoccluder", lambda _cfg: SmallGpu())
     summary = deocclude_tasks.deocclude_batch.fn(
         cfg.deocclusion, layout.__class__(root=tmp_path, hashes=layout.hashes), 0,
-        str(layout.annotate_batch_path(0)), str(tmp_path / "results.pkl"))
+        str(layout.annotate_batch_path(0)), str(tmp_path / "results.npz"))
     assert chunk_sizes[:2] == [4, 2] and max(chunk_sizes[2:]) == 2
-    results = load_results(tmp_path / "results.pkl")
+    results = load_results(tmp_path / "results.npz")
     expected = load_results(layout.deocclude_results_path(0))
     assert summary.num_in == len(expected) == len(results)
     for got, want in zip(results, expected):
@@ -601,7 +601,7 @@ def test_a_hanging_task_times_out_and_its_retry_is_counted(reference_build, tmp_
         "fail_once": ("annotate:0@hang", "deocclude:0@hang"), "annotate_timeout_s": 4.0, "deocclude_timeout_s": 3.0})})
     layout = make_layout(cfg, str(reference_build["out"]))
     _, batches = read_index(layout.index_path)
-    annotated_path, results_path = tmp_path / "annotate-0.pkl", tmp_path / "deocclude-0.pkl"
+    annotated_path, results_path = tmp_path / "annotate-0.batch", tmp_path / "deocclude-0.npz"
 
     @flow(name="hang-once")
     def hang_once():
