@@ -267,3 +267,34 @@ def test_eval_without_config_uses_the_checkpoint_config(tmp_path, monkeypatch):
     runner.invoke(app, ["eval", "--checkpoint", str(path), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "e"),
                         "--config", str(other)])
     assert seen[-1].name == "from-file"
+
+
+def test_progress_observers_and_the_terminal_display_follow_every_update():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from unihope.progress import BuildProgress, add_display, remove_display
+    from unihope.rich_progress import RichStageDisplay, is_interactive, terminal_progress
+
+    seen, lines = [], []
+    bars = Progress(console=Console(file=io.StringIO()))
+    display = RichStageDisplay(bars)
+    add_display(display)
+    try:
+        progress = BuildProgress(emit=lines.append, min_interval_s=1e9, clock=lambda: 1.0,
+                                 observers=(lambda *update: seen.append(update),))
+        progress.add_stage("annotate", 12)
+        progress.advance("annotate", 8)  # throttled: no line, but observers see it
+        progress.advance("annotate", 4)
+    finally:
+        remove_display(display)
+    assert seen == [("annotate", 0, 12), ("annotate", 8, 12), ("annotate", 12, 12)]
+    assert len(lines) == 2  # the first update and the completion
+    (task,) = bars.tasks
+    assert (task.description, task.completed, task.total) == ("annotate", 12, 12)
+    # not a terminal (CliRunner, CI, a pipe): no display is registered, plain lines only
+    assert not is_interactive(io.StringIO())
+    with terminal_progress(enabled=False) as none:
+        assert none is None

@@ -674,3 +674,27 @@ def test_build_publishes_summary_skip_deocclusion_report_and_progress_artifacts(
     assert {f"deocclude-batch-{i}" for i in range(NUM_BATCHES)} <= names
     assert {f"grasp-part-{i}" for i in range(NUM_PARTS)} <= names
     assert {f"pack-shard-{i}" for i in range(summary.num_shards)} <= names
+
+
+def test_train_flow_publishes_its_metrics_and_applies_set_overrides(reference_build, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.train import train_flow
+    from tasks.artifacts import TRAIN_METRICS_KEY, TRAIN_RUN_KEY
+
+    overrides = ["optim.max_steps=2", "optim.batch_size=4", "data.val_fraction=0.0", "data.eval_split=train",
+                 "data.max_train_samples=8", "data.max_eval_samples=4", "eval_batch_size=4"]
+    state = train_flow(data_url=str(reference_build["out"]), train_config_path="configs/train_demo.yaml",
+                       runs_dir=str(tmp_path / "runs"), overrides=overrides, return_state=True)
+    run_dir = Path(state.result())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train_steps"] == 2  # the override reached the run
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    by_key = {a.key: a for a in artifacts}
+    assert by_key[TRAIN_METRICS_KEY].type == "table" and by_key[TRAIN_RUN_KEY].type == "markdown"
+    rows = {row["metric"]: row["value"] for row in json.loads(by_key[TRAIN_METRICS_KEY].data)}
+    assert rows["train_steps"] == 2 and rows["mpjpe_mm"] == pytest.approx(metrics["mpjpe_mm"])
+    assert str(run_dir) in by_key[TRAIN_RUN_KEY].data
