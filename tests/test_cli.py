@@ -298,3 +298,12 @@ def test_progress_observers_and_the_terminal_display_follow_every_update():
     assert not is_interactive(io.StringIO())
     with terminal_progress(enabled=False) as none:
         assert none is None
+
+
+def test_cli_forwards_stage_loggers_to_prefect_unless_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("PREFECT_LOGGING_EXTRA_LOGGERS", raising=False)
+    runner.invoke(app, ["ls-versions", "--data", str(tmp_path / "missing")])
+    assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "unihope,storage"
+    monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "mine")
+    runner.invoke(app, ["ls-versions", "--data", str(tmp_path / "missing")])
+    assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "mine"

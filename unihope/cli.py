@@ -13,6 +13,10 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniHOPE data generation and training.")
 
 DISTRIBUTION = "unihope-datagen"
+# Stage code logs with the standard `logging` module (it never imports Prefect); naming its loggers
+# here makes Prefect forward their records to the task run's logs (the UI) in this process and in the
+# worker processes it starts. Set by the command, not on import, and only when the user has not.
+STAGE_LOGGERS_ENV, STAGE_LOGGERS = "PREFECT_LOGGING_EXTRA_LOGGERS", "unihope,storage"
 SET_HELP = "Override a config field: --set section.field=value (YAML scalar; repeatable; validated by the config)."
 
 
@@ -76,6 +80,9 @@ def main(
                                       help="Print the installed unihope-datagen version and exit."),
 ) -> None:
     """UniHOPE data generation and training."""
+    import os
+
+    os.environ.setdefault(STAGE_LOGGERS_ENV, STAGE_LOGGERS)
 
 
 @app.command()
