@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from storage.io import sweep_temp_files
 from storage.lock import build_lock
 from tasks.annotate import annotate_batch, label_grasp_part
+from tasks.artifacts import ProgressArtifacts, publish_build_artifacts
 from tasks.deocclude import deocclude_batch
 from tasks.finalize import finalize_dataset
 from tasks.options import FAIL_ONCE_ENV, configure_task, parse_fail_once, result_storage_for
@@ -153,7 +154,7 @@ def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
     plan = index_task(config, layout, str(layout.index_path), fail_once)
     logger.info("source: %d frames -> %d grasp parts, %d batches", plan.num_frames, len(plan.part_sizes),
                 len(plan.batches))
-    progress = BuildProgress(emit=logger.info)
+    progress = BuildProgress(emit=logger.info, observers=(ProgressArtifacts(),))
     for stage in ("grasp", "annotate", "deocclude"):
         progress.add_stage(stage, plan.num_frames)
 
@@ -201,10 +202,12 @@ def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
     ]
     _track(progress, [("pack", shard.num_samples, f) for shard, f in zip(shards, pack_futures)])
 
-    # 6. Finalize: manifest, skips, root attrs, summary, report.
+    # 6. Finalize: manifest, skips, root attrs, summary, report; then the summary as Prefect artifacts.
     report_dir = str(default_report_dir(out, layout)) if write_report else None
-    return finalize_task(layout, out, attrs, len(plan.part_sizes), len(plan.batches), len(shards), report_dir,
-                         fail_once)
+    summary = finalize_task(layout, out, attrs, len(plan.part_sizes), len(plan.batches), len(shards), report_dir,
+                            fail_once)
+    publish_build_artifacts(summary)
+    return summary
 
 
 @flow(name="ping")
@@ -284,9 +287,10 @@ def run_build(cfg: PipelineConfig, out: str, write_report: bool = True, wait_loc
 
 def run_build_from_cli(
     config_path: Path, source: str | None, out: str, train: bool, train_config_path: Path,
-    train_out: Path | None = None, wait_lock: bool = False,
+    train_out: Path | None = None, wait_lock: bool = False, overrides: tuple[str, ...] = (),
+    train_overrides: tuple[str, ...] = (),
 ) -> None:
-    """`unihope build`: load, resolve and check the config, build, print the summary, optionally train.
+    """`unihope build`: load, resolve and check the config (with `--set` overrides), build, print the summary, optionally train.
 
     Every fault a user can act on ends in one line and a non-zero exit, never a traceback: a bad
     config or environment (exit 2, before Prefect starts), a busy output (3), a full or read-only
@@ -300,6 +304,7 @@ def run_build_from_cli(
 
     from storage.lock import OutputBusyError
     from tasks.options import PERMANENT_OS_ERRNOS
+    from unihope.overrides import apply_overrides
     from unihope.preflight import check_build, describe_os_error
 
     def fail(message: str, code: int) -> None:
@@ -308,8 +313,12 @@ def run_build_from_cli(
 
     # 1. Config and environment checks: one line each, before Prefect starts.
     try:
-        cfg = resolve_build_config(PipelineConfig.from_yaml(Path(config_path)), out, source,
+        cfg = resolve_build_config(apply_overrides(PipelineConfig.from_yaml(Path(config_path)), overrides), out, source,
                                    fail_once_env=os.environ.get(FAIL_ONCE_ENV))
+        if train:  # a bad training override fails now, not after the build
+            from unihope.training import load_train_config
+
+            load_train_config(train_config_path, train_overrides)
         check_build(cfg, out, local_output_path(out), resolve_work_dir(out, cfg.flow.work_dir))
     except ValueError as err:  # ConfigError, PreflightError, a remote --out without flow.work_dir
         fail(str(err), code=2)
@@ -341,7 +350,7 @@ def run_build_from_cli(
 
         runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
         run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
-                             mano_dir=mano_dir_parameter(cfg))
+                             mano_dir=mano_dir_parameter(cfg), overrides=list(train_overrides))
         typer.echo(f"trained on {out} -> {run_dir}")
 
 

@@ -6,9 +6,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from tasks.artifacts import publish_train_artifacts
+
 
 @flow(name="train")
-def train_flow(data_url: str, train_config_path: str, runs_dir: str, mano_dir: str | None = None) -> str:
+def train_flow(data_url: str, train_config_path: str, runs_dir: str, mano_dir: str | None = None,
+               overrides: list[str] | None = None) -> str:
     """Train (and evaluate on the held-out split) on the dataset version now at `data_url`.
 
     Args:
@@ -16,14 +19,18 @@ def train_flow(data_url: str, train_config_path: str, runs_dir: str, mano_dir: s
         train_config_path: training config (YAML).
         runs_dir: root of the run folders; this run trains in `<runs_dir>/<dataset version>-<config digest>/`.
         mano_dir: the MANO files the build used (its `hand.mano_dir`); None -> the training config's.
+        overrides: `--set key=value` overrides of the training config.
 
     Returns:
         The run folder.
     """
     from unihope.training import run_training_in_runs_dir
 
-    get_run_logger().info("training on %s with %s -> %s/<version>-<config>", data_url, train_config_path, runs_dir)
+    logger = get_run_logger()
+    logger.info("training on %s with %s -> %s/<version>-<config>", data_url, train_config_path, runs_dir)
     result = run_training_in_runs_dir(config_path=Path(train_config_path), data_url=data_url, runs_dir=Path(runs_dir),
-                                      mano_dir=Path(mano_dir) if mano_dir else None)
-    get_run_logger().info("trained %d steps in %s", result.metrics["train_steps"], result.out_dir)
+                                      mano_dir=Path(mano_dir) if mano_dir else None,
+                                      overrides=tuple(overrides or ()), log=logger.info)
+    logger.info("trained %d steps in %s", result.metrics["train_steps"], result.out_dir)
+    publish_train_artifacts(result)
     return str(result.out_dir)

@@ -18,7 +18,7 @@ from tasks.work import (
 from unihope.config import PipelineConfig
 
 
-@task(name="grasp")
+@task(name="grasp", task_run_name="grasp-part-{part_idx}")
 def label_grasp_part(
     cfg: PipelineConfig, layout: WorkLayout, part_idx: int, index_path: str, out_path: str,
     fail_once: tuple[str, ...] = (),
@@ -64,7 +64,7 @@ def label_grasp_part(
     return summary
 
 
-@task(name="annotate")
+@task(name="annotate", task_run_name="annotate-batch-{batch.batch_idx}")
 def annotate_batch(
     cfg: PipelineConfig, layout: WorkLayout, batch: BatchSpec, index_path: str, part_path: str, out_path: str,
     skips_path: str, fail_once: tuple[str, ...] = (), torch_threads: int = 1,

@@ -50,7 +50,7 @@ def on_device(cfg: DeocclusionConfig, device: str | None) -> DeocclusionConfig:
     return cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update={"device": device})})
 
 
-@task(name="deocclude")
+@task(name="deocclude", task_run_name="deocclude-batch-{batch_idx}")
 def deocclude_batch(
     cfg: DeocclusionConfig, layout: WorkLayout, batch_idx: int, in_path: str, out_path: str,
     fail_once: tuple[str, ...] = (), torch_threads: int = 1, timeout_s: float = DEFAULT_DEOCCLUDE_TIMEOUT_S,

@@ -49,7 +49,7 @@ def claim_output(layout: WorkLayout, url: str) -> list[str]:
     return removed
 
 
-@task(name="pack")
+@task(name="pack", task_run_name="pack-shard-{shard.shard_idx}")
 def pack_shard(
     cfg: StorageConfig, layout: WorkLayout, url: str, shard: ShardSpec, batch_paths: dict[int, tuple[str, str]],
     attrs: DatasetAttrs, out_path: str, fail_once: tuple[str, ...] = (),

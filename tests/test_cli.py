@@ -143,3 +143,167 @@ def test_build_refuses_a_mano_pickle_that_names_code_before_work(tmp_path, no_se
     result = runner.invoke(app, ["build", "--config", str(cfg), "--out", str(tmp_path / "d")])
     _assert_one_line_failure(result, "hand.mano_dir: refusing to load numpy.testing._private.utils.runstring")
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI conventions (issue 15, item 7): --version, --set, choices, one-line errors, eval's own config
+# ----------------------------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"unihope {version('unihope-datagen')}"
+
+
+def test_build_set_override_lands_in_the_resolved_config(tmp_path, no_server, monkeypatch):
+    import unihope.preflight
+
+    seen = []
+
+    def stop_after_resolving(cfg, *args, **kwargs):  # pre-flight sees the resolved config; stop there
+        seen.append(cfg)
+        raise unihope.preflight.PreflightError("stopped by the test")
+
+    monkeypatch.setattr(unihope.preflight, "check_build", stop_after_resolving)
+    result = runner.invoke(app, ["build", "--out", str(tmp_path / "d"), "--set", "grasp.rte_threshold_m=0.03",
+                                 "--set", "flow.task_runner=processes", "--set", "render.occlusion_bin_edges=[0.2, 0.4, 0.8]"])
+    _assert_one_line_failure(result, "stopped by the test")
+    (cfg,) = seen
+    assert cfg.grasp.rte_threshold_m == 0.03 and cfg.flow.task_runner == "processes"
+    assert tuple(cfg.render.occlusion_bin_edges) == (0.2, 0.4, 0.8)
+    assert cfg.crop == type(cfg.crop)()  # untouched sections keep the config file's values (demo: defaults)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("grasp.rte_treshold_m=0.03", "unknown key 'grasp.rte_treshold_m' (fields of grasp:"),
+        ("grap.rte_threshold_m=0.03", "unknown key 'grap'"),
+        ("grasp.rte_threshold_m=-1", "grasp.rte_threshold_m: Input should be greater than 0"),
+        ("grasp.rte_threshold_m=abc", "grasp.rte_threshold_m: Input should be a valid number"),
+        ("flow.task_runner=bogus", "flow.task_runner: Input should be 'threads', 'processes' or 'dask'"),
+        ("render.occlusion_bin_edges=[0.5, 0.25, 0.75]", "must be strictly increasing"),
+        ("grasp", "expected key=value"),
+    ],
+)
+def test_build_refuses_a_bad_set_override_in_one_line_before_work(tmp_path, no_server, override, expected):
+    result = runner.invoke(app, ["build", "--out", str(tmp_path / "d"), "--set", override])
+    _assert_one_line_failure(result, expected)
+    assert not (tmp_path / "d").exists()
+
+
+def test_train_refuses_a_bad_set_override_before_opening_the_data(tmp_path):
+    for override, expected in (("optim.learning_rat=0.1", "unknown key 'optim.learning_rat'"),
+                               ("optim.max_steps=many", "optim.max_steps: Input should be a valid integer")):
+        result = runner.invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"),
+                                     "--set", override])
+        _assert_one_line_failure(result, expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_enumerated_options_show_and_validate_their_choices(tmp_path):
+    for args in (["synth", "--out", str(tmp_path / "s"), "--format", "freihand"],
+                 ["inspect", "--render-platform", "wgl"],
+                 ["export-unihope", "--data", str(tmp_path), "--out", str(tmp_path / "e"), "--split", "s7"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Invalid value" in result.output and "is not one of" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()
+    help_text = runner.invoke(app, ["synth", "--help"]).output
+    assert "dexycb|ho3d" in help_text
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["synth", "--out", "{tmp}/s", "--sequences", "0"], "synth: invalid configuration: num_sequences"),
+        (["report", "--data", "{tmp}/missing", "--out", "{tmp}/r"], "report: no finished dataset at"),
+        (["ls-versions", "--data", "{tmp}/missing"], "no committed dataset version"),
+        (["gc", "--data", "{tmp}/missing", "--keep", "0"], "gc: keep must be >= 1"),
+        (["deploy", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/d"], "deploy: config file not found"),
+        (["convert-mano", "{tmp}/missing.pkl", "{tmp}/out.pkl"], "convert-mano:"),
+        (["eval", "--checkpoint", "{tmp}/missing.safetensors", "--data", "{tmp}/d", "--out", "{tmp}/e"],
+         "checkpoint not found"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):
+    result = runner.invoke(app, [arg.format(tmp=tmp_path) for arg in args])
+    _assert_one_line_failure(result, expected)
+
+
+def test_eval_without_config_uses_the_checkpoint_config(tmp_path, monkeypatch):
+    import torch
+
+    import unihope.training as T
+    from unihope.train_config import TrainConfig
+
+    cfg = TrainConfig.from_yaml("name: from-checkpoint\ndevice: cpu\n"
+                                "model: {depth: 18, width_multiplier: 0.25, norm: group, input_size_px: 64, "
+                                "fpn_channels: 32, roi_size: 8, num_heads: 4, mano_hidden: [64, 32], "
+                                "num_hand_res_blocks: 2, switcher_channels: 8, switcher_hidden: 16}\n"
+                                "optim: {max_steps: 7}\n")
+    model = T.build_model(cfg, T.build_hand_layer())
+    path = T.save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000001.safetensors", model,
+                             torch.optim.Adam(model.parameters(), 1e-3),
+                             T.TrainState(step=1, epoch=0, config_hash=T.resume_hash(cfg)), None, cfg)
+    seen = []
+
+    def stop_at_the_hand_model(cfg, data_url, **kwargs):  # the first step that needs the data: stop there
+        seen.append(cfg)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(T, "resolve_hand_model", stop_at_the_hand_model)
+    result = runner.invoke(app, ["eval", "--checkpoint", str(path), "--data", str(tmp_path / "d"),
+                                 "--out", str(tmp_path / "e")])
+    _assert_one_line_failure(result, "stopped by the test")
+    assert seen == [cfg]
+    # with --config the file wins over the checkpoint's record
+    other = tmp_path / "other.yaml"
+    other.write_text("name: from-file\n")
+    runner.invoke(app, ["eval", "--checkpoint", str(path), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "e"),
+                        "--config", str(other)])
+    assert seen[-1].name == "from-file"
+
+
+def test_progress_observers_and_the_terminal_display_follow_every_update():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from unihope.progress import BuildProgress, add_display, remove_display
+    from unihope.rich_progress import RichStageDisplay, is_interactive, terminal_progress
+
+    seen, lines = [], []
+    bars = Progress(console=Console(file=io.StringIO()))
+    display = RichStageDisplay(bars)
+    add_display(display)
+    try:
+        progress = BuildProgress(emit=lines.append, min_interval_s=1e9, clock=lambda: 1.0,
+                                 observers=(lambda *update: seen.append(update),))
+        progress.add_stage("annotate", 12)
+        progress.advance("annotate", 8)  # throttled: no line, but observers see it
+        progress.advance("annotate", 4)
+    finally:
+        remove_display(display)
+    assert seen == [("annotate", 0, 12), ("annotate", 8, 12), ("annotate", 12, 12)]
+    assert len(lines) == 2  # the first update and the completion
+    (task,) = bars.tasks
+    assert (task.description, task.completed, task.total) == ("annotate", 12, 12)
+    # not a terminal (CliRunner, CI, a pipe): no display is registered, plain lines only
+    assert not is_interactive(io.StringIO())
+    with terminal_progress(enabled=False) as none:
+        assert none is None
+
+
+def test_cli_forwards_stage_loggers_to_prefect_unless_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("PREFECT_LOGGING_EXTRA_LOGGERS", raising=False)
+    runner.invoke(app, ["ls-versions", "--data", str(tmp_path / "missing")])
+    assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "unihope,storage"
+    monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "mine")
+    runner.invoke(app, ["ls-versions", "--data", str(tmp_path / "missing")])
+    assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "mine"

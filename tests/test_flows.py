@@ -351,7 +351,7 @@ def test_rerun_with_nothing_changed_recomputes_nothing(reference_build):
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    cached = {run.name.rsplit("-", 1)[0] for run in runs if run.state and run.state.name == "Cached"}
+    cached = {run.name.split("-", 1)[0] for run in runs if run.state and run.state.name == "Cached"}
     assert cached == {"grasp", "annotate", "deocclude"}
 
 
@@ -625,3 +625,76 @@ def test_a_hanging_task_times_out_and_its_retry_is_counted(reference_build, tmp_
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.mask_hand, b.mask_hand)  # rendered again on a fresh render thread
     assert [r.keep for r in load_results(results_path)] == [r.keep for r in load_results(layout.deocclude_results_path(0))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefect-native visibility (issue 15, item 6): artifacts and task run names of the reference build
+# ----------------------------------------------------------------------------------------------
+
+
+def test_build_publishes_summary_skip_deocclusion_report_and_progress_artifacts(reference_build):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+    from tasks.artifacts import (
+        BUILD_DEOCCLUSION_KEY, BUILD_PROGRESS_KEY_PREFIX, BUILD_REPORT_KEY, BUILD_SKIPS_KEY, BUILD_SUMMARY_KEY,
+    )
+
+    flow_run_id = reference_build["state"].state_details.flow_run_id
+    summary, out = reference_build["summary"], reference_build["out"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    by_key = {a.key: a for a in artifacts if a.key}
+    assert {by_key[k].type for k in (BUILD_SUMMARY_KEY,)} == {"markdown"}
+    assert by_key[BUILD_SKIPS_KEY].type == by_key[BUILD_DEOCCLUSION_KEY].type == "table"
+    assert by_key[BUILD_REPORT_KEY].type == "markdown"  # Prefect stores a link artifact as a markdown link
+    # the summary artifact carries the summary's own lines
+    for line in summary.describe()[:2]:
+        assert line in by_key[BUILD_SUMMARY_KEY].data
+    # the skip table's counts add up to the summary's skips, per reason
+    skip_rows = json.loads(by_key[BUILD_SKIPS_KEY].data)
+    by_reason: dict[str, int] = {}
+    for row in skip_rows:
+        if row["frames"]:
+            by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + row["frames"]
+    assert by_reason == summary.skips_by_reason
+    deocclusion_rows = json.loads(by_key[BUILD_DEOCCLUSION_KEY].data)
+    outcomes = {row["name"]: row["samples"] for row in deocclusion_rows if row["kind"] == "outcome"}
+    assert outcomes == summary.deocclusion_reasons and sum(outcomes.values()) == summary.num_samples
+    assert (out / "report" / "index.html").resolve().as_uri() in by_key[BUILD_REPORT_KEY].data
+    # one progress artifact per stage, ending at 100%
+    for stage in ("grasp", "annotate", "deocclude", "pack"):
+        progress = by_key[BUILD_PROGRESS_KEY_PREFIX + stage]
+        assert progress.type == "progress" and float(progress.data) == 100.0, (stage, progress.data)
+    # task runs are named by their item
+    names = {run.name for run in runs}
+    assert {f"annotate-batch-{i}" for i in range(NUM_BATCHES)} <= names
+    assert {f"deocclude-batch-{i}" for i in range(NUM_BATCHES)} <= names
+    assert {f"grasp-part-{i}" for i in range(NUM_PARTS)} <= names
+    assert {f"pack-shard-{i}" for i in range(summary.num_shards)} <= names
+
+
+def test_train_flow_publishes_its_metrics_and_applies_set_overrides(reference_build, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.train import train_flow
+    from tasks.artifacts import TRAIN_METRICS_KEY, TRAIN_RUN_KEY
+
+    overrides = ["optim.max_steps=2", "optim.batch_size=4", "data.val_fraction=0.0", "data.eval_split=train",
+                 "data.max_train_samples=8", "data.max_eval_samples=4", "eval_batch_size=4"]
+    state = train_flow(data_url=str(reference_build["out"]), train_config_path="configs/train_demo.yaml",
+                       runs_dir=str(tmp_path / "runs"), overrides=overrides, return_state=True)
+    run_dir = Path(state.result())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train_steps"] == 2  # the override reached the run
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    by_key = {a.key: a for a in artifacts}
+    assert by_key[TRAIN_METRICS_KEY].type == "table" and by_key[TRAIN_RUN_KEY].type == "markdown"
+    rows = {row["metric"]: row["value"] for row in json.loads(by_key[TRAIN_METRICS_KEY].data)}
+    assert rows["train_steps"] == 2 and rows["mpjpe_mm"] == pytest.approx(metrics["mpjpe_mm"])
+    assert str(run_dir) in by_key[TRAIN_RUN_KEY].data

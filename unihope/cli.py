@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -9,16 +12,83 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniHOPE data generation and training.")
 
+DISTRIBUTION = "unihope-datagen"
+# Stage code logs with the standard `logging` module (it never imports Prefect); naming its loggers
+# here makes Prefect forward their records to the task run's logs (the UI) in this process and in the
+# worker processes it starts. Set by the command, not on import, and only when the user has not.
+STAGE_LOGGERS_ENV, STAGE_LOGGERS = "PREFECT_LOGGING_EXTRA_LOGGERS", "unihope,storage"
+SET_HELP = "Override a config field: --set section.field=value (YAML scalar; repeatable; validated by the config)."
+
+
+class LayoutFormat(str, enum.Enum):
+    dexycb = "dexycb"
+    ho3d = "ho3d"
+
+
+class RenderPlatform(str, enum.Enum):
+    egl = "egl"
+    osmesa = "osmesa"
+
+
+class DexYCBSetup(str, enum.Enum):
+    s0 = "s0"
+    s1 = "s1"
+    s2 = "s2"
+    s3 = "s3"
+
 
 def _fail(message: str) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
+@contextmanager
+def _user_errors(command: str) -> Iterator[None]:
+    """Turn the errors a user can act on into one line and exit 2 (never a traceback).
+
+    ValueError covers ConfigError and PreflightError; StoreError is a missing or damaged dataset;
+    an OSError is a file that is missing, unreadable or on a full / read-only disk.
+    """
+    from storage.manifest import StoreError
+    from unihope.preflight import describe_os_error
+
+    try:
+        yield
+    except StoreError as err:
+        _fail(f"{command}: cannot read the dataset: {err}")
+    except ValueError as err:
+        message = str(err).replace("\n", ";")  # a config with several problems still reads as one line
+        _fail(message if message.startswith(command) else f"{command}: {message}")
+    except OSError as err:
+        _fail(f"{command}: {describe_os_error(err)}")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"unihope {version(DISTRIBUTION)}")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            typer.echo("unihope (not installed: no package metadata)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                      help="Print the installed unihope-datagen version and exit."),
+) -> None:
+    """UniHOPE data generation and training."""
+    import os
+
+    os.environ.setdefault(STAGE_LOGGERS_ENV, STAGE_LOGGERS)
+
+
 @app.command()
 def inspect(
     mano_dir: Optional[Path] = typer.Option(None, help="Folder with the official MANO_RIGHT.pkl / MANO_LEFT.pkl."),
-    render_platform: str = typer.Option("egl", help="egl | osmesa"),
+    render_platform: RenderPlatform = typer.Option(RenderPlatform.egl, help="Offscreen OpenGL platform."),
 ) -> None:
     """Show what is installed, which hand model and which renderer are in use."""
     import pickle
@@ -26,8 +96,9 @@ def inspect(
     from unihope.inspect_env import describe_environment
 
     try:
-        lines = list(describe_environment(mano_dir=mano_dir, render_platform=render_platform))
-    except (ValueError, pickle.UnpicklingError) as err:  # e.g. a MANO pickle that names code
+        with _user_errors("inspect"):
+            lines = list(describe_environment(mano_dir=mano_dir, render_platform=render_platform.value))
+    except pickle.UnpicklingError as err:  # e.g. a MANO pickle that names code
         _fail(f"inspect: {err}")
     for line in lines:
         typer.echo(line)
@@ -41,8 +112,9 @@ def convert_mano(src: Path, dst: Path) -> None:
     from unihope.hand.convert import convert_official_mano
 
     try:
-        convert_official_mano(src, dst)
-    except (ValueError, pickle.UnpicklingError) as err:
+        with _user_errors("convert-mano"):
+            convert_official_mano(src, dst)
+    except pickle.UnpicklingError as err:
         _fail(f"convert-mano: {err}")
     typer.echo(f"wrote {dst}")
 
@@ -50,23 +122,28 @@ def convert_mano(src: Path, dst: Path) -> None:
 @app.command()
 def synth(
     out: Path = typer.Option(..., help="Output folder for the synthetic dataset."),
-    format: str = typer.Option("dexycb", help="dexycb | ho3d"),
+    format: LayoutFormat = typer.Option(LayoutFormat.dexycb, help="On-disk layout to write."),
     sequences: int = typer.Option(4, help="Number of sequences."),
     frames: int = typer.Option(24, help="Frames per sequence."),
     cameras: int = typer.Option(2, help="Cameras per sequence (DexYCB format)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Write a small synthetic dataset in DexYCB's (or HO3D_v2's) exact on-disk layout."""
-    from unihope.config import ConfigError, HandModelConfig, SyntheticConfig
+    from pydantic import ValidationError
+
+    from unihope.config import ConfigError, HandModelConfig, SyntheticConfig, describe_validation_error
     from unihope.sources.synthetic import write_synthetic_dataset
 
     try:
         cfg = SyntheticConfig(
-            format=format, num_sequences=sequences, frames_per_sequence=frames, num_cameras=cameras, seed=seed
+            format=format.value, num_sequences=sequences, frames_per_sequence=frames, num_cameras=cameras, seed=seed
         )
+    except ValidationError as err:
+        _fail(describe_validation_error("synth", err).replace("\n", ";"))
     except (ValueError, ConfigError) as err:
-        _fail(str(err))
-    summary = write_synthetic_dataset(out, cfg, HandModelConfig())
+        _fail(f"synth: {err}")
+    with _user_errors("synth"):
+        summary = write_synthetic_dataset(out, cfg, HandModelConfig())
     typer.echo(summary.describe())
 
 
@@ -80,12 +157,17 @@ def build(
     train_out: Optional[Path] = typer.Option(
         None, help="Root of --train's run folders (<dataset version>-<config digest>/ each); default runs/<name>."),
     wait_lock: bool = typer.Option(False, "--wait-lock", help="Wait for another build of --out to finish instead of refusing."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP + " Applies to the pipeline config."),
+    train_overrides: list[str] = typer.Option([], "--train-set", help="As --set, for --train's training config."),
 ) -> None:
     """Run the build_dataset flow: source -> grasp -> annotate -> de-occlude -> pack -> finalize."""
     from flows.build import run_build_from_cli
+    from unihope.rich_progress import terminal_progress
 
-    run_build_from_cli(config_path=config, source=source, out=out, train=train, train_config_path=train_config,
-                       train_out=train_out, wait_lock=wait_lock)
+    with terminal_progress():  # stage bars on a terminal; plain log lines always
+        run_build_from_cli(config_path=config, source=source, out=out, train=train, train_config_path=train_config,
+                           train_out=train_out, wait_lock=wait_lock, overrides=tuple(overrides),
+                           train_overrides=tuple(train_overrides))
 
 
 @app.command()
@@ -97,18 +179,22 @@ def train(
         None, help="Instead of --out: train in <runs-dir>/<dataset version>-<config digest>/ (as `build --train`)."),
     mano_dir: Optional[Path] = typer.Option(
         None, help="Folder with the MANO_RIGHT.pkl / MANO_LEFT.pkl the dataset was built with (overrides hand.mano_dir)."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Train the UniHOPE model from the shards; evaluates on the held-out split at the end."""
     from storage.manifest import StoreError
-    from unihope.training import run_training_from_cli, run_training_in_runs_dir
+    from unihope.training import load_train_config, run_training_from_cli, run_training_in_runs_dir
 
     if (out is None) == (runs_dir is None):
         _fail("give exactly one of --out (a run folder) and --runs-dir (one run folder per dataset version)")
     try:
+        load_train_config(config, tuple(overrides))  # a bad config or override fails before the data is opened
         if out is not None:
-            run_training_from_cli(config_path=config, data_url=data, out_dir=out, mano_dir=mano_dir)
+            run_training_from_cli(config_path=config, data_url=data, out_dir=out, mano_dir=mano_dir,
+                                  overrides=tuple(overrides))
         else:
-            run_training_in_runs_dir(config_path=config, data_url=data, runs_dir=runs_dir, mano_dir=mano_dir)
+            run_training_in_runs_dir(config_path=config, data_url=data, runs_dir=runs_dir, mano_dir=mano_dir,
+                                     overrides=tuple(overrides))
     except StoreError as err:  # a damaged or missing dataset: one line, not a traceback
         _fail(f"cannot read the dataset: {err}")
     except ValueError as err:
@@ -120,7 +206,8 @@ def evaluate(
     checkpoint: Path = typer.Option(..., help="A checkpoint written by `unihope train`."),
     data: str = typer.Option(..., help="Dataset path or URL."),
     out: Path = typer.Option(..., help="Folder for metrics JSON and plots."),
-    config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config the checkpoint used."),
+    config: Optional[Path] = typer.Option(
+        None, help="Training config to evaluate with (default: the one the checkpoint records)."),
     mano_dir: Optional[Path] = typer.Option(
         None, help="Folder with the MANO_RIGHT.pkl / MANO_LEFT.pkl the dataset was built with (overrides hand.mano_dir)."),
 ) -> None:
@@ -143,13 +230,14 @@ def report(
     out: Path = typer.Option(..., help="Folder for index.html and PNGs."),
 ) -> None:
     """Write an HTML report: contact sheets, histograms, skip table (every shard's checksums are checked)."""
-    from storage.manifest import StoreError
+    from storage.io import locate, read_bytes
+    from storage.manifest import MANIFEST_NAME
     from unihope.report import write_report
 
-    try:
+    with _user_errors("report"):
+        if read_bytes(locate(data), MANIFEST_NAME) is None:  # else an empty report of a dataset that is not there
+            _fail(f"report: no finished dataset at {data} (no {MANIFEST_NAME}); run `unihope build --out {data}` first")
         path = write_report(data_url=data, out_dir=out)
-    except StoreError as err:
-        _fail(f"cannot read the dataset: {err}")
     typer.echo(f"report: {path}")
 
 
@@ -165,7 +253,8 @@ def deploy(
     """Serve the build-dataset (cron) and train (triggered on build completion) deployments."""
     from flows.deploy import serve_deployments
 
-    serve_deployments(config_path=config, out=out, cron=cron, train_config_path=train_config, train_out=train_out)
+    with _user_errors("deploy"):
+        serve_deployments(config_path=config, out=out, cron=cron, train_config_path=train_config, train_out=train_out)
 
 
 @app.command()
@@ -173,19 +262,19 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Folder for everything 
     """The whole DAG on the synthetic source, then a short training run and the report."""
     from unihope.demo import run_demo
 
-    run_demo(out_dir=out)
+    from unihope.rich_progress import terminal_progress
+
+    with _user_errors("demo"), terminal_progress():
+        run_demo(out_dir=out)
 
 
 @app.command("ls-versions")
 def ls_versions(data: str = typer.Option(..., help="Dataset path or URL.")) -> None:
     """List the dataset's committed versions, newest first: id, created, samples, shards, pins."""
-    from storage.manifest import StoreError
     from storage.versions import list_versions
 
-    try:
+    with _user_errors("ls-versions"):
         rows = list_versions(data)
-    except StoreError as err:
-        _fail(str(err))
     if not rows:
         _fail(f"{data}: no committed dataset version")
     typer.echo(f"{'version':<18}{'seq':>5}  {'created (UTC)':<22}{'samples':>9}{'shards':>8}  pinned by")
@@ -201,13 +290,10 @@ def gc_versions(
     keep: int = typer.Option(2, help="Keep this many of the newest versions (pinned ones are always kept)."),
 ) -> None:
     """Remove old dataset versions and the shard folders only they referenced."""
-    from storage.manifest import StoreError
     from storage.versions import gc
 
-    try:
+    with _user_errors("gc"):
         result = gc(data, keep=keep)
-    except (StoreError, ValueError) as err:
-        _fail(str(err))
     typer.echo(f"removed {len(result.removed_versions)} version(s) {list(result.removed_versions)}, "
                f"{len(result.removed_folders)} shard folder(s), {len(result.removed_pins)} stale pin(s); "
                f"kept {list(result.kept_versions)}")
@@ -216,19 +302,16 @@ def gc_versions(
 @app.command("export-unihope")
 def export_unihope(
     data: str = typer.Option(..., help="Dataset path or URL written by `unihope build` (DexYCB)."),
-    split: str = typer.Option("s0", help="DexYCB setup: s0 | s1 | s2 | s3."),
+    split: DexYCBSetup = typer.Option(DexYCBSetup.s0, help="DexYCB setup."),
     out: Path = typer.Option(..., help="Folder for UniHOPE's dex_ycb_*_data.json, grasp_*.npy, hand_occ_*.npy."),
     dexycb_root: Optional[Path] = typer.Option(None, help="The DexYCB tree (default: the dataset's source.root)."),
     version: Optional[str] = typer.Option(None, help="Dataset version id (default: the newest)."),
 ) -> None:
     """Write the label files the released UniHOPE loader reads for DexYCB, from a dataset version."""
-    from storage.manifest import StoreError
     from unihope.export_unihope import export_unihope_labels
 
-    try:
-        summary = export_unihope_labels(data, split, out, dexycb_root=dexycb_root, version=version)
-    except (StoreError, ValueError) as err:
-        _fail(str(err))
+    with _user_errors("export-unihope"):
+        summary = export_unihope_labels(data, split.value, out, dexycb_root=dexycb_root, version=version)
     counts = ", ".join(f"{mode} {count}" for mode, count in summary.num_by_mode.items())
     typer.echo(f"version {summary.version_id}: {counts} samples -> {summary.out_dir}")
 

@@ -1,4 +1,9 @@
-"""Progress of a build as plain log lines: frames done / total per stage, rate and ETA."""
+"""Progress of a build: plain log lines (frames done / total per stage, rate, ETA) plus optional observers.
+
+Observers receive `(stage, done_frames, total_frames)` on every update: the build flow adds one
+that publishes Prefect progress artifacts (`tasks.artifacts`), and the CLI registers a rich
+display for an interactive terminal (`unihope.rich_progress`) with `add_display`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_MIN_INTERVAL_S = 2.0  # at most one line per stage this often (plus one when a stage completes)
+
+ProgressObserver = Callable[[str, int, int], None]  # (stage, done_frames, total_frames)
+
+# Displays registered by the process's front end (the CLI's rich display); every BuildProgress
+# created while one is registered reports to it, so the flow need not know about terminals.
+_DISPLAYS: list[ProgressObserver] = []
+
+
+def add_display(observer: ProgressObserver) -> None:
+    """Register a display that every BuildProgress of this process reports to (until removed)."""
+    _DISPLAYS.append(observer)
+
+
+def remove_display(observer: ProgressObserver) -> None:
+    """Unregister a display added with `add_display` (no-op when absent)."""
+    if observer in _DISPLAYS:
+        _DISPLAYS.remove(observer)
 
 
 @dataclass
@@ -40,9 +62,12 @@ class BuildProgress:
         emit: Callable[[str], None],
         min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        observers: tuple[ProgressObserver, ...] = (),
     ) -> None:
-        """Args: emit: receives each line; min_interval_s: throttle per stage; clock: seconds (tests inject one)."""
+        """Args: emit: receives each line; min_interval_s: throttle per stage; clock: seconds (tests inject
+        one); observers: called with (stage, done, total) on every update, unthrottled."""
         self._emit = emit
+        self._observers = tuple(observers)
         self._min_interval_s = min_interval_s
         self._clock = clock
         self._stages: dict[str, _StageState] = {}
@@ -52,6 +77,7 @@ class BuildProgress:
         if total_frames < 0:
             raise ValueError(f"total_frames must be >= 0, got {total_frames} for stage {stage!r}")
         self._stages[stage] = _StageState(total_frames=total_frames, start_s=self._clock())
+        self._notify(stage)
 
     def advance(self, stage: str, num_frames: int) -> None:
         """Count `num_frames` more frames done in `stage`; emits a line (throttled; always at 100%)."""
@@ -60,11 +86,17 @@ class BuildProgress:
         state = self._stages[stage]
         state.done_frames += num_frames
         state.done_items += 1
+        self._notify(stage)
         now = self._clock()
         is_complete = state.done_frames >= state.total_frames
         if is_complete or now - state.last_emit_s >= self._min_interval_s:
             state.last_emit_s = now
             self._emit(self.line(stage))
+
+    def _notify(self, stage: str) -> None:
+        state = self._stages[stage]
+        for observer in (*self._observers, *_DISPLAYS):
+            observer(stage, state.done_frames, state.total_frames)
 
     def rate_fps(self, stage: str) -> float:
         """Frames per second since the stage started (nan before any time has passed)."""

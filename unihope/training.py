@@ -1004,6 +1004,7 @@ def resolve_hand_model(cfg: TrainConfig, data_url: str, log=print):
 
 def run_training_from_cli(
     config_path: Path, data_url: str, out_dir: Path, mano_dir: Path | None = None, version: str | None = None,
+    overrides: tuple[str, ...] = (), log=print,
 ) -> TrainResult:
     """`unihope train --out`: load the config, check the hand model, open the shards, train, evaluate.
 
@@ -1014,15 +1015,17 @@ def run_training_from_cli(
         mano_dir: `--mano-dir`, overriding the config's `hand.mano_dir` (neither: the build's, see
             `resolve_hand_model`).
         version: the dataset version already read by the caller (`run_training_in_runs_dir`); None -> read now.
+        overrides: `--set key=value` overrides (`unihope.overrides`).
+        log: receives progress lines (the train flow passes its run logger).
 
     Raises:
         ValueError: on a hand model mismatch, or a run folder holding a run on other data.
     """
     from storage.versions import current_version, pin
 
-    cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
+    cfg = with_mano_dir(load_train_config(config_path, overrides), mano_dir)
     _apply_cpu_threads(cfg)
-    cfg, hand_model = resolve_hand_model(cfg, data_url)
+    cfg, hand_model = resolve_hand_model(cfg, data_url, log=log)
     # the run reads one dataset version, pinned so that `unihope gc` keeps it while the run lives
     version = version or current_version(data_url)
     identity = RunIdentity(dataset_version=version, hand_model=hand_model)
@@ -1030,19 +1033,27 @@ def run_training_from_cli(
         train_set = open_paired_dataset(data_url, cfg.data.train_split, cfg, cfg.data.max_train_samples,
                                         augment_on=True, version=version)
         eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples, version=version)
-        print(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url}, "
+        log(f"training {cfg.name} on {len(train_set)} samples, evaluating on {len(eval_set)} ({data_url}, "
               f"version {identity.dataset_version}, hand {identity.hand_model.describe()})")
         from unihope.tip_convention import tip_convention_of_dataset
 
         hand_layer = build_hand_layer(cfg.hand, tip_convention_of_dataset(train_set))
-        result = train(cfg, train_set, eval_set, Path(out_dir), hand_layer, identity=identity)
-    print(f"checkpoint: {result.checkpoint_path}")
-    print(f"metrics:    {Path(out_dir) / 'metrics.json'}")
+        result = train(cfg, train_set, eval_set, Path(out_dir), hand_layer, identity=identity, log=log)
+    log(f"checkpoint: {result.checkpoint_path}")
+    log(f"metrics:    {Path(out_dir) / 'metrics.json'}")
     return result
+
+
+def load_train_config(config_path: Path, overrides: tuple[str, ...] = ()) -> TrainConfig:
+    """The training config at `config_path` with `--set` overrides applied (ConfigError names a bad one)."""
+    from unihope.overrides import apply_overrides
+
+    return apply_overrides(TrainConfig.from_yaml(Path(config_path)), overrides)
 
 
 def run_training_in_runs_dir(
     config_path: Path, data_url: str, runs_dir: Path, mano_dir: Path | None = None,
+    overrides: tuple[str, ...] = (), log=print,
 ) -> TrainResult:
     """Train in `<runs_dir>/<dataset version>-<config digest>/` (`unihope build --train`, the train deployment).
 
@@ -1054,29 +1065,36 @@ def run_training_in_runs_dir(
         data_url: dataset path or URL.
         runs_dir: root of the run folders.
         mano_dir: `--mano-dir`, overriding the config's `hand.mano_dir`.
+        overrides: `--set key=value` overrides (part of the config digest, like any config change).
+        log: receives progress lines.
     """
     from unihope.run_keys import dataset_version, run_dir_for
 
-    cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
+    cfg = with_mano_dir(load_train_config(config_path, overrides), mano_dir)
     version = dataset_version(data_url)
     run_dir = run_dir_for(Path(runs_dir), version, resume_hash(cfg))
-    return run_training_from_cli(config_path, data_url, run_dir, mano_dir=mano_dir, version=version)
+    return run_training_from_cli(config_path, data_url, run_dir, mano_dir=mano_dir, version=version,
+                                 overrides=overrides, log=log)
 
 
 def run_evaluation_from_cli(
-    config_path: Path, checkpoint_path: Path, data_url: str, out_dir: Path, mano_dir: Path | None = None,
+    config_path: Path | None, checkpoint_path: Path, data_url: str, out_dir: Path, mano_dir: Path | None = None,
 ) -> dict:
     """`unihope eval`: score a checkpoint on the config's evaluation split; writes eval_metrics.json and plots.
 
     The hand model (`--mano-dir` or the config's `hand`) must be the dataset's, and the checkpoint's
-    when it records one.
+    when it records one. With `config_path` None the config is the one the checkpoint records.
 
     Raises:
         ValueError: on a hand model mismatch, or a checkpoint without training statistics.
     """
     from unihope.hand_identity import HandModelIdentity
 
-    cfg = with_mano_dir(TrainConfig.from_yaml(Path(config_path)), mano_dir)
+    from unihope.checkpoint_config import train_config_of_checkpoint
+
+    recorded = TrainConfig.from_yaml(Path(config_path)) if config_path is not None else train_config_of_checkpoint(
+        Path(checkpoint_path))
+    cfg = with_mano_dir(recorded, mano_dir)
     _apply_cpu_threads(cfg)
     cfg, loaded = resolve_hand_model(cfg, data_url)
     device = resolve_device(cfg.device)

@@ -1,0 +1,47 @@
+"""The training config a checkpoint was written with (its safetensors metadata), for `unihope eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unihope.config import ConfigError
+from unihope.train_config import TrainConfig
+
+TRAIN_CONFIG_METADATA_KEY = "train_config"  # written by unihope.training.save_checkpoint (YAML text)
+
+
+def train_config_of_checkpoint(path: Path) -> TrainConfig:
+    """Read and validate the `TrainConfig` stored in a checkpoint's metadata.
+
+    Args:
+        path: a checkpoint file, a run folder or its `checkpoints/latest.txt` (resolved as
+            `unihope.training.load_checkpoint` does).
+
+    Raises:
+        ValueError: when the file is missing, not a safetensors file, or carries no (valid) config.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from unihope.training import CHECKPOINT_DIR, LATEST_POINTER, latest_checkpoint
+
+    path = Path(path)
+    if path.is_dir() or path.name == LATEST_POINTER:
+        run_dir = path if path.is_dir() else path.parent.parent
+        resolved = latest_checkpoint(run_dir)
+        if resolved is None:
+            raise ValueError(f"no checkpoint found under {run_dir / CHECKPOINT_DIR}")
+        path = resolved
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a safetensors checkpoint ({err})") from err
+    text = metadata.get(TRAIN_CONFIG_METADATA_KEY)
+    if not text:
+        raise ValueError(f"{path} records no training config; pass --config")
+    try:
+        return TrainConfig.from_yaml(text)
+    except ConfigError as err:
+        raise ValueError(f"{path}: its recorded training config is not valid here ({err}); pass --config") from err
