@@ -930,7 +930,7 @@ def _worker_init(_worker_id: int) -> None:
 
 def make_loader(
     dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
-    drop_last: bool = False, epoch: int = 0, skip_batches: int = 0,
+    drop_last: bool = False, epoch: int = 0, skip_batches: int = 0, num_shards: int = 1, shard_index: int = 0,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over a PairedDataset: spawn-started workers that open the store lazily.
 
@@ -944,6 +944,9 @@ def make_loader(
         drop_last: drop the last incomplete batch.
         epoch: the first epoch the loader yields (later iterations yield epoch + 1, ...).
         skip_batches: batches of the first epoch to leave out (a run resumed mid-epoch).
+        num_shards, shard_index: data-parallel training: every batch of `batch_size` is cut into
+            `num_shards` contiguous slices (`shard_slice`) and this loader yields slice `shard_index`;
+            an empty slice (a last batch shorter than num_shards) yields the batch's first sample.
 
     Returns:
         A DataLoader yielding dicts of batched tensors (`sample_key` as a list of str).
@@ -959,6 +962,10 @@ def make_loader(
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch,
                            skip_samples=skip_batches * batch_size)
     batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last)
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, num_shards), got {shard_index} of {num_shards}")
+    if num_shards > 1:
+        batches = _ShardedBatches(batches, num_shards, shard_index)
     return torch.utils.data.DataLoader(
         dataset if getattr(dataset, "reads_batches", False) else _PerSampleBatches(dataset),
         batch_size=None,
@@ -970,6 +977,29 @@ def make_loader(
         worker_init_fn=_worker_init if num_workers > 0 else None,
         pin_memory=False,
     )
+
+
+def shard_slice(num_items: int, num_shards: int, shard_index: int) -> tuple[int, int]:
+    """[start, stop) of shard `shard_index` when `num_items` are cut into `num_shards` contiguous slices
+    whose sizes differ by at most one (the first `num_items % num_shards` are one longer)."""
+    base, extra = divmod(num_items, num_shards)
+    start = shard_index * base + min(shard_index, extra)
+    return start, start + base + (1 if shard_index < extra else 0)
+
+
+class _ShardedBatches:
+    """One process's slice of every batch of a BatchSampler (make_loader's num_shards / shard_index)."""
+
+    def __init__(self, batches, num_shards: int, shard_index: int) -> None:
+        self.batches, self.num_shards, self.shard_index = batches, num_shards, shard_index
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            start, stop = shard_slice(len(batch), self.num_shards, self.shard_index)
+            yield batch[start:stop] if stop > start else batch[:1]  # a placeholder keeps the ranks in step
 
 
 def _collated(batch: dict) -> dict:

@@ -124,6 +124,7 @@ class TrainConfig(StageConfig):
     name: str = "unihope"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate's autocast, CUDA only (unihope/distributed.py)
     cpu_threads: int | None = Field(None, ge=1)  # torch intra-op threads for CLI runs; None = torch's default
     model: ModelConfig = ModelConfig()
     ablation: AblationConfig = AblationConfig()

@@ -254,11 +254,15 @@ def with_gt_vertices(model: UniHOPEModel, prepared: PreparedBatch) -> PreparedBa
     return dataclasses.replace(prepared, targets=dataclasses.replace(prepared.targets, verts_rel_m=verts))
 
 
-def batch_loss(model: UniHOPEModel, prepared: PreparedBatch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss of one prepared batch (supervised + enhancement on the pairs) and its terms."""
+def batch_loss(model: UniHOPEModel, prepared: PreparedBatch, cfg: TrainConfig,
+               forward: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of one prepared batch (supervised + enhancement on the pairs) and its terms.
+
+    `forward` runs the student pass (the DDP wrapper of `model` in a data-parallel run; None = model).
+    """
     weights = loss_weights(cfg)
     t = prepared.targets
-    out = model(prepared.images, t.hand_boxes_xyxy_px, t.object_boxes_xyxy_px)
+    out = (forward or model)(prepared.images, t.hand_boxes_xyxy_px, t.object_boxes_xyxy_px)
     terms = supervised_losses(out, t, weights)
     pair_index = torch.nonzero(prepared.has_pair).flatten()
     if cfg.ablation.use_enhancement and len(pair_index) > 0:
@@ -477,7 +481,7 @@ def resume_hash(cfg: TrainConfig) -> str:
     data["data"].pop("eval_split")
     data.pop("hand")  # where the MANO files lie; which model they are is checked by digest (RunIdentity)
     for key in ("checkpoint_every_steps", "eval_every_epochs", "eval_batch_size", "loss_window_steps", "device", "name",
-                "cpu_threads"):
+                "cpu_threads", "mixed_precision"):  # like the device, the precision is how, not what, is trained
         data.pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -599,10 +603,16 @@ def train(
     # 1. Check inputs and set up
     if len(train_dataset) == 0:
         raise ValueError("the training dataset is empty")
+    from unihope.distributed import data_parallel
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "train_config.yaml").write_text(cfg.to_yaml())
-    device = resolve_device(cfg.device)
+    # data parallel (unihope/distributed.py): every process builds the same seeded model; only the main
+    # process writes files; optim.batch_size is the global batch, each process reads its slice
+    dp = data_parallel(resolve_device(cfg.device), cfg.mixed_precision)
+    device = dp.device
+    if dp.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "train_config.yaml").write_text(cfg.to_yaml())
     model = build_model(cfg, hand_layer).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
     steps_per_epoch = math.ceil(len(train_dataset) / cfg.optim.batch_size)
@@ -627,10 +637,12 @@ def train(
         stats = collect_train_statistics(train_dataset, cfg)
     history_path = out_dir / LOSS_HISTORY_FILE
     history = _read_history(history_path, step)
-    history_path.write_text("".join(json.dumps(row) + "\n" for row in history))
     epoch_log = out_dir / EPOCH_LOG_FILE
-    if step == 0 and epoch_log.exists():
-        epoch_log.unlink()
+    if dp.is_main:
+        history_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+        if step == 0 and epoch_log.exists():
+            epoch_log.unlink()
+    forward, stepper = dp.wrap(model, optimizer)  # DDP + autocast; (model, optimizer) for one plain process
 
     # 3. Optimise
     model.train()
@@ -642,31 +654,42 @@ def train(
             group["lr"] = lr
         # storage.reader.make_loader: the epoch's order is epoch_order(...) (seeded by (seed, epoch)), resumable mid-epoch
         loader = make_loader(train_dataset, cfg.optim.batch_size, cfg.data.num_workers, shuffle=True, seed=cfg.seed,
-                             epoch=epoch, skip_batches=first_batch)
+                             epoch=epoch, skip_batches=first_batch, num_shards=dp.num_processes,
+                             shard_index=dp.process_index)
         for batch in itertools.islice(loader, min(steps_per_epoch - first_batch, total_steps - step)):
             prepared = with_gt_vertices(model, prepare_batch(batch, cfg, device, epoch=epoch, is_train=True))
-            loss, terms = batch_loss(model, prepared, cfg)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at step {step}: lower optim.learning_rate")
+            loss, terms = batch_loss(model, prepared, cfg, forward=forward)
+            # data parallel: this rank's share of the global batch weights its loss (1 for one process)
+            n_global = min(cfg.optim.batch_size, len(train_dataset) - (step % steps_per_epoch) * cfg.optim.batch_size)
+            n_local, scale = dp.local_share(n_global)
+            loss_value, terms = dp.global_terms(float(loss.detach()), terms, n_local, n_global)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step}: lower optim.learning_rate")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            dp.backward(loss if dp.num_processes == 1 else loss * scale)
             if cfg.optim.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-            optimizer.step()
+                dp.clip_grad_norm(model.parameters(), cfg.optim.grad_clip_norm)
+            stepper.step()
             step += 1
-            row = {"step": step, "epoch": epoch, "loss": float(loss.detach()), **terms}
+            row = {"step": step, "epoch": epoch, "loss": loss_value, **terms}
             history.append(row)
-            with history_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            if step % cfg.checkpoint_every_steps == 0:
+            if dp.is_main:
+                with history_path.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+            if step % cfg.checkpoint_every_steps == 0 and dp.is_main:
                 _write_checkpoint(out_dir, model, optimizer, _train_state(step, epoch, cfg, identity), stats, cfg)
         epoch_done = step % steps_per_epoch == 0 or step == total_steps
-        if epoch_done:
+        if epoch_done and dp.is_main:
             _log_epoch(cfg, model, eval_dataset, stats, device, history, epoch, step, lr, epoch_log, log)
-    checkpoint_path = _write_checkpoint(
-        out_dir, model, optimizer, _train_state(step, step // steps_per_epoch, cfg, identity), stats, cfg
-    )
+    final_state = _train_state(step, step // steps_per_epoch, cfg, identity)
+    checkpoint_path = out_dir / CHECKPOINT_DIR / f"step_{step:08d}.safetensors"
+    if dp.is_main:
+        checkpoint_path = _write_checkpoint(out_dir, model, optimizer, final_state, stats, cfg)
     train_seconds = time.perf_counter() - started
+    if not dp.is_main:  # the main process evaluates and writes metrics.json
+        dp.wait_for_everyone()
+        return TrainResult(out_dir=out_dir, steps=step, checkpoint_path=checkpoint_path,
+                           step_losses=[row["loss"] for row in history], metrics={})
 
     # 4. Evaluate on the held-out split (metrics.json is written either way)
     losses = [row["loss"] for row in history]
@@ -691,6 +714,7 @@ def train(
         log(f"eval: MPJPE {metrics['mpjpe_mm']:.2f} mm (mean-pose baseline {metrics['mean_pose_mpjpe_mm']:.2f}), "
             f"switcher acc {metrics['switcher_accuracy']:.3f} (majority {metrics['majority_switcher_accuracy']:.3f})")
     (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    dp.wait_for_everyone()
     return TrainResult(out_dir=out_dir, steps=step, checkpoint_path=checkpoint_path, step_losses=losses, metrics=metrics)
 
 
