@@ -20,24 +20,9 @@ def train_config_of_checkpoint(path: Path) -> TrainConfig:
     Raises:
         ValueError: when the file is missing, not a safetensors file, or carries no (valid) config.
     """
-    from safetensors import SafetensorError, safe_open
+    from unihope.training import read_checkpoint_metadata
 
-    from unihope.training import CHECKPOINT_DIR, LATEST_POINTER, latest_checkpoint
-
-    path = Path(path)
-    if path.is_dir() or path.name == LATEST_POINTER:
-        run_dir = path if path.is_dir() else path.parent.parent
-        resolved = latest_checkpoint(run_dir)
-        if resolved is None:
-            raise ValueError(f"no checkpoint found under {run_dir / CHECKPOINT_DIR}")
-        path = resolved
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except SafetensorError as err:
-        raise ValueError(f"{path}: not a safetensors checkpoint ({err})") from err
+    path, metadata = read_checkpoint_metadata(Path(path))
     text = metadata.get(TRAIN_CONFIG_METADATA_KEY)
     if not text:
         raise ValueError(f"{path} records no training config; pass --config")

@@ -403,6 +403,31 @@ def save_checkpoint(
     return path
 
 
+def read_checkpoint_metadata(path: Path) -> tuple[Path, dict[str, str]]:
+    """The checkpoint file `path` names (a file, a run folder or its pointer) and its safetensors metadata.
+
+    Raises:
+        ValueError: when no checkpoint is found or the file is not safetensors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.is_dir() or path.name == LATEST_POINTER:
+        run_dir = path if path.is_dir() else path.parent.parent
+        resolved = latest_checkpoint(run_dir)
+        if resolved is None:
+            raise ValueError(f"no checkpoint found under {run_dir / CHECKPOINT_DIR}")
+        path = resolved
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a safetensors checkpoint ({err})") from err
+    return path, metadata
+
+
 def load_checkpoint(
     path: Path, model: UniHOPEModel, optimizer: torch.optim.Optimizer | None = None
 ) -> tuple[TrainState, TrainStatistics | None]:
@@ -416,23 +441,9 @@ def load_checkpoint(
     Raises:
         ValueError: when the file is missing, malformed or belongs to another architecture.
     """
-    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if path.is_dir() or path.name == LATEST_POINTER:  # a run folder or its pointer file
-        run_dir = path if path.is_dir() else path.parent.parent
-        resolved = latest_checkpoint(run_dir)
-        if resolved is None:
-            raise ValueError(f"no checkpoint found under {run_dir / CHECKPOINT_DIR}")
-        path = resolved
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except SafetensorError as err:
-        raise ValueError(f"{path}: not a safetensors checkpoint ({err})") from err
+    path, metadata = read_checkpoint_metadata(path)
     if metadata.get("format_version") != str(CHECKPOINT_FORMAT_VERSION):
         raise ValueError(f"{path}: not a UniHOPE training checkpoint (format {metadata.get('format_version')})")
     tensors = load_file(str(path))
