@@ -64,7 +64,7 @@ def set_threads(num_threads: int) -> None:
 
 
 def load_frames(args: argparse.Namespace, tmp_dir: Path):
-    from storage.schema import FrameRecord
+    from unihope.storage.schema import FrameRecord
     from unihope.config import HandModelConfig, SourceConfig, SyntheticConfig
     from unihope.sources import open_source
     from unihope.sources.synthetic import write_synthetic_dataset
@@ -137,7 +137,7 @@ class NaiveAnnotator:
     def annotate(self, frame, is_grasping: bool, size_px: int) -> dict:
         import cv2
 
-        from storage.schema import GraspLabel
+        from unihope.storage.schema import GraspLabel
         from unihope.config import CropConfig
         from unihope.crop import compute_crop
         from unihope.render.camera import cv_pose_to_gl, intrinsics_camera
@@ -216,7 +216,7 @@ def profile_groups(frames) -> dict[str, float]:
 def main() -> None:
     args = parse_args()
     set_threads(args.threads)
-    from storage.schema import AnnotatedFrame
+    from unihope.storage.schema import AnnotatedFrame
 
     with tempfile.TemporaryDirectory(prefix="bench-annotate-") as tmp:
         # 1. Data and warm-up (renderers, hand layers, object meshes), not timed.

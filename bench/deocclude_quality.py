@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from storage.schema import AnnotatedFrame, Skip  # noqa: E402
+from unihope.storage.schema import AnnotatedFrame, Skip  # noqa: E402
 from unihope.config import (  # noqa: E402
     ControlNetConfig,
     CropConfig,

@@ -3,8 +3,8 @@
 Baseline (what HFL-Net / UniHOPE's loaders do per sample): decode the full 640x480 JPEG, load the
 DexYCB labels npz (segmentation for the masks), decode the de-occluded 128 px crop PNG and paste it
 back into the frame with the inverse crop affine, then cut crop + augmentation with one warp per image
-from the full frame. Shard reader: storage.reader.PairedDataset. Both apply the same augmentation
-draws (storage.augment: uint8 warps + colour, the baseline then converts each sample to float as
+from the full frame. Shard reader: unihope.storage.reader.PairedDataset. Both apply the same augmentation
+draws (unihope.storage.augment: uint8 warps + colour, the baseline then converts each sample to float as
 HFL-Net's ToTensor does) and the same worker count, batch size, spawn start and one thread per worker.
 The baseline runs in a per-sample DataLoader (default_collate), the shard reader in `make_loader`
 (workers build whole batches, one shared buffer per batch). Also reports write throughput and bytes
@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from storage.augment import AugmentConfig, augment_pair, sample_params  # noqa: E402
-from storage.reader import PairedDataset, _seed_for, _worker_init, make_loader  # noqa: E402
-from storage.writer import finalize, write_shard  # noqa: E402
+from unihope.storage.augment import AugmentConfig, augment_pair, sample_params  # noqa: E402
+from unihope.storage.reader import PairedDataset, _seed_for, _worker_init, make_loader  # noqa: E402
+from unihope.storage.writer import finalize, write_shard  # noqa: E402
 from storage_fixtures import STORAGE_ATTRS, make_annotated, make_keys, make_result  # noqa: E402
 from unihope.config import StorageConfig  # noqa: E402
 

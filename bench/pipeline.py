@@ -58,11 +58,11 @@ def make_config(root: Path, num_frames: int, workers: int):
 
 def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
     """The stage functions in sequence, in this process; returns (seconds, samples, seconds per stage)."""
-    from storage.schema import AnnotatedFrame, FrameRecord
-    from storage.writer import finalize, write_shard
-    from tasks.common import on_render_thread, set_torch_threads
-    from tasks.pack import dataset_attrs
-    from tasks.work import plan_parts
+    from unihope.storage.schema import AnnotatedFrame, FrameRecord
+    from unihope.storage.writer import finalize, write_shard
+    from unihope.tasks.common import on_render_thread, set_torch_threads
+    from unihope.tasks.pack import dataset_attrs
+    from unihope.tasks.work import plan_parts
     from unihope.deocclude import build_deoccluder
     from unihope.grasp import label_grasps
     from unihope.render.annotate import annotate_frames
@@ -111,8 +111,8 @@ def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
 
 def run_flow(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
     """build_dataset through Prefect; returns (seconds, samples, task seconds per stage from executions.jsonl)."""
-    from flows.build import run_build
-    from tasks.work import read_executions
+    from unihope.flows.build import run_build
+    from unihope.tasks.work import read_executions
 
     start = time.perf_counter()
     summary = run_build(cfg, str(out), write_report=False)
@@ -135,7 +135,7 @@ def main() -> None:
                         help="keep the generated synthetic sources here (generation is idempotent; 2,000 frames take minutes)")
     args = parser.parse_args()
 
-    from flows.build import ping
+    from unihope.flows.build import ping
 
     tmp = Path(tempfile.mkdtemp(prefix="unihope-bench-"))
     source_dir = args.source_dir or tmp

@@ -5,7 +5,7 @@
 A flow runs the same task N times in a row (each sleeps `--task-s`), untagged and then tagged
 `gpu` (no limit created). The gap between the end of one task body and the start of the next is
 orchestration; the tagged run's extra gap is the concurrency-lease request Prefect makes for every
-tagged task. Printed: mean and max gap of each, and their ratio. This is why `flows.build` tags
+tagged task. Printed: mean and max gap of each, and their ratio. This is why `unihope.flows.build` tags
 only de-occlusion tasks of GPU backends (docs/performance/pipeline.md).
 """
 

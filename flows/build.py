@@ -13,20 +13,20 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from pydantic import ValidationError
 
-from storage.io import sweep_temp_files
-from storage.lock import build_lock
-from tasks.annotate import annotate_batch, label_grasp_part
-from tasks.artifacts import ProgressArtifacts, publish_build_artifacts
-from tasks.deocclude import deocclude_batch
-from tasks.finalize import finalize_dataset
-from tasks.options import FAIL_ONCE_ENV, configure_task, parse_fail_once, result_storage_for
-from tasks.pack import claim_output, dataset_attrs, pack_shard, plan_shards_task
-from tasks.source import index_source
-from tasks.work import WorkLayout, local_output_path, make_layout, resolve_work_dir
+from unihope.storage.io import sweep_temp_files
+from unihope.storage.lock import build_lock
+from unihope.tasks.annotate import annotate_batch, label_grasp_part
+from unihope.tasks.artifacts import ProgressArtifacts, publish_build_artifacts
+from unihope.tasks.deocclude import deocclude_batch
+from unihope.tasks.finalize import finalize_dataset
+from unihope.tasks.options import FAIL_ONCE_ENV, configure_task, parse_fail_once, result_storage_for
+from unihope.tasks.pack import claim_output, dataset_attrs, pack_shard, plan_shards_task
+from unihope.tasks.source import index_source
+from unihope.tasks.work import WorkLayout, local_output_path, make_layout, resolve_work_dir
 from unihope.config import ConfigError, FlowConfig, PipelineConfig, describe_validation_error
 from unihope.progress import BuildProgress
 
-from flows.runners import make_task_runner, start_owned_api_server
+from unihope.flows.runners import make_task_runner, start_owned_api_server
 
 SYNTHETIC_DIR_NAME = "_synthetic"
 REPORT_DIR_NAME = "report"
@@ -99,7 +99,7 @@ def deocclude_tags(cfg: PipelineConfig) -> list[str]:
 
     One tag for the whole pool: its server-side limit is the number of GPUs (`flow.gpu_concurrency`),
     and which GPU a batch runs on is decided in the worker (one worker per GPU, pinned with
-    CUDA_VISIBLE_DEVICES, and `tasks.device_pool` inside each process); docs/OPERATIONS.md.
+    CUDA_VISIBLE_DEVICES, and `unihope.tasks.device_pool` inside each process); docs/OPERATIONS.md.
     """
     from unihope.deocclude import uses_gpu
 
@@ -124,7 +124,7 @@ def _track(progress: BuildProgress, futures: list[tuple[str, int, PrefectFuture]
 def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
     """Build a paired dataset from a resolved config (see `resolve_build_config`) into `out`.
 
-    Tasks exchange paths of batch files in the work folder (`tasks.work`), never arrays; each
+    Tasks exchange paths of batch files in the work folder (`unihope.tasks.work`), never arrays; each
     task reuses its output when it exists, so a rerun recomputes only what changed.
 
     Args:
@@ -268,7 +268,7 @@ def api_for_worker_processes(flow_cfg: FlowConfig):
 def run_build(cfg: PipelineConfig, out: str, write_report: bool = True, wait_lock: bool = False):
     """Run `build_dataset` with the task runner the config names (config already resolved).
 
-    Holds the output's build lock (`storage.lock`) for the whole run, and first sweeps the temp
+    Holds the output's build lock (`unihope.storage.lock`) for the whole run, and first sweeps the temp
     files a failed or killed build left in the output and work folders (safe: the lock is held).
 
     Returns:
@@ -302,8 +302,8 @@ def run_build_from_cli(
     """
     import typer
 
-    from storage.lock import OutputBusyError
-    from tasks.options import PERMANENT_OS_ERRNOS
+    from unihope.storage.lock import OutputBusyError
+    from unihope.tasks.options import PERMANENT_OS_ERRNOS
     from unihope.overrides import apply_overrides
     from unihope.preflight import check_build, describe_os_error
 
@@ -346,7 +346,7 @@ def run_build_from_cli(
     for line in summary.describe():
         typer.echo(line)
     if train:
-        from flows.train import train_flow
+        from unihope.flows.train import train_flow
 
         runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
         run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
@@ -361,7 +361,7 @@ def mano_dir_parameter(cfg: PipelineConfig) -> str | None:
 
 def _drop_traceback_of_permanent_os_errors(record: logging.LogRecord) -> bool:
     """Log filter: a full or read-only disk is one line (the CLI says what to do), not a 100-line traceback."""
-    from tasks.options import PERMANENT_OS_ERRNOS
+    from unihope.tasks.options import PERMANENT_OS_ERRNOS
 
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, OSError) and exc.errno in PERMANENT_OS_ERRNOS:
@@ -404,7 +404,7 @@ def _exit_now(code: int) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    from flows.runners import OwnedAPIServer
+    from unihope.flows.runners import OwnedAPIServer
 
     for worker in (APILogWorker, EventsWorker):  # the crash record and last logs reach the API first
         worker.drain_all(timeout=EXIT_DRAIN_TIMEOUT_S)

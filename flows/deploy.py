@@ -8,8 +8,8 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
-from flows.build import scheduled_build
-from flows.train import train_flow
+from unihope.flows.build import scheduled_build
+from unihope.flows.train import train_flow
 from unihope.config import PipelineConfig
 
 BUILD_DEPLOYMENT = "build-dataset"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from tasks.artifacts import publish_train_artifacts
+from unihope.tasks.artifacts import publish_train_artifacts
 
 
 @flow(name="train")

@@ -25,8 +25,8 @@ import zipfile
 import numcodecs
 import numpy as np
 
-from storage.io import locate, read_bytes, write_bytes_atomic
-from storage.schema import AnnotatedFrame, Crop, DeocclusionResult, FrameRecord, GraspLabel, Skip, SkipReason
+from unihope.storage.io import locate, read_bytes, write_bytes_atomic
+from unihope.storage.schema import AnnotatedFrame, Crop, DeocclusionResult, FrameRecord, GraspLabel, Skip, SkipReason
 
 BATCH_FORMAT_VERSION = 1
 BATCH_COMPRESSION_LEVEL = 1
@@ -208,7 +208,7 @@ def load_batch(
         npz = np.load(io.BytesIO(payload), allow_pickle=False)
         meta = json.loads(npz[_META_KEY].tobytes())
     except (ValueError, KeyError, OSError) as err:
-        raise ValueError(f"{path_or_url}: not a batch file written by storage.batches.save_batch ({err})") from err
+        raise ValueError(f"{path_or_url}: not a batch file written by unihope.storage.batches.save_batch ({err})") from err
     if meta.get("version") != BATCH_FORMAT_VERSION:
         raise ValueError(f"{path_or_url}: batch format version {meta.get('version')} is not supported "
                          f"(expects {BATCH_FORMAT_VERSION}); rerun the stage that wrote it")
@@ -288,6 +288,6 @@ def load_records(path_or_url: str | os.PathLike, storage_options: dict | None = 
             per_record = _unpack_group(group, len(group_scalars), npz, meta["layout"])
             groups[group] = [_unflatten(scalars, arrays) for scalars, arrays in zip(group_scalars, per_record)]
     except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path_or_url}: not a work file written by storage.batches.save_records ({err}); "
+        raise ValueError(f"{path_or_url}: not a work file written by unihope.storage.batches.save_records ({err}); "
                          "delete it and rebuild") from err
     return groups

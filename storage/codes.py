@@ -18,7 +18,7 @@ def encode_utf8_fixed(values: np.ndarray | list[str], width_bytes: int, name: st
     for raw in encoded:
         if len(raw) > width_bytes:
             raise ValueError(f"field {name!r}: {raw[:60].decode(errors='replace')!r}... is {len(raw)} bytes in UTF-8, "
-                             f"the schema stores at most {width_bytes} (storage.schema.STRING_WIDTH_BYTES)")
+                             f"the schema stores at most {width_bytes} (unihope.storage.schema.STRING_WIDTH_BYTES)")
         if NUL in raw:
             raise ValueError(f"field {name!r}: value {raw.decode(errors='replace')!r} contains a NUL character")
     fixed = np.array(encoded, dtype=f"S{width_bytes}") if encoded else np.zeros(0, dtype=f"S{width_bytes}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from storage.io import locate
-from storage.schema import SAMPLE_DIM, SCHEMA_VERSION
-from storage.versions import current_version, load_version, resolve_version
+from unihope.storage.io import locate
+from unihope.storage.schema import SAMPLE_DIM, SCHEMA_VERSION
+from unihope.storage.versions import current_version, load_version, resolve_version
 
 GROUP_ATTRS_KEY = "unihope"
 
@@ -41,7 +41,7 @@ def open_xarray(url: str | os.PathLike, version: str | None = None, storage_opti
 
     Each shard group is opened with `xr.open_zarr(group, consolidated=False)` and the groups are
     concatenated along "sample". String fields stay uint8 code units (decode a column with
-    `storage.codes.decode_utf8_fixed(ds[name].values)`).
+    `unihope.storage.codes.decode_utf8_fixed(ds[name].values)`).
 
     Raises:
         StoreError: when there is no such version or its manifest is damaged.

@@ -14,7 +14,7 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 TEMP_FILE_INFIX = ".tmp-"  # write_file_atomic's hidden temp files: .<name>.tmp-<8 hex>
-# Temp files and uncommitted shard folders (storage.writer: shard-XXXXX.incomplete-<attempt>) that a
+# Temp files and uncommitted shard folders (unihope.storage.writer: shard-XXXXX.incomplete-<attempt>) that a
 # killed or failed writer leaves; nothing reads them, and `sweep_temp_files` deletes them.
 TEMP_NAME_PATTERN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$|^shard-\d+\.incomplete-[0-9a-f]{12}$")
 
@@ -119,7 +119,7 @@ def sweep_temp_files(root: str | os.PathLike) -> list[str]:
     """Delete the temp files and uncommitted shard folders a failed or killed build left under `root`.
 
     Only safe while no other build writes there: call it with the output's build lock held
-    (`storage.lock`). A missing root is fine (nothing to sweep).
+    (`unihope.storage.lock`). A missing root is fine (nothing to sweep).
 
     Args:
         root: a local folder (the dataset root or the work folder).

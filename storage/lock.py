@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from storage.io import Location, locate
+from unihope.storage.io import Location, locate
 
 LOCK_NAME = ".unihope-build.lock"
 WAIT_POLL_S = 0.5  # how often a waiting build tries the lock again

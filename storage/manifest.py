@@ -7,11 +7,11 @@ import json
 import re
 from datetime import datetime, timezone
 
-from storage.io import Location, read_bytes
-from storage.schema import SCHEMA_VERSION, DatasetAttrs, Manifest, ShardCommit
+from unihope.storage.io import Location, read_bytes
+from unihope.storage.schema import SCHEMA_VERSION, DatasetAttrs, Manifest, ShardCommit
 
 SHARDS_DIR = "shards"
-MANIFEST_NAME = "manifest.json"  # the newest-version pointer (storage.versions)
+MANIFEST_NAME = "manifest.json"  # the newest-version pointer (unihope.storage.versions)
 SKIPS_NAME = "skips.jsonl"
 COMMIT_SUFFIX = ".commit.json"
 SHARD_STEM = "shard-{shard_idx:05d}"
@@ -174,4 +174,4 @@ def manifest_from_json(data: dict, where: str) -> Manifest:
             parent_version_id=str(data.get("parent_version_id", "")),
         )
     except (KeyError, TypeError, ValueError) as err:
-        raise StoreError(f"{where}: malformed manifest ({err}); run storage.writer.finalize again") from err
+        raise StoreError(f"{where}: malformed manifest ({err}); run unihope.storage.writer.finalize again") from err

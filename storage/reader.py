@@ -5,7 +5,7 @@ Speed notes (measured, docs/performance/storage.md):
   shard index that Zarr's sharding codec writes at the end of the object (read once per shard and
   cached); the chunk is decoded with numcodecs' Blosc. That is ~9x faster than `zarr.Array[i]`,
   whose per-call event-loop round trip dominates for small chunks. Arrays whose stored codecs differ
-  from what `storage.writer` writes fall back to `zarr.Array[i]`. Never `.oindex` on sharded arrays.
+  from what `unihope.storage.writer` writes fall back to `zarr.Array[i]`. Never `.oindex` on sharded arrays.
 - Column arrays (scalars, joints, poses, keys) are read whole per shard and kept in memory.
 - Worker processes open the store lazily (first `__getitem__`), so datasets pickle small and
   work with the spawn start method.
@@ -32,10 +32,10 @@ import zarr
 import zarr.api.asynchronous
 from zarr.core.sync import sync as zarr_sync
 
-from storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
-from storage.codes import decode_utf8_fixed
-from storage.io import Location, locate, read_bytes
-from storage.manifest import (
+from unihope.storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
+from unihope.storage.codes import decode_utf8_fixed
+from unihope.storage.io import Location, locate, read_bytes
+from unihope.storage.manifest import (
     StoreError,
     chunk_key_of,
     check_schema_version,
@@ -44,7 +44,7 @@ from storage.manifest import (
     read_many,
     shard_stem,
 )
-from storage.schema import (
+from unihope.storage.schema import (
     ARRAYS,
     ARRAYS_BY_NAME,
     CHUNKING_COLUMN,
@@ -59,7 +59,7 @@ from storage.schema import (
     Manifest,
     ShardCommit,
 )
-from storage.versions import check_against_commits, load_version, newest_version_id, resolve_version
+from unihope.storage.versions import check_against_commits, load_version, newest_version_id, resolve_version
 
 VERIFY_MODES = ("lazy", "eager", "none")
 SPLITS = ("all", "train", "val")
@@ -171,7 +171,7 @@ class _ChunkReader:
 
     @staticmethod
     def supports(meta: dict) -> bool:
-        """True when the array is stored exactly as storage.writer writes sample arrays."""
+        """True when the array is stored exactly as unihope.storage.writer writes sample arrays."""
         try:
             (codec,) = meta["codecs"]
             config = codec["configuration"]
@@ -409,7 +409,7 @@ def verify_shard(loc: Location, commit: ShardCommit) -> None:
 class DatasetView:
     """The committed shards of a dataset, read by global sample index (0..num_samples-1).
 
-    Built from one version manifest (storage.versions), else from the shard commit records (a
+    Built from one version manifest (unihope.storage.versions), else from the shard commit records (a
     first build in progress): either way only committed shards are visible, and a view keeps
     reading its version however many newer ones are committed meanwhile.
     """
@@ -603,7 +603,7 @@ class _Selection:
 
 
 class PairedDataset(torch.utils.data.Dataset):
-    """Occluded / de-occluded pairs with identical augmentation, as dicts of tensors (storage.schema.SAMPLE_KEYS).
+    """Occluded / de-occluded pairs with identical augmentation, as dicts of tensors (unihope.storage.schema.SAMPLE_KEYS).
 
     Pickles small (url, options and the selected indices) and opens the store lazily in each worker.
     Augmentation is seeded per sample from (seed, epoch, sample_key); `make_loader` passes the epoch.
@@ -732,7 +732,7 @@ class PairedDataset(torch.utils.data.Dataset):
             items: indices, or (index, epoch) pairs (a bare index uses `self.epoch`).
 
         Returns:
-            The collated batch: storage.schema.SAMPLE_FIELDS with a leading batch axis (B,), and
+            The collated batch: unihope.storage.schema.SAMPLE_FIELDS with a leading batch axis (B,), and
             `sample_key` as a list of B str.
 
         Raises:

@@ -203,7 +203,7 @@ class StageSummary:
 #
 # Layout of one dataset (a local folder or an fsspec URL):
 #   zarr.json                          root group; dataset-level attrs (written by `finalize`)
-#   manifest.json                      newest-version pointer (written last; storage.versions)
+#   manifest.json                      newest-version pointer (written last; unihope.storage.versions)
 #   versions/<version_id>.json         one immutable manifest per version: shards, counts, key ranges, checksums
 #   skips.jsonl                        one Skip per line, every stage
 #   shards/shard-00000.commit.json     per-shard commit record; its presence IS the commit
@@ -356,7 +356,7 @@ ARRAY_DIMS: dict[str, tuple[str, ...]] = {
     **{spec.name: (SAMPLE_DIM,) for spec in ARRAYS if spec.shape == () and spec.dtype != "str"},
 }
 
-# Keys of one training sample as storage.reader.PairedDataset returns it (torch tensors unless noted).
+# Keys of one training sample as unihope.storage.reader.PairedDataset returns it (torch tensors unless noted).
 # (dtype, shape, meaning); S = crop size. The model's training loop is built against these names.
 SAMPLE_FIELDS: dict[str, tuple[str, str, str]] = {
     "image": ("float32", "(3, S, S)", "occluded crop, RGB in [0, 1], augmented"),
@@ -437,6 +437,6 @@ class Manifest:
     missing_shard_indices: tuple[int, ...]  # gaps in 0..max shard_idx (a writer never committed)
     skips_by_reason: dict[str, int]
     created_utc: str = ""
-    version_id: str = ""  # digest of the referenced shards (storage.versions.version_digest); "" = not a version
+    version_id: str = ""  # digest of the referenced shards (unihope.storage.versions.version_digest); "" = not a version
     version_seq: int = 0  # 1 for a store's first version, +1 per committed version
     parent_version_id: str = ""  # the newest version when this one was committed ("" for the first)

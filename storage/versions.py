@@ -20,8 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from storage.io import Location, locate, read_bytes, remove_tree, write_bytes_atomic
-from storage.manifest import (
+from unihope.storage.io import Location, locate, read_bytes, remove_tree, write_bytes_atomic
+from unihope.storage.manifest import (
     MANIFEST_NAME,
     StoreError,
     check_schema_version,
@@ -32,7 +32,7 @@ from storage.manifest import (
     shard_stem,
     utc_now,
 )
-from storage.schema import SCHEMA_VERSION, Manifest, ShardCommit
+from unihope.storage.schema import SCHEMA_VERSION, Manifest, ShardCommit
 
 VERSIONS_DIR = "versions"
 PINS_DIR = "pins"

@@ -25,9 +25,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from storage.codes import decode_utf8_fixed, encode_utf8_fixed
-from storage.io import Location, locate, remove_tree, write_bytes_atomic
-from storage.manifest import (
+from unihope.storage.codes import decode_utf8_fixed, encode_utf8_fixed
+from unihope.storage.io import Location, locate, remove_tree, write_bytes_atomic
+from unihope.storage.manifest import (
     SHARDS_DIR,
     SKIPS_NAME,
     StoreError,
@@ -42,7 +42,7 @@ from storage.manifest import (
     shard_stem,
     utc_now,
 )
-from storage.schema import (
+from unihope.storage.schema import (
     ARRAY_DIMS,
     ARRAYS,
     CHUNKING_SAMPLE,
@@ -57,7 +57,7 @@ from storage.schema import (
     ShardCommit,
     Skip,
 )
-from storage.versions import commit_version, referenced_folders
+from unihope.storage.versions import commit_version, referenced_folders
 
 if TYPE_CHECKING:  # storage/ does not import the pipeline at run time
     from unihope.config import StorageConfig
@@ -125,7 +125,7 @@ def build_columns(
             raise ValueError(f"results are out of order: annotated {key!r} is paired with result {result.sample_key!r}")
         if result is not None and len(result.candidate_betas) > MAX_BETA_CANDIDATES:
             raise ValueError(f"{key}: {len(result.candidate_betas)} beta candidates; the schema stores at most "
-                             f"{MAX_BETA_CANDIDATES} (storage.schema.MAX_BETA_CANDIDATES)")
+                             f"{MAX_BETA_CANDIDATES} (unihope.storage.schema.MAX_BETA_CANDIDATES)")
 
     # 2. Per-sample values
     rows: dict[str, list] = {spec.name: [] for spec in ARRAYS}
@@ -243,7 +243,7 @@ def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "Storag
     num_samples = len(columns["sample_key"])
     for spec in ARRAYS:
         column = columns[spec.name]
-        if spec.dtype == "str":  # a Zarr v3 core type: uint8 UTF-8 code units (storage.codes)
+        if spec.dtype == "str":  # a Zarr v3 core type: uint8 UTF-8 code units (unihope.storage.codes)
             column = encode_utf8_fixed(column, STRING_WIDTH_BYTES[spec.name], spec.name)
         common = {"shape": column.shape, "dtype": column.dtype, "dimension_names": ARRAY_DIMS[spec.name],
                   "attributes": {"units": spec.units, "description": spec.description}, "config": _WRITE_EVERY_CHUNK}

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from prefect import task
 
-from storage.schema import AnnotatedFrame, FrameRecord, Skip, StageSummary
-from tasks.common import (
+from unihope.storage.schema import AnnotatedFrame, FrameRecord, Skip, StageSummary
+from unihope.tasks.common import (
     ExecutionTimer, on_render_thread, on_render_thread_within, reuse_summary, set_torch_threads, write_summary,
 )
-from tasks.options import injected_hang_s, maybe_fail_once
-from tasks.work import (
+from unihope.tasks.options import injected_hang_s, maybe_fail_once
+from unihope.tasks.work import (
     BatchSpec, GraspPartOutput, WorkLayout, count_by_reason, load_grasp_part, read_index, save_grasp_part,
     write_skips,
 )
@@ -88,7 +88,7 @@ def annotate_batch(
     Raises:
         StageTimeout: when rendering takes longer than `cfg.flow.annotate_timeout_s` (retried).
     """
-    from storage.batches import save_batch
+    from unihope.storage.batches import save_batch
     from unihope.render.annotate import annotate_frames
 
     # 1. Reuse a complete output.

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storage.schema import StageSummary
-from tasks.timeouts import StageTimeout, call_with_timeout
-from tasks.work import WorkLayout, atomic_write_json, record_execution
+from unihope.storage.schema import StageSummary
+from unihope.tasks.timeouts import StageTimeout, call_with_timeout
+from unihope.tasks.work import WorkLayout, atomic_write_json, record_execution
 
 R = TypeVar("R")
 
@@ -42,7 +42,7 @@ def on_render_thread_within(timeout_s: float, what: str, fn: Callable[..., R], *
         timeout_s: seconds to wait.
         what: names the work in the error.
         fn, args: the call.
-        hang_s: fault injection (`tasks.timeouts.call_with_timeout`).
+        hang_s: fault injection (`unihope.tasks.timeouts.call_with_timeout`).
 
     Raises:
         StageTimeout: on expiry.

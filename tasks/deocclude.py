@@ -9,12 +9,12 @@ from pathlib import Path
 
 from prefect import task
 
-from storage.schema import StageSummary
-from tasks.common import ExecutionTimer, reuse_summary, set_torch_threads, write_summary
-from tasks.device_pool import device_slot
-from tasks.options import injected_hang_s, maybe_fail_once, run_with_oom_halving
-from tasks.timeouts import StageTimeout, call_with_timeout
-from tasks.work import WorkLayout, save_results
+from unihope.storage.schema import StageSummary
+from unihope.tasks.common import ExecutionTimer, reuse_summary, set_torch_threads, write_summary
+from unihope.tasks.device_pool import device_slot
+from unihope.tasks.options import injected_hang_s, maybe_fail_once, run_with_oom_halving
+from unihope.tasks.timeouts import StageTimeout, call_with_timeout
+from unihope.tasks.work import WorkLayout, save_results
 from unihope.config import DeocclusionConfig
 
 LOGGER = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def deocclude_batch(
 ) -> StageSummary:
     """De-occlude the hands of one annotated batch and store the results.
 
-    A GPU backend holds one of the process's devices for the whole batch (`tasks.device_pool`): with
+    A GPU backend holds one of the process's devices for the whole batch (`unihope.tasks.device_pool`): with
     `device: auto` the batch takes a free GPU instead of always cuda:0, and no device runs two batches
     at once. On a CUDA out-of-memory error the batch continues in halves (down to one frame per
     call), so a GPU worker short of memory finishes the batch instead of failing it; a task-level
@@ -80,7 +80,7 @@ def deocclude_batch(
     Raises:
         StageTimeout: when the batch takes longer than `timeout_s` (retried).
     """
-    from storage.batches import load_batch
+    from unihope.storage.batches import load_batch
     from unihope.deocclude import uses_gpu
 
     # 1. Reuse a complete output.

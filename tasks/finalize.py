@@ -8,10 +8,10 @@ from pathlib import Path
 
 from prefect import task
 
-from storage.schema import DatasetAttrs, Skip
-from tasks.common import ExecutionTimer
-from tasks.options import maybe_fail_once
-from tasks.work import WorkLayout, atomic_write_json, load_grasp_part, read_skips
+from unihope.storage.schema import DatasetAttrs, Skip
+from unihope.tasks.common import ExecutionTimer
+from unihope.tasks.options import maybe_fail_once
+from unihope.tasks.work import WorkLayout, atomic_write_json, load_grasp_part, read_skips
 
 FINALIZED_MARKER = "finalized.json"
 
@@ -31,10 +31,10 @@ def drop_stale_commits(url: str, num_shards: int) -> list[int]:
 
     Returns:
         The shard indices whose commits were removed (their data folders then become orphans that
-        `storage.writer.finalize` deletes).
+        `unihope.storage.writer.finalize` deletes).
     """
-    from storage.io import locate
-    from storage.manifest import commit_path, list_commits
+    from unihope.storage.io import locate
+    from unihope.storage.manifest import commit_path, list_commits
 
     loc = locate(url)
     stale = [commit.shard_idx for commit in list_commits(loc) if commit.shard_idx >= num_shards]
@@ -63,9 +63,9 @@ def finalize_dataset(
     Returns:
         `unihope.report.DatasetSummary` of the finished dataset.
     """
-    from storage.io import locate, read_bytes
-    from storage.manifest import MANIFEST_NAME
-    from storage.writer import finalize
+    from unihope.storage.io import locate, read_bytes
+    from unihope.storage.manifest import MANIFEST_NAME
+    from unihope.storage.writer import finalize
     from unihope.report import DatasetSummary, summarize_dataset, write_report
 
     # 1. Reuse: this pack hash was finalized (claim_output removes the marker when the output changes hands).

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from prefect import task
 
-from storage.schema import DatasetAttrs, StageSummary
-from tasks.common import ExecutionTimer
-from tasks.options import maybe_fail_once
-from tasks.work import ShardSpec, WorkLayout, atomic_write_json, load_results, plan_shards
+from unihope.storage.schema import DatasetAttrs, StageSummary
+from unihope.tasks.common import ExecutionTimer
+from unihope.tasks.options import maybe_fail_once
+from unihope.tasks.work import ShardSpec, WorkLayout, atomic_write_json, load_results, plan_shards
 from unihope.config import FlowConfig, PipelineConfig, StorageConfig
 
 
@@ -69,8 +69,8 @@ def pack_shard(
     Returns:
         Summary: samples packed, with the marker as output path.
     """
-    from storage.batches import load_batch
-    from storage.writer import write_shard
+    from unihope.storage.batches import load_batch
+    from unihope.storage.writer import write_shard
 
     # 1. Skip a shard committed earlier for this pack hash.
     if Path(out_path).is_file():
@@ -99,7 +99,7 @@ def pack_shard(
 
 @task(name="plan-shards")
 def plan_shards_task(batch_sample_counts: list[int], shard_size: int) -> list[ShardSpec]:
-    """Cut the annotated batches into shards (see `tasks.work.plan_shards`)."""
+    """Cut the annotated batches into shards (see `unihope.tasks.work.plan_shards`)."""
     return plan_shards(batch_sample_counts, shard_size)
 
 
@@ -117,7 +117,7 @@ def dataset_attrs(cfg: PipelineConfig) -> DatasetAttrs:
     writes; leaving it out keeps shards of a threads build and a Dask build byte-identical. The hand
     model's identity (kind, file digests, tip convention) lets training load the same model.
     """
-    from storage.writer import code_version
+    from unihope.storage.writer import code_version
     from unihope.hand_identity import hand_model_identity
 
     # The fingertip convention is recorded resolved ("auto" -> the layout's own): training builds its

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.common import ExecutionTimer, on_render_thread
-from tasks.options import maybe_fail_once
-from tasks.work import SourcePlan, WorkLayout, plan_batches, plan_parts, read_index, write_index
+from unihope.tasks.common import ExecutionTimer, on_render_thread
+from unihope.tasks.options import maybe_fail_once
+from unihope.tasks.work import SourcePlan, WorkLayout, plan_batches, plan_parts, read_index, write_index
 from unihope.config import PipelineConfig
 
 

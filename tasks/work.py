@@ -10,14 +10,14 @@ Layout:
     <work>/
       source-<h>/index.json              refs + plan (which frames each task handles)
       grasp-<h>/part-0000.npz            loaded FrameRecords + GraspLabels + source skips of one part
-      annotate-<h>/batch-0000.*          storage.batches file of AnnotatedFrames (+ .skips.jsonl)
+      annotate-<h>/batch-0000.*          unihope.storage.batches file of AnnotatedFrames (+ .skips.jsonl)
       deocclude-<h>/results-0000.npz     the batch's DeocclusionResults (its frames stay in annotate-<h>)
       pack-<h>/shard-0000.json           marker: shard 0 of this pack hash is committed at the output
       output.json                        which pack hash the output currently holds
       executions.jsonl                   one line per stage item actually computed (not reused)
       _prefect-results/                  Prefect's persisted task results and cache records
 
-Every data file is one work-file format, `storage.batches` (an .npz of Blosc-compressed arrays
+Every data file is one work-file format, `unihope.storage.batches` (an .npz of Blosc-compressed arrays
 plus a JSON header, read with `allow_pickle=False`; the rest is JSON): no work file is ever
 unpickled. (Prefect's own result records in `_prefect-results/` are not ours: Prefect serializes
 them with its default pickle serializer and reads them back on a cache hit; removing that cache
@@ -36,9 +36,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.batches import load_records, save_records
-from storage.io import write_file_atomic
-from storage.schema import DeocclusionResult, FrameRecord, FrameRef, GraspLabel, Skip, SkipReason
+from unihope.storage.batches import load_records, save_records
+from unihope.storage.io import write_file_atomic
+from unihope.storage.schema import DeocclusionResult, FrameRecord, FrameRef, GraspLabel, Skip, SkipReason
 from unihope.config import PipelineConfig
 
 STAGES = ("source", "grasp", "annotate", "deocclude", "pack")
@@ -46,7 +46,7 @@ WORK_DIR_NAME = "_work"
 RESULTS_DIR_NAME = "_prefect-results"
 INDEX_FORMAT_VERSION = 1
 # Bump when the meaning of a stage's output files changes: old folders are then not reused.
-# grasp 2 / deocclude 3: parts and results became storage.batches work files (were pickles, never read now).
+# grasp 2 / deocclude 3: parts and results became unihope.storage.batches work files (were pickles, never read now).
 STAGE_CODE_VERSIONS = {"source": 1, "grasp": 2, "annotate": 1, "deocclude": 3, "pack": 1}
 
 
@@ -399,7 +399,7 @@ class GraspPartOutput:
 
 
 def save_grasp_part(path: Path, output: GraspPartOutput) -> None:
-    """Write a part atomically as a work file (`storage.batches.save_records`: arrays + JSON, no pickle)."""
+    """Write a part atomically as a work file (`unihope.storage.batches.save_records`: arrays + JSON, no pickle)."""
     save_records(path, {"records": list(output.records), "grasps": list(output.grasps), "skips": list(output.skips)})
 
 

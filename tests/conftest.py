@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from unihope.config import HandModelConfig, SyntheticConfig
+from unihope.prefect_env import apply_prefect_env_defaults
+
+apply_prefect_env_defaults()  # what the `unihope` command does before it imports Prefect
 
 SYNTHETIC_DEXYCB_CONFIG = SyntheticConfig(format="dexycb", num_sequences=2, frames_per_sequence=12, num_cameras=2, seed=0)
 SYNTHETIC_DEXYCB_QUIRKS_CONFIG = SyntheticConfig(

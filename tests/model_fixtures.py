@@ -1,6 +1,6 @@
 """Small builders for the model and training tests: a stand-in hand layer and an in-memory paired dataset.
 
-The in-memory dataset yields exactly the keys of `storage.reader.PairedDataset` samples. Its images
+The in-memory dataset yields exactly the keys of `unihope.storage.reader.PairedDataset` samples. Its images
 are rendered so that the labels are learnable: a bright disc per hand joint (their layout follows
 the pose), an object square whose presence follows the grasp label.
 """
@@ -37,7 +37,7 @@ def _rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
 class FakeHandLayer(nn.Module):
     """A differentiable MANO stand-in: template + linear pose/shape blend, rotated by global_orient.
 
-    Used only by unit tests of `unihope_model` (the model takes any hand layer); training tests
+    Used only by unit tests of `unihope.model` (the model takes any hand layer); training tests
     use the project's real `unihope.hand.HandLayer`.
     """
 
@@ -63,7 +63,7 @@ class FakeHandLayer(nn.Module):
 
 def tiny_spec(**overrides):
     """A model spec small enough for a CPU unit test (32-64 px inputs)."""
-    from unihope_model.model import ModelSpec
+    from unihope.model.model import ModelSpec
 
     values = dict(
         depth=18, width_multiplier=0.125, norm="group", fpn_channels=16, roi_size=8, num_heads=4,
@@ -74,7 +74,7 @@ def tiny_spec(**overrides):
 
 
 class InMemoryPairedDataset(torch.utils.data.Dataset):
-    """Samples with exactly the keys of `storage.reader.PairedDataset`, generated from a seed.
+    """Samples with exactly the keys of `unihope.storage.reader.PairedDataset`, generated from a seed.
 
     Hand joints are a random 3D pose around a fixed wrist; the image shows each joint's projection
     as a disc whose brightness encodes its depth; grasping samples also show an object square

@@ -10,7 +10,7 @@ import hashlib
 
 import numpy as np
 
-from storage.schema import (
+from unihope.storage.schema import (
     AnnotatedFrame,
     Crop,
     DeocclusionResult,
@@ -162,7 +162,7 @@ def writer_child(url: str, plan: dict[int, list[str]], stall_at: str, stalled, c
     """
     import time
 
-    import storage.writer as writer
+    import unihope.storage.writer as writer
     from unihope.config import StorageConfig
 
     last_idx = max(plan)

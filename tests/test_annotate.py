@@ -11,7 +11,7 @@ import trimesh
 from matplotlib.path import Path as PolygonPath
 from scipy.spatial import ConvexHull
 
-from storage.schema import (
+from unihope.storage.schema import (
     HAND_PART_FINGER_FIRST,
     SEG_BACKGROUND,
     SEG_HAND,
@@ -503,7 +503,7 @@ def test_object_coordinates_keep_the_aspect():
 def test_a_frame_annotated_on_another_thread_after_this_one_renders(tmp_path: Path):
     """A build renders on its render thread after a direct caller rendered the same crop size on the main
     thread: each thread gets its own GL context (one context cannot be current on two threads)."""
-    from tasks.common import on_render_thread
+    from unihope.tasks.common import on_render_thread
 
     frame, _ = make_frame(tmp_path, "t/s/c/000000", [0.3, 0.3, 0.4], [0.35, 0.35, 0.45])
     (here,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG)

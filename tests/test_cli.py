@@ -47,12 +47,12 @@ def test_build_with_invalid_config_names_the_key(tmp_path):
 @pytest.fixture()
 def no_server(monkeypatch):
     """Fail the test loudly if a build got as far as starting a Prefect API server or the flow."""
-    import flows.build
+    import unihope.flows.build
     from prefect.server.api.server import SubprocessASGIServer
 
     started: list[str] = []
     monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, timeout=None: started.append("server"))
-    monkeypatch.setattr(flows.build, "run_build", lambda *args, **kwargs: started.append("flow"))
+    monkeypatch.setattr(unihope.flows.build, "run_build", lambda *args, **kwargs: started.append("flow"))
     yield started
     assert started == [], f"a build that should fail in pre-flight started {started}"
 
@@ -303,7 +303,7 @@ def test_progress_observers_and_the_terminal_display_follow_every_update():
 def test_cli_forwards_stage_loggers_to_prefect_unless_set(monkeypatch, tmp_path):
     monkeypatch.delenv("PREFECT_LOGGING_EXTRA_LOGGERS", raising=False)
     runner.invoke(app, ["ls-versions", "--data", str(tmp_path / "missing")])
-    assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "unihope,storage"
+    assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "unihope"
     monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "mine")
     runner.invoke(app, ["ls-versions", "--data", str(tmp_path / "missing")])
     assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "mine"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from storage.schema import Crop, FrameRecord, GraspLabel, Skip, SkipReason
+from unihope.storage.schema import Crop, FrameRecord, GraspLabel, Skip, SkipReason
 from unihope.config import CropConfig
 from unihope.crop import apply_affine, compute_crop
 from unihope.render.camera import project_points

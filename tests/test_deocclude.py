@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from storage.schema import DeocclusionResult
+from unihope.storage.schema import DeocclusionResult
 from tests.tiny_diffusion import save_tiny_models
 from unihope.config import ControlNetConfig, DeocclusionConfig
 from unihope.deocclude import DEOCCLUDERS, build_deoccluder, sample_seed

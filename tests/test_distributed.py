@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from storage.reader import shard_slice
+from unihope.storage.reader import shard_slice
 from tests.test_training import tiny_config
 from unihope import training as T
 

@@ -169,7 +169,7 @@ def test_ctrl_c_stops_a_build_cleanly_and_a_second_build_of_its_output_is_refuse
     assert _wait_until_gone(mark) == [], "a process of the interrupted build outlived it"
 
     # 4. The lock went with the build: this process can take it at once.
-    from storage.lock import build_lock
+    from unihope.storage.lock import build_lock
 
     with build_lock(str(out)) as holder:
         assert holder.pid == os.getpid()
@@ -177,8 +177,8 @@ def test_ctrl_c_stops_a_build_cleanly_and_a_second_build_of_its_output_is_refuse
 
 _HOLD_LOCK_AND_SERVER = """
 import sys, time
-from flows.runners import start_owned_api_server
-from storage.lock import build_lock
+from unihope.flows.runners import start_owned_api_server
+from unihope.storage.lock import build_lock
 with build_lock(sys.argv[1]):
     server = start_owned_api_server()
     print("ready", server.server_process.pid, flush=True)
@@ -194,7 +194,7 @@ def test_sigkill_of_a_build_leaves_no_server_and_a_stale_lock_is_taken_over(tmp_
     import sys
     import uuid
 
-    from storage.lock import LOCK_NAME, build_lock
+    from unihope.storage.lock import LOCK_NAME, build_lock
 
     out = tmp_path / "data"
     mark = uuid.uuid4().hex
@@ -224,7 +224,7 @@ def test_remote_lock_refuses_a_live_holder_and_takes_over_a_stale_one() -> None:
 
     import fsspec
 
-    from storage.lock import LOCK_NAME, REMOTE_STALE_AFTER_S, LockHolder, OutputBusyError, build_lock, is_stale
+    from unihope.storage.lock import LOCK_NAME, REMOTE_STALE_AFTER_S, LockHolder, OutputBusyError, build_lock, is_stale
 
     out = f"memory://lock-test-{uuid.uuid4().hex}"
     fs = fsspec.filesystem("memory")
@@ -259,7 +259,7 @@ FREE_BYTES_LEFT = 96 * 1024  # room for the index and grasp labels, not for an a
 # atomic writer for the annotated batches.
 _CLI_WITH_SIMULATED_FULL_DISK = """
 import errno, os, sys
-import storage.io
+import unihope.storage.io
 real_open = open
 def full_disk_open(path, mode="r", *args, **kwargs):
     if "w" in mode and "/_work/annotate-" in str(path):
@@ -269,7 +269,7 @@ def full_disk_open(path, mode="r", *args, **kwargs):
         handle.write = write
         return handle
     return real_open(path, mode, *args, **kwargs)
-storage.io.open = full_disk_open
+unihope.storage.io.open = full_disk_open
 from unihope.cli import app
 sys.argv[0] = "unihope"
 app()
@@ -298,7 +298,7 @@ def full_filesystem(tmp_path: Path):
 
 
 def _temp_leftovers(root: Path) -> list[str]:
-    from storage.io import TEMP_NAME_PATTERN
+    from unihope.storage.io import TEMP_NAME_PATTERN
 
     return [str(path) for path in root.rglob("*") if TEMP_NAME_PATTERN.match(path.name)]
 
@@ -341,8 +341,8 @@ def test_atomic_write_on_a_full_disk_leaves_no_temp_file_and_the_next_run_sweeps
     import errno
     import os
 
-    import storage.io
-    from storage.io import sweep_temp_files, write_file_atomic
+    import unihope.storage.io
+    from unihope.storage.io import sweep_temp_files, write_file_atomic
 
     folder, is_real = full_filesystem
     target = folder / "work" / "batch-0000.npz"
@@ -350,7 +350,7 @@ def test_atomic_write_on_a_full_disk_leaves_no_temp_file_and_the_next_run_sweeps
         def full_fsync(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        monkeypatch.setattr(storage.io.os, "fsync", full_fsync)
+        monkeypatch.setattr(unihope.storage.io.os, "fsync", full_fsync)
     with pytest.raises(OSError) as caught:
         write_file_atomic(target, b"x" * (4 * FREE_BYTES_LEFT))
     assert caught.value.errno == errno.ENOSPC
@@ -372,7 +372,7 @@ def test_atomic_write_on_a_full_disk_leaves_no_temp_file_and_the_next_run_sweeps
 def test_permanent_os_errors_are_not_retried() -> None:
     import errno
 
-    from tasks.options import is_transient
+    from unihope.tasks.options import is_transient
 
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
         assert not is_transient(OSError(code, "x"))
@@ -399,7 +399,7 @@ def test_jpeg_with_damaged_entropy_data_is_a_corrupt_file_not_a_crop(synthetic_d
     import cv2
     import numpy as np
 
-    from storage.schema import SkipReason
+    from unihope.storage.schema import SkipReason
     from unihope.image_check import ImageDecodeError, read_color_image_bgr
     from unihope.render.annotate import read_crop_image
 
@@ -433,7 +433,7 @@ def test_colour_image_at_another_resolution_is_skipped_as_wrong_resolution(synth
 
     import cv2
 
-    from storage.schema import FrameRecord, Skip, SkipReason
+    from unihope.storage.schema import FrameRecord, Skip, SkipReason
     from unihope.sources.dexycb import DexYCBSource
     from unihope.sources.ho3d import HO3DSource
 
@@ -476,7 +476,7 @@ def test_symlinked_ho3d_folder_leaving_the_root_skips_its_frames_and_keeps_the_r
                                                                                    tmp_path: Path) -> None:
     import shutil
 
-    from storage.schema import FrameRecord, Skip, SkipReason
+    from unihope.storage.schema import FrameRecord, Skip, SkipReason
     from unihope.sources.ho3d import HO3DSource
 
     root = tmp_path / "ho3d"
@@ -517,7 +517,7 @@ ANNOTATION_ARRAYS = ("image", "mask_hand", "mask_hand_visible", "mask_object", "
 def _annotation_bytes(result) -> dict:
     import numpy as np
 
-    from storage.schema import AnnotatedFrame
+    from unihope.storage.schema import AnnotatedFrame
 
     assert isinstance(result, AnnotatedFrame), result
     out = {name: np.asarray(getattr(result, name)).tobytes() for name in ANNOTATION_ARRAYS}

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.schema import FrameRef
-from tasks.options import (
+from unihope.storage.schema import FrameRef
+from unihope.tasks.options import (
     InjectedFault, is_cuda_oom, is_transient, parse_fail_once, run_with_oom_halving, should_fail,
 )
-from tasks.work import (
+from unihope.tasks.work import (
     ShardSlice, plan_batches, plan_parts, plan_shards, read_executions, read_index, stage_hashes,
     write_index,
 )
@@ -116,7 +116,7 @@ def test_transient_errors_are_classified():
 def test_retry_condition_retries_transient_failures_only():
     from prefect.states import Failed
 
-    from tasks.options import retry_on_transient
+    from unihope.tasks.options import retry_on_transient
 
     assert retry_on_transient(None, None, Failed(data=OSError("connection reset")))
     assert retry_on_transient(None, None, Failed(data=RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")))
@@ -163,9 +163,9 @@ def test_fault_injection_selects_name_or_item_and_first_attempt_only():
 
 
 def test_only_gpu_deoccluders_carry_the_gpu_tag():
-    from flows.build import deocclude_tags
-    from tasks.deocclude import deocclude_batch
-    from tasks.options import configure_task
+    from unihope.flows.build import deocclude_tags
+    from unihope.tasks.deocclude import deocclude_batch
+    from unihope.tasks.options import configure_task
 
     def cfg(backend: str, device: str = "auto", gpu_tag: str = "gpu") -> PipelineConfig:
         return PipelineConfig.model_validate({"deocclusion": {"backend": backend, "controlnet": {"device": device}},
@@ -247,8 +247,8 @@ def tiny_config(dataset_root: Path, **flow_updates) -> PipelineConfig:
 
 def dataset_digest(url: str | Path) -> dict[str, str]:
     """sha256 of every stored array of a dataset (all samples, in order), plus its sample keys."""
-    from storage.reader import open_dataset
-    from storage.schema import ARRAYS, CHUNKING_COLUMN
+    from unihope.storage.reader import open_dataset
+    from unihope.storage.schema import ARRAYS, CHUNKING_COLUMN
 
     view = open_dataset(str(url), verify="eager")
     try:
@@ -288,7 +288,7 @@ def task_run_counts(flow_run_id) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def reference_build(prefect_api, synthetic_dexycb, tmp_path_factory):
     """An uninterrupted threads build in which `annotate` batch 1 fails once and is retried."""
-    from flows.build import build_dataset
+    from unihope.flows.build import build_dataset
 
     out = tmp_path_factory.mktemp("reference") / "data"
     cfg = tiny_config(synthetic_dexycb, fail_once=("annotate:1",))
@@ -298,7 +298,7 @@ def reference_build(prefect_api, synthetic_dexycb, tmp_path_factory):
 
 
 def test_build_end_to_end_counts_every_frame(reference_build):
-    from storage.reader import open_dataset
+    from unihope.storage.reader import open_dataset
 
     summary, out = reference_build["summary"], reference_build["out"]
     assert reference_build["state"].is_completed()
@@ -336,7 +336,7 @@ def test_a_task_failing_once_is_retried_and_the_run_completes(reference_build):
 
 
 def test_rerun_with_nothing_changed_recomputes_nothing(reference_build):
-    from flows.build import build_dataset
+    from unihope.flows.build import build_dataset
 
     out, cfg = reference_build["out"], reference_build["cfg"]
     before = read_executions(out / "_work")
@@ -358,7 +358,7 @@ def test_rerun_with_nothing_changed_recomputes_nothing(reference_build):
 def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(reference_build, tmp_path):
     import shutil
 
-    from flows.build import build_dataset
+    from unihope.flows.build import build_dataset
 
     out = tmp_path / "data"
     shutil.copytree(reference_build["out"], out)
@@ -378,15 +378,15 @@ def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(refer
     for name in ("__keys__", "image", "mask_hand", "depth_scene", "visibility", "joints_2d", "grasp"):
         assert digest[name] == reference[name], name
     assert summary.num_pairs_kept == 0
-    from storage.reader import open_dataset
+    from unihope.storage.reader import open_dataset
 
     assert open_dataset(str(out)).manifest.attrs.config["deocclusion"]["keep_margin"] == 0.5
 
 
 def test_deocclude_task_halves_its_chunks_on_cuda_oom(reference_build, tmp_path, monkeypatch):
     """A de-occluder that runs out of memory above 2 frames still yields the reference results."""
-    import tasks.deocclude as deocclude_tasks
-    from tasks.work import load_results, make_layout
+    import unihope.tasks.deocclude as deocclude_tasks
+    from unihope.tasks.work import load_results, make_layout
 
     cfg, out = reference_build["cfg"], reference_build["out"]
     layout = make_layout(cfg, str(out))
@@ -461,7 +461,7 @@ def test_sigkill_mid_build_then_rerun_gives_the_uninterrupted_dataset(reference_
 
 @pytest.mark.parametrize("runner", ["dask", "processes"])
 def test_worker_process_runners_give_the_same_dataset_as_threads(reference_build, tmp_path, runner):
-    from flows.build import run_build
+    from unihope.flows.build import run_build
 
     cfg = reference_build["cfg"]
     runner_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"task_runner": runner, "fail_once": ()})})
@@ -478,7 +478,7 @@ def test_build_into_an_object_store_url_gives_the_same_dataset(reference_build, 
     """An fsspec URL output (memory://, as s3:// goes): shards, manifest and skips land in the store."""
     import fsspec
 
-    from flows.build import run_build
+    from unihope.flows.build import run_build
 
     cfg = reference_build["cfg"]
     url_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"fail_once": (), "work_dir": tmp_path / "work"})})
@@ -502,7 +502,7 @@ def test_build_into_an_object_store_url_gives_the_same_dataset(reference_build, 
 def test_device_pool_gives_each_holder_its_own_device():
     import threading
 
-    from tasks.device_pool import DevicePool, devices_for
+    from unihope.tasks.device_pool import DevicePool, devices_for
 
     pool = DevicePool(("cuda:0", "cuda:1"))
     with pool.acquire() as first, pool.acquire() as second:
@@ -530,9 +530,9 @@ def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, mo
     import shutil
     import threading
 
-    import tasks.deocclude as deocclude_tasks
-    import tasks.device_pool as device_pool
-    from flows.build import build_flow_for
+    import unihope.tasks.deocclude as deocclude_tasks
+    import unihope.tasks.device_pool as device_pool
+    from unihope.flows.build import build_flow_for
 
     out = tmp_path / "data"
     shutil.copytree(reference_build["out"], out)
@@ -571,8 +571,8 @@ def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, mo
 
 
 def test_hang_injection_and_watchdog_timeout_are_transient():
-    from tasks.options import HANG_SUFFIX, should_hang
-    from tasks.timeouts import StageTimeout, call_with_timeout
+    from unihope.tasks.options import HANG_SUFFIX, should_hang
+    from unihope.tasks.timeouts import StageTimeout, call_with_timeout
 
     assert should_hang("annotate", 2, ("annotate:2" + HANG_SUFFIX,), run_count=1)
     assert not should_hang("annotate", 2, ("annotate:2" + HANG_SUFFIX,), run_count=2)
@@ -590,11 +590,11 @@ def test_a_hanging_task_times_out_and_its_retry_is_counted(reference_build, tmp_
     """annotate and deocclude batches that hang on their first attempt time out, are retried once and match the reference."""
     from prefect import flow
 
-    from storage.batches import load_batch
-    from tasks.annotate import annotate_batch
-    from tasks.deocclude import deocclude_batch
-    from tasks.options import configure_task
-    from tasks.work import load_results, make_layout, read_index
+    from unihope.storage.batches import load_batch
+    from unihope.tasks.annotate import annotate_batch
+    from unihope.tasks.deocclude import deocclude_batch
+    from unihope.tasks.options import configure_task
+    from unihope.tasks.work import load_results, make_layout, read_index
 
     cfg = reference_build["cfg"]
     cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={
@@ -636,7 +636,7 @@ def test_build_publishes_summary_skip_deocclusion_report_and_progress_artifacts(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-    from tasks.artifacts import (
+    from unihope.tasks.artifacts import (
         BUILD_DEOCCLUSION_KEY, BUILD_PROGRESS_KEY_PREFIX, BUILD_REPORT_KEY, BUILD_SKIPS_KEY, BUILD_SUMMARY_KEY,
     )
 
@@ -680,8 +680,8 @@ def test_train_flow_publishes_its_metrics_and_applies_set_overrides(reference_bu
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from flows.train import train_flow
-    from tasks.artifacts import TRAIN_METRICS_KEY, TRAIN_RUN_KEY
+    from unihope.flows.train import train_flow
+    from unihope.tasks.artifacts import TRAIN_METRICS_KEY, TRAIN_RUN_KEY
 
     overrides = ["optim.max_steps=2", "optim.batch_size=4", "data.val_fraction=0.0", "data.eval_split=train",
                  "data.max_train_samples=8", "data.max_eval_samples=4", "eval_batch_size=4"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from storage.schema import Crop, FrameRecord, GraspLabel, Skip, SkipReason
+from unihope.storage.schema import Crop, FrameRecord, GraspLabel, Skip, SkipReason
 from unihope.config import CropConfig, GraspConfig
 from unihope.crop import apply_affine, compute_crop
 from unihope.grasp import label_grasps, load_grasp_overrides, relative_pose_errors

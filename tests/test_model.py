@@ -7,7 +7,7 @@ import torch
 
 from tests.model_fixtures import FakeHandLayer, tiny_spec
 
-from unihope_model import (
+from unihope.model import (
     GraspAwareFusion,
     HFLBackbone,
     LossTargets,
@@ -22,8 +22,8 @@ from unihope_model import (
     teacher_pass,
     total_loss,
 )
-from unihope_model.enhancement import output_level_loss
-from unihope_model.losses import gaussian_heatmaps
+from unihope.model.enhancement import output_level_loss
+from unihope.model.losses import gaussian_heatmaps
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -265,8 +265,8 @@ def _points_crossing(edge: str, gen: torch.Generator) -> torch.Tensor:
 @pytest.mark.parametrize("edge", sorted(EDGE_SHIFTS_PX))
 def test_a_perfect_2d_target_decodes_back_when_boxes_cross_the_crop_edge(edge: str, monkeypatch):
     """The losses normalise 2D targets with the boxes the model decodes with, so a loss of 0 decodes exactly."""
-    from unihope_model.heads import heatmap_argmax_box
-    from unihope_model.roi_align import (
+    from unihope.model.heads import heatmap_argmax_box
+    from unihope.model.roi_align import (
         HAND_ROI_BOX_SCALE, OBJECT_ROI_BOX_SCALE, box_to_roi_px, points_box_xyxy, roi_px_to_box,
     )  # fmt: skip
 
@@ -309,7 +309,7 @@ def test_a_perfect_2d_target_decodes_back_when_boxes_cross_the_crop_edge(edge: s
 
 
 def test_roi_boxes_follow_upstream():
-    from unihope_model.roi_align import points_box_xyxy
+    from unihope.model.roi_align import points_box_xyxy
 
     points = torch.tensor([[[10.0, 20.0], [31.0, 25.0], [15.0, 41.0]]])  # box x [10, 31], y [20, 41]
     # centre (20.5, 30.5) truncated to (20, 30); half-sizes 21 * 1.1 / 2 = 11.55

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from storage.augment import AugmentConfig, rotate_hand
-from storage.reader import PairedDataset, make_loader, split_of_sequence
-from storage.schema import SAMPLE_FIELDS, SAMPLE_KEYS
-from storage.writer import finalize, write_shard
+from unihope.storage.augment import AugmentConfig, rotate_hand
+from unihope.storage.reader import PairedDataset, make_loader, split_of_sequence
+from unihope.storage.schema import SAMPLE_FIELDS, SAMPLE_KEYS
+from unihope.storage.writer import finalize, write_shard
 from storage_fixtures import (
     STORAGE_ATTRS,
     box_keypoints,
@@ -214,7 +214,7 @@ def test_loader_with_spawned_workers(tmp_path):
 
 
 def test_small_datasets_always_get_a_held_out_sequence():
-    from storage.reader import assign_splits
+    from unihope.storage.reader import assign_splits
 
     keys = ["20200709-subject-01/20200709_141754", "20200709-subject-01/20200709_141841"]
     for fraction in (0.01, 0.1):
@@ -258,7 +258,7 @@ def test_batch_equals_single_samples_and_pickles_as_one_buffer(tmp_path):
 
 
 def test_pair_colour_keeps_the_occluded_image_as_alone_and_no_blur_crosses_the_seam():
-    from storage.augment import AugmentParams, _colour_pair
+    from unihope.storage.augment import AugmentParams, _colour_pair
 
     rng = np.random.default_rng(0)
     pair = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
@@ -280,7 +280,7 @@ def test_pair_differing_in_a_patch_stays_identical_outside_it(with_geometry: boo
     """Every colour parameter is drawn and applied once per pair: pixels equal in the pair stay equal."""
     import cv2
 
-    from storage.augment import AugmentConfig, augment_pair_u8, geometry, sample_params
+    from unihope.storage.augment import AugmentConfig, augment_pair_u8, geometry, sample_params
 
     S = 64
     rng = np.random.default_rng(4)
@@ -314,7 +314,7 @@ def test_pair_differing_in_a_patch_stays_identical_outside_it(with_geometry: boo
 def test_loader_reads_its_version_across_a_rebuild_mid_epoch(tmp_path):
     """A training run's loader keeps reading its version when the next build commits mid-epoch:
     workers started after the commit (a new loader) read identical bytes; gc keeps the pinned version."""
-    from storage.versions import current_version, gc, pin
+    from unihope.storage.versions import current_version, gc, pin
 
     annotated, results = make_batch(make_keys(3, 4))
     _write(tmp_path, annotated, results, shard_size=4)

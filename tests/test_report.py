@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from storage.schema import Skip, SkipReason
+from unihope.storage.schema import Skip, SkipReason
 from storage_fixtures import STORAGE_ATTRS, make_annotated, make_keys, make_result
 from unihope.config import StorageConfig
 from unihope.report import (
@@ -41,7 +41,7 @@ def fixture_samples():
 
 @pytest.fixture(scope="module")
 def dataset_url(tmp_path_factory) -> str:
-    from storage.writer import finalize, write_shard
+    from unihope.storage.writer import finalize, write_shard
 
     url = str(tmp_path_factory.mktemp("report") / "data")
     annotated, results = fixture_samples()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from storage.schema import HAND_PART_FINGER_FIRST
+from unihope.storage.schema import HAND_PART_FINGER_FIRST
 from unihope.deocclude.hints import inpaint_mask, occluded_hand_mask
 from unihope.deocclude.quality import psnr_in_mask, ssim_in_mask
 from unihope.deocclude.scoring import (

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from storage.schema import FrameRecord, Skip, SkipReason
+from unihope.storage.schema import FrameRecord, Skip, SkipReason
 from unihope.config import HandModelConfig, SourceConfig, SyntheticConfig
 from unihope.hand import HandLayer, load_mano_arrays, resolve_mano_path
 from unihope.render.camera import cv_pose_to_gl, intrinsics_camera, project_points
@@ -498,7 +498,7 @@ def test_sources_carry_their_tip_convention(synthetic_dexycb: Path, synthetic_ho
     with pytest.raises(ValueError, match="unknown tip convention 'mano'"):
         DexYCBSource(synthetic_dexycb, tip_convention="mano")
     # What a build records, and how training reads it back (old builds: the layout's own).
-    from tasks.pack import dataset_attrs
+    from unihope.tasks.pack import dataset_attrs
 
     attrs = dataset_attrs(PipelineConfig(source=SourceConfig(kind="ho3d", root=synthetic_ho3d)))
     assert attrs.config["source"]["tip_convention"] == "ho3d"
@@ -594,7 +594,7 @@ def test_quirks_off_writes_none_of_them(synthetic_dexycb: Path):
 
 
 def test_ho3d_preset_holds_ho3d_upstream_values(tmp_path: Path):
-    from flows.build import resolve_build_config
+    from unihope.flows.build import resolve_build_config
     from unihope.config import PipelineConfig
 
     cfg = PipelineConfig.from_yaml(Path(__file__).parent.parent / "configs" / "ho3d.yaml")
@@ -608,7 +608,7 @@ def test_ho3d_preset_holds_ho3d_upstream_values(tmp_path: Path):
 
 
 def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
-    from storage.writer import finalize, write_shard
+    from unihope.storage.writer import finalize, write_shard
     from storage_fixtures import make_batch, make_keys
     from unihope.config import StorageConfig
     from unihope.tip_convention import dataset_tip_convention
@@ -622,7 +622,7 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     assert dataset_tip_convention(url) == "ho3d"  # from the shard, while the build is in progress
     finalize(url, attrs, [])
     assert dataset_tip_convention(url) == "ho3d"  # from the manifest
-    from storage.reader import PairedDataset
+    from unihope.storage.reader import PairedDataset
     from unihope.tip_convention import tip_convention_of_dataset
     from unihope.training import FirstSamples
 

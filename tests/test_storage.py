@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import zarr
 
-from storage.batches import load_batch, save_batch
-from storage.manifest import StoreError
-from storage.reader import open_dataset
-from storage.schema import ARRAY_NAMES, SCHEMA_VERSION, AnnotatedFrame, DeocclusionResult, Skip, SkipReason
-from storage.writer import finalize, write_shard
+from unihope.storage.batches import load_batch, save_batch
+from unihope.storage.manifest import StoreError
+from unihope.storage.reader import open_dataset
+from unihope.storage.schema import ARRAY_NAMES, SCHEMA_VERSION, AnnotatedFrame, DeocclusionResult, Skip, SkipReason
+from unihope.storage.writer import finalize, write_shard
 from storage_fixtures import STORAGE_ATTRS, make_batch, make_keys, shard_plan, writer_child
 from unihope.config import StorageConfig
 
@@ -335,7 +335,7 @@ def _rebuild_shard0_changed(url) -> None:
 
 
 def test_versions_are_immutable_and_an_unchanged_rebuild_commits_none(tmp_path):
-    from storage.versions import current_version, list_versions, version_digest
+    from unihope.storage.versions import current_version, list_versions, version_digest
 
     url = tmp_path / "ds"
     _, first = write_dataset(url)
@@ -361,7 +361,7 @@ def test_gc_keeps_pinned_versions_and_removes_them_once_released(tmp_path):
     import subprocess
     import time
 
-    from storage.versions import PinRecord, current_version, gc, list_versions, pin
+    from unihope.storage.versions import PinRecord, current_version, gc, list_versions, pin
 
     url = tmp_path / "ds"
     _, first = write_dataset(url)
@@ -403,7 +403,7 @@ def _version_file(url, manifest):
 
 
 def test_doubled_dropped_or_altered_manifests_are_refused(tmp_path):
-    from storage.versions import POINTER_FORMAT, version_digest
+    from unihope.storage.versions import POINTER_FORMAT, version_digest
 
     url = tmp_path / "ds"
     _, manifest = write_dataset(url, num_shards=3)
@@ -434,7 +434,7 @@ def test_doubled_dropped_or_altered_manifests_are_refused(tmp_path):
     forged = json.loads(json.dumps(original))
     forged["shards"].pop(2)
     forged.update(num_samples=12, created_utc="2999-01-01T00:00:00Z")
-    from storage.schema import ShardCommit
+    from unihope.storage.schema import ShardCommit
 
     forged["version_id"] = version_digest([ShardCommit.from_json(s) for s in forged["shards"]])
     (url / "versions" / f"{forged['version_id']}.json").write_text(json.dumps(forged))
@@ -497,8 +497,8 @@ def _zarr_values(group_path, name):
 def test_tensorstore_reads_every_array_of_a_version_like_zarr_python(tmp_path):
     import tensorstore as ts
 
-    from storage.interop import shard_group_urls
-    from storage.schema import ARRAY_DIMS
+    from unihope.storage.interop import shard_group_urls
+    from unihope.storage.schema import ARRAY_DIMS
 
     url = tmp_path / "ds"
     write_dataset(url)
@@ -516,9 +516,9 @@ def test_tensorstore_reads_every_array_of_a_version_like_zarr_python(tmp_path):
 
 
 def test_xarray_opens_a_version_as_one_table_with_all_samples(tmp_path):
-    from storage.codes import decode_utf8_fixed
-    from storage.interop import open_xarray
-    from storage.versions import current_version
+    from unihope.storage.codes import decode_utf8_fixed
+    from unihope.storage.interop import open_xarray
+    from unihope.storage.versions import current_version
 
     url = tmp_path / "ds"
     inputs, first = write_dataset(url)
@@ -698,8 +698,8 @@ def test_export_unihope_writes_what_the_released_loader_reads(tmp_path):
 def test_direct_shard_encoder_writes_the_bytes_zarr_writes(tmp_path):
     """encode_group encodes sample arrays itself (zarr-python's pipeline is the write bottleneck):
     every stored object must be byte-identical to what zarr-python writes for the same arrays."""
-    from storage.schema import ARRAYS_BY_NAME, CHUNKING_SAMPLE
-    from storage.writer import build_columns, encode_group
+    from unihope.storage.schema import ARRAYS_BY_NAME, CHUNKING_SAMPLE
+    from unihope.storage.writer import build_columns, encode_group
 
     annotated, results = make_batch(make_keys(2, 5))
     columns = build_columns(annotated, results)

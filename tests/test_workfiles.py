@@ -1,4 +1,4 @@
-"""Work files (issue 15.3 / 14.1): grasp parts and de-occlusion results are storage.batches files, never pickles."""
+"""Work files (issue 15.3 / 14.1): grasp parts and de-occlusion results are unihope.storage.batches files, never pickles."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.schema import DeocclusionResult, GraspLabel, Skip, SkipReason
+from unihope.storage.schema import DeocclusionResult, GraspLabel, Skip, SkipReason
 from storage_fixtures import make_annotated, make_batch, make_keys
-from tasks.work import (
+from unihope.tasks.work import (
     GraspPartOutput, StageHashes, WorkLayout, load_grasp_part, load_results, save_grasp_part, save_results,
 )
 
@@ -100,13 +100,13 @@ def test_a_pickle_planted_as_a_work_file_is_refused_unrun(tmp_path: Path) -> Non
         for path, load in ((layout.grasp_part_path(0), load_grasp_part), (layout.deocclude_results_path(0), load_results)):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(payload)
-            with pytest.raises(ValueError, match="not a work file written by storage.batches.save_records.*delete it"):
+            with pytest.raises(ValueError, match="not a work file written by unihope.storage.batches.save_records.*delete it"):
                 load(path)
     assert not marker.exists()
 
 
 def test_a_work_file_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
-    from storage.batches import save_batch
+    from unihope.storage.batches import save_batch
 
     annotated, results = make_batch(make_keys(1, 2), every_nth_without_result=100)
     save_results(tmp_path / "results.npz", results)

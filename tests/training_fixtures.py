@@ -39,10 +39,10 @@ def build_small_dataset(work: Path, url: str, hand_cfg: HandModelConfig, num_seq
     The synthetic frames live in `work/src-<n>`; a second call with more sequences rewrites `url`
     with one more sequence (a new dataset version at the same location).
     """
-    from storage.schema import AnnotatedFrame, FrameRecord
-    from storage.writer import finalize, write_shard
-    from tasks.common import on_render_thread
-    from tasks.pack import dataset_attrs
+    from unihope.storage.schema import AnnotatedFrame, FrameRecord
+    from unihope.storage.writer import finalize, write_shard
+    from unihope.tasks.common import on_render_thread
+    from unihope.tasks.pack import dataset_attrs
     from unihope.deocclude import build_deoccluder
     from unihope.grasp import label_grasps
     from unihope.render.annotate import annotate_frames

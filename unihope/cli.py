@@ -13,10 +13,6 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniHOPE data generation and training.")
 
 DISTRIBUTION = "unihope-datagen"
-# Stage code logs with the standard `logging` module (it never imports Prefect); naming its loggers
-# here makes Prefect forward their records to the task run's logs (the UI) in this process and in the
-# worker processes it starts. Set by the command, not on import, and only when the user has not.
-STAGE_LOGGERS_ENV, STAGE_LOGGERS = "PREFECT_LOGGING_EXTRA_LOGGERS", "unihope,storage"
 SET_HELP = "Override a config field: --set section.field=value (YAML scalar; repeatable; validated by the config)."
 
 
@@ -49,7 +45,7 @@ def _user_errors(command: str) -> Iterator[None]:
     ValueError covers ConfigError and PreflightError; StoreError is a missing or damaged dataset;
     an OSError is a file that is missing, unreadable or on a full / read-only disk.
     """
-    from storage.manifest import StoreError
+    from unihope.storage.manifest import StoreError
     from unihope.preflight import describe_os_error
 
     try:
@@ -80,9 +76,9 @@ def main(
                                       help="Print the installed unihope-datagen version and exit."),
 ) -> None:
     """UniHOPE data generation and training."""
-    import os
+    from unihope.prefect_env import apply_prefect_env_defaults
 
-    os.environ.setdefault(STAGE_LOGGERS_ENV, STAGE_LOGGERS)
+    apply_prefect_env_defaults()  # before any command imports Prefect; the user's own settings win
 
 
 @app.command()
@@ -161,7 +157,7 @@ def build(
     train_overrides: list[str] = typer.Option([], "--train-set", help="As --set, for --train's training config."),
 ) -> None:
     """Run the build_dataset flow: source -> grasp -> annotate -> de-occlude -> pack -> finalize."""
-    from flows.build import run_build_from_cli
+    from unihope.flows.build import run_build_from_cli
     from unihope.rich_progress import terminal_progress
 
     with terminal_progress():  # stage bars on a terminal; plain log lines always
@@ -182,7 +178,7 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Train the UniHOPE model from the shards; evaluates on the held-out split at the end."""
-    from storage.manifest import StoreError
+    from unihope.storage.manifest import StoreError
     from unihope.training import load_train_config, run_training_from_cli, run_training_in_runs_dir
 
     if (out is None) == (runs_dir is None):
@@ -212,7 +208,7 @@ def evaluate(
         None, help="Folder with the MANO_RIGHT.pkl / MANO_LEFT.pkl the dataset was built with (overrides hand.mano_dir)."),
 ) -> None:
     """Evaluate a checkpoint: MPJPE, PA-MPJPE, MPVPE, ADD-S, switcher accuracy, occlusion table."""
-    from storage.manifest import StoreError
+    from unihope.storage.manifest import StoreError
     from unihope.training import run_evaluation_from_cli
 
     try:
@@ -230,8 +226,8 @@ def report(
     out: Path = typer.Option(..., help="Folder for index.html and PNGs."),
 ) -> None:
     """Write an HTML report: contact sheets, histograms, skip table (every shard's checksums are checked)."""
-    from storage.io import locate, read_bytes
-    from storage.manifest import MANIFEST_NAME
+    from unihope.storage.io import locate, read_bytes
+    from unihope.storage.manifest import MANIFEST_NAME
     from unihope.report import write_report
 
     with _user_errors("report"):
@@ -251,7 +247,7 @@ def deploy(
                                    "(<dataset version>-<config digest>/ per build)."),
 ) -> None:
     """Serve the build-dataset (cron) and train (triggered on build completion) deployments."""
-    from flows.deploy import serve_deployments
+    from unihope.flows.deploy import serve_deployments
 
     with _user_errors("deploy"):
         serve_deployments(config_path=config, out=out, cron=cron, train_config_path=train_config, train_out=train_out)
@@ -271,7 +267,7 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Folder for everything 
 @app.command("ls-versions")
 def ls_versions(data: str = typer.Option(..., help="Dataset path or URL.")) -> None:
     """List the dataset's committed versions, newest first: id, created, samples, shards, pins."""
-    from storage.versions import list_versions
+    from unihope.storage.versions import list_versions
 
     with _user_errors("ls-versions"):
         rows = list_versions(data)
@@ -290,7 +286,7 @@ def gc_versions(
     keep: int = typer.Option(2, help="Keep this many of the newest versions (pinned ones are always kept)."),
 ) -> None:
     """Remove old dataset versions and the shard folders only they referenced."""
-    from storage.versions import gc
+    from unihope.storage.versions import gc
 
     with _user_errors("gc"):
         result = gc(data, keep=keep)

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from storage.schema import Crop, FrameRecord, GraspLabel, Skip, SkipReason
+from unihope.storage.schema import Crop, FrameRecord, GraspLabel, Skip, SkipReason
 from unihope.config import CropConfig
 from unihope.render.camera import project_points
 

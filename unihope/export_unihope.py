@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from storage.io import write_file_atomic
-from storage.reader import open_dataset
+from unihope.storage.io import write_file_atomic
+from unihope.storage.reader import open_dataset
 from unihope.sources.dexycb import COLOR_FORMAT, DEPTH_FORMAT, LABEL_FORMAT, META_FILE, DexYCBSource
 from unihope.sources.splits import dexycb_split
 
@@ -97,7 +97,7 @@ def export_unihope_labels(
         out_dir: folder for the files (the UniHOPE loader's dataset_root).
         dexycb_root: the DexYCB tree the dataset was built from (meta.yml, label files); None = the
             `source.root` stored in the dataset's config.
-        version: dataset version id (storage.versions); None = the newest.
+        version: dataset version id (unihope.storage.versions); None = the newest.
 
     Returns:
         ExportSummary.
@@ -105,7 +105,7 @@ def export_unihope_labels(
     Raises:
         ValueError: on an unknown setup, a dataset that is not DexYCB, no DexYCB root, or a sample
             that is in none of the setup's splits.
-        storage.manifest.StoreError: on a damaged dataset.
+        unihope.storage.manifest.StoreError: on a damaged dataset.
     """
     # 1. Check inputs
     if setup not in SETUPS:

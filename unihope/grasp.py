@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.schema import FrameRecord, GraspLabel
+from unihope.storage.schema import FrameRecord, GraspLabel
 from unihope.config import GraspConfig
 
 RAD_TO_DEG = 180.0 / np.pi

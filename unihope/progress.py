@@ -1,7 +1,7 @@
 """Progress of a build: plain log lines (frames done / total per stage, rate, ETA) plus optional observers.
 
 Observers receive `(stage, done_frames, total_frames)` on every update: the build flow adds one
-that publishes Prefect progress artifacts (`tasks.artifacts`), and the CLI registers a rich
+that publishes Prefect progress artifacts (`unihope.tasks.artifacts`), and the CLI registers a rich
 display for an interactive terminal (`unihope.rich_progress`) with `add_display`.
 """
 

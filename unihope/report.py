@@ -106,8 +106,8 @@ def _histogram(values: np.ndarray, edges: tuple[float, ...]) -> tuple[int, ...]:
 
 def read_skips(url: str) -> list[dict]:
     """The dataset's skips.jsonl entries (empty when the file is absent)."""
-    from storage.io import locate, read_bytes
-    from storage.manifest import SKIPS_NAME
+    from unihope.storage.io import locate, read_bytes
+    from unihope.storage.manifest import SKIPS_NAME
 
     payload = read_bytes(locate(url), SKIPS_NAME)
     if payload is None:
@@ -124,7 +124,7 @@ def summarize_dataset(url: str) -> DatasetSummary:
     Returns:
         The summary.
     """
-    from storage.reader import open_dataset
+    from unihope.storage.reader import open_dataset
 
     # 1. Columns of every committed shard (each chunk checked against its commit record's sha256).
     view = open_dataset(url)
@@ -292,7 +292,7 @@ def write_report(data_url: str, out_dir: Path) -> Path:
     Returns:
         Path of index.html.
     """
-    from storage.reader import open_dataset
+    from unihope.storage.reader import open_dataset
 
     # 1. Summary and sample selection.
     out_dir = Path(out_dir)

@@ -18,13 +18,13 @@ RUN_DIR_SEPARATOR = "-"
 def dataset_version(url: str) -> str:
     """The version of the finished dataset at `url`: the one function every run key reads it from.
 
-    The storage layer's newest committed version id (`storage.versions.current_version`): a digest
+    The storage layer's newest committed version id (`unihope.storage.versions.current_version`): a digest
     of the shards it references, so an unchanged rebuild keeps its version and any change makes a new one.
 
     Raises:
         ValueError: (a StoreError) when the dataset has no committed version (not finalized).
     """
-    from storage.versions import current_version
+    from unihope.storage.versions import current_version
 
     return current_version(url)
 

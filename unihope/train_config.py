@@ -106,12 +106,12 @@ class OptimConfig(StageConfig):
 
 
 class DataConfig(StageConfig):
-    """Which samples the run reads through `storage.reader.PairedDataset`."""
+    """Which samples the run reads through `unihope.storage.reader.PairedDataset`."""
 
     train_split: Literal["train", "val"] = "train"
     eval_split: Literal["train", "val"] = "val"
     num_workers: int = Field(0, ge=0)  # batches load in a fixed order either way (reproducible)
-    augment: bool = False  # storage.augment.AugmentConfig defaults on the training split (same for both images of a pair)
+    augment: bool = False  # unihope.storage.augment.AugmentConfig defaults on the training split (same for both images of a pair)
     val_fraction: float | None = Field(None, ge=0, lt=1)  # share of sequences in "val"; None = the build's value
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)

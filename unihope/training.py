@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from storage.io import write_file_atomic
-from storage.reader import make_loader
+from unihope.storage.io import write_file_atomic
+from unihope.storage.reader import make_loader
 from unihope import metrics as M
 from unihope.config import HandModelConfig
 from unihope.run_keys import RunIdentity
 from unihope.train_config import TrainConfig
-from unihope_model import (
+from unihope.model import (
     LossTargets,
     LossWeights,
     ModelSpec,
@@ -40,7 +40,7 @@ from unihope_model import (
     teacher_pass,
     total_loss,
 )
-from unihope_model.roi_align import HAND_ROI_BOX_SCALE, OBJECT_ROI_BOX_SCALE, points_box_xyxy
+from unihope.model.roi_align import HAND_ROI_BOX_SCALE, OBJECT_ROI_BOX_SCALE, points_box_xyxy
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -158,7 +158,7 @@ def prepare_batch(
     """Mirror left hands, resize to the model input, make the RoI boxes and (training only) apply masking.
 
     Args:
-        batch: a collated batch of `storage.reader.PairedDataset` samples.
+        batch: a collated batch of `unihope.storage.reader.PairedDataset` samples.
         cfg: training config.
         device: where the tensors go.
         epoch: seeds the masking together with each sample key.
@@ -538,7 +538,7 @@ def epoch_order(num_samples: int, batch_size: int, seed: int, epoch: int) -> lis
     """The batches of one epoch: a permutation seeded by (seed, epoch), cut into batch_size chunks.
 
     Depending only on (seed, epoch) makes the order reproducible after a resume mid-epoch; it is the
-    order `storage.reader.make_loader` (EpochSampler) yields, which training reads through.
+    order `unihope.storage.reader.make_loader` (EpochSampler) yields, which training reads through.
     """
     order = np.random.default_rng([seed, epoch]).permutation(num_samples)
     return [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
@@ -550,7 +550,7 @@ class FirstSamples(torch.utils.data.Dataset):
     def __init__(self, dataset, num_samples: int) -> None:
         self.dataset, self.num_samples = dataset, min(num_samples, len(dataset))
         self.augment = getattr(dataset, "augment", None)
-        self.reads_batches = getattr(dataset, "reads_batches", False)  # storage.reader.make_loader's batched path
+        self.reads_batches = getattr(dataset, "reads_batches", False)  # unihope.storage.reader.make_loader's batched path
         self.version_id = getattr(dataset, "version_id", "")
 
     def __len__(self) -> int:
@@ -599,7 +599,7 @@ def train(
 
     Args:
         cfg: training config.
-        train_dataset: samples with the `storage.reader.PairedDataset` keys.
+        train_dataset: samples with the `unihope.storage.reader.PairedDataset` keys.
         eval_dataset: held-out samples, or None to skip evaluation.
         out_dir: run folder (checkpoints/, loss_history.jsonl, metrics.jsonl, metrics.json, plots/).
         hand_layer: right-hand MANO layer.
@@ -663,7 +663,7 @@ def train(
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # storage.reader.make_loader: the epoch's order is epoch_order(...) (seeded by (seed, epoch)), resumable mid-epoch
+        # unihope.storage.reader.make_loader: the epoch's order is epoch_order(...) (seeded by (seed, epoch)), resumable mid-epoch
         loader = make_loader(train_dataset, cfg.optim.batch_size, cfg.data.num_workers, shuffle=True, seed=cfg.seed,
                              epoch=epoch, skip_batches=first_batch, num_shards=dp.num_processes,
                              shard_index=dp.process_index)
@@ -712,7 +712,7 @@ def train(
         "train_seconds_this_session": train_seconds,
         "device": str(device),
         "config_hash": cfg.config_hash(),
-        "data_version": getattr(train_dataset, "version_id", ""),  # storage.versions id the run read ("" in tests)
+        "data_version": getattr(train_dataset, "version_id", ""),  # unihope.storage.versions id the run read ("" in tests)
         "evaluated": False,
         **(identity.to_json() if identity is not None else {}),
     }
@@ -964,12 +964,12 @@ def _json_safe(value):
 
 def open_paired_dataset(data_url: str, split: str, cfg: TrainConfig, max_samples: int | None, augment_on: bool = False,
                         version: str | None = None):
-    """The shards' split through `storage.reader.PairedDataset` (capped to `max_samples`; augmented when asked).
+    """The shards' split through `unihope.storage.reader.PairedDataset` (capped to `max_samples`; augmented when asked).
 
-    `version` is a dataset version id (storage.versions); None = the newest.
+    `version` is a dataset version id (unihope.storage.versions); None = the newest.
     """
-    from storage.augment import AugmentConfig
-    from storage.reader import PairedDataset
+    from unihope.storage.augment import AugmentConfig
+    from unihope.storage.reader import PairedDataset
 
     augment = AugmentConfig() if (augment_on and cfg.data.augment) else None
     dataset = PairedDataset(data_url, split=split, augment=augment, seed=cfg.seed, val_fraction=cfg.data.val_fraction,
@@ -1014,7 +1014,7 @@ def resolve_hand_model(cfg: TrainConfig, data_url: str, log=print):
     Raises:
         ValueError: one line, when the dataset was built with another hand model (or is not finalized).
     """
-    from storage.reader import open_dataset
+    from unihope.storage.reader import open_dataset
     from unihope.hand_identity import HAND_KIND_MANO, check_same_hand_model, dataset_hand_identity, hand_model_identity
 
     view = open_dataset(data_url)
@@ -1056,7 +1056,7 @@ def run_training_from_cli(
     Raises:
         ValueError: on a hand model mismatch, or a run folder holding a run on other data.
     """
-    from storage.versions import current_version, pin
+    from unihope.storage.versions import current_version, pin
 
     cfg = with_mano_dir(load_train_config(config_path, overrides), mano_dir)
     _apply_cpu_threads(cfg)

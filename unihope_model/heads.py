@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unihope_model.backbone import make_norm
+from unihope.model.backbone import make_norm
 
 NUM_JOINTS = 21
 NUM_OBJECT_KEYPOINTS = 21  # centre, 8 box corners, 12 edge midpoints

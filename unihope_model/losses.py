@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from unihope_model.enhancement import image_level_loss, occlusion_attention, output_level_loss, token_level_loss
-from unihope_model.model import UniHOPEOutput
-from unihope_model.roi_align import roi_px_to_box
+from unihope.model.enhancement import image_level_loss, occlusion_attention, output_level_loss, token_level_loss
+from unihope.model.model import UniHOPEOutput
+from unihope.model.roi_align import roi_px_to_box
 
 HEATMAP_SIGMA_FRACTION = 1.0 / 16  # Gaussian sigma as a fraction of the hand box (2 bins at R = 32)
 MIN_HEATMAP_SIGMA_BINS = 0.75

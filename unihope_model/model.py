@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unihope_model.backbone import RESNET_BLOCKS, HFLBackbone
-from unihope_model.fpn import FPN
-from unihope_model.fusion import FUSION_MODES, GraspAwareFusion, HandToObjectAttention
-from unihope_model.heads import NUM_MANO_POSE, HandDecoder, ObjectDecoder, heatmap_argmax_box
-from unihope_model.roi_align import MIN_BOX_SIDE_PX, box_to_roi_px, roi_align, roi_boxes
-from unihope_model.switcher import ObjectSwitcher
+from unihope.model.backbone import RESNET_BLOCKS, HFLBackbone
+from unihope.model.fpn import FPN
+from unihope.model.fusion import FUSION_MODES, GraspAwareFusion, HandToObjectAttention
+from unihope.model.heads import NUM_MANO_POSE, HandDecoder, ObjectDecoder, heatmap_argmax_box
+from unihope.model.roi_align import MIN_BOX_SIDE_PX, box_to_roi_px, roi_align, roi_boxes
+from unihope.model.switcher import ObjectSwitcher
 
 FPN_STRIDE_PX = 4  # P2 sits at 1/4 of the input resolution
 HAND_LAYER_PREFIX = "hand_layer."

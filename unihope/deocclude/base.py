@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.schema import AnnotatedFrame, DeocclusionResult
+from unihope.storage.schema import AnnotatedFrame, DeocclusionResult
 from unihope.config import DeocclusionConfig
 
 from .beta import candidate_betas

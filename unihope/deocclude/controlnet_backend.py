@@ -27,7 +27,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from storage.schema import AnnotatedFrame
+from unihope.storage.schema import AnnotatedFrame
 from unihope.config import ControlNetConfig, DeocclusionConfig
 
 from .base import Candidates, Deoccluder, sample_seed

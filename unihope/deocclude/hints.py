@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from storage.schema import AnnotatedFrame
+from unihope.storage.schema import AnnotatedFrame
 
 # HandRefiner's depth hint: nearest hand pixel -> 255, farthest -> 255 * (1 - 0.8) = 51, background 0.
 DEPTH_HINT_MAX = 255.0

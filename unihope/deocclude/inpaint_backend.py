@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from storage.schema import AnnotatedFrame
+from unihope.storage.schema import AnnotatedFrame
 
 from .base import Deoccluder
 

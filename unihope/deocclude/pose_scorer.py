@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from storage.schema import AnnotatedFrame
+from unihope.storage.schema import AnnotatedFrame
 
 from .scoring import (
     FINGER_WEIGHT_FLOOR,

@@ -24,7 +24,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from storage.schema import FINGER_NAMES, HAND_PART_FINGER_FIRST, HAND_PART_PALM, NUM_JOINTS, AnnotatedFrame
+from unihope.storage.schema import FINGER_NAMES, HAND_PART_FINGER_FIRST, HAND_PART_PALM, NUM_JOINTS, AnnotatedFrame
 
 from .hints import occluded_hand_mask
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from storage.schema import (
+from unihope.storage.schema import (
     FINGER_NAMES,
     HAND_PART_FINGER_FIRST,
     HAND_PART_PALM,

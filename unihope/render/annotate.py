@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from storage.schema import (
+from unihope.storage.schema import (
     HAND_PART_FINGER_FIRST,
     SEG_HAND,
     SEG_OBJECT,
@@ -70,7 +70,7 @@ def get_renderer(size_px: int, platform: str) -> AnnotationRenderer:
 
     Keyed by thread as well: an EGL context stays current on the thread that rendered with it, and
     making it current on another thread fails (EGL_BAD_ACCESS). Builds render on one render thread
-    (`tasks.common.on_render_thread`); a direct caller on another thread gets its own renderer.
+    (`unihope.tasks.common.on_render_thread`); a direct caller on another thread gets its own renderer.
     """
     key = (int(size_px), platform, threading.get_ident())
     if key not in _RENDERERS:

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from storage.schema import NUM_OBJECT_KEYPOINTS, SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
+from unihope.storage.schema import NUM_OBJECT_KEYPOINTS, SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
 
 MIN_EXTENT_M = 1e-6  # a mesh smaller than this (a point) maps to the cube's centre, not a division by zero
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.schema import HAND_PART_PALM, SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
+from unihope.storage.schema import HAND_PART_PALM, SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
 from unihope.render.camera import cv_pose_to_gl, intrinsics_camera, set_camera_intrinsics
 from unihope.render.features import block_centre_samples
 from unihope.render.gl import import_pyrender

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from storage.schema import FrameRecord, FrameRef, Skip
+from unihope.storage.schema import FrameRecord, FrameRef, Skip
 from unihope.config import HandModelConfig, SourceConfig
 
 

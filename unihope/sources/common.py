@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from storage.schema import FrameRef, Skip, SkipReason
+from unihope.storage.schema import FrameRef, Skip, SkipReason
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from storage.schema import NUM_JOINTS, NUM_MANO_BETAS, FrameRecord, FrameRef, Skip, SkipReason
+from unihope.storage.schema import NUM_JOINTS, NUM_MANO_BETAS, FrameRecord, FrameRef, Skip, SkipReason
 from unihope.config import TIP_CONVENTION_OF_LAYOUT, HandModelConfig
 from unihope.hand import load_mano_arrays, pca_to_axis_angle, tip_vertex_ids
 from unihope.sources.common import (

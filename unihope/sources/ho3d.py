@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from storage.schema import NUM_JOINTS, NUM_MANO_BETAS, NUM_MANO_POSE, FrameRecord, FrameRef, Skip, SkipReason
+from unihope.storage.schema import NUM_JOINTS, NUM_MANO_BETAS, NUM_MANO_POSE, FrameRecord, FrameRef, Skip, SkipReason
 from unihope.config import TIP_CONVENTION_OF_LAYOUT, HandModelConfig
 from unihope.hand.constants import MANO_TO_DEXYCB_JOINTS
 from unihope.render.camera import project_points

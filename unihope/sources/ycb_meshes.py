@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from storage.io import write_file_atomic
+from unihope.storage.io import write_file_atomic
 
 # The 21 YCB objects of DexYCB, in YCB-id order (id = index + 1).
 YCB_NAMES: tuple[str, ...] = (

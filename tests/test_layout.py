@@ -1,0 +1,61 @@
+"""Package layout (issue 15.1 / 15.2): one `unihope` import namespace, and imports change nothing process-wide."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The design card's top-level folders, installed as unihope.storage / .tasks / .flows / .model.
+FOLDER_NAMES = ("storage", "tasks", "flows", "unihope_model")
+
+
+def test_wheel_installs_only_the_unihope_namespace(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert all(name == "unihope" or name.startswith("unihope_datagen-") for name in top_level), top_level
+    for module in ("unihope/storage/schema.py", "unihope/tasks/annotate.py", "unihope/flows/build.py",
+                   "unihope/model/model.py", "unihope/cli.py"):
+        assert module in names, module
+
+
+def _imported_modules(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(node.module)
+    return found
+
+
+def test_no_module_imports_a_folder_by_its_top_level_name():
+    # Importing `storage.x` beside `unihope.storage.x` would load the module twice (two classes, two caches).
+    offenders = []
+    for folder in ("unihope", *FOLDER_NAMES, "tests", "bench"):
+        for path in (REPO / folder).rglob("*.py"):
+            if (REPO / "unihope") in path.parents and path.resolve() != path:
+                continue  # the namespace links: their files are scanned under their own folder
+            for module in _imported_modules(path):
+                if module.split(".")[0] in FOLDER_NAMES:
+                    offenders.append(f"{path.relative_to(REPO)}: {module}")
+    assert not offenders, offenders
+
+
+def test_importing_the_flows_leaves_the_environment_alone():
+    code = ("import json, os; before = dict(os.environ); import unihope.flows.build, unihope.flows.train, "
+            "unihope.flows.deploy, unihope.cli; after = dict(os.environ); "
+            "print(json.dumps(sorted(set(after.items()) ^ set(before.items()))))")
+    env = {key: value for key, value in __import__("os").environ.items()
+           if not key.startswith(("PREFECT_", "DO_NOT_TRACK"))}
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=300)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
