@@ -218,7 +218,8 @@ def augment_pair_u8(sample: dict[str, np.ndarray], params: AugmentParams) -> dic
     is_identity_geometry = params.rotation_rad == 0.0 and params.scale == 1.0 and params.shift_px == (0.0, 0.0)
 
     # 2. Geometry: one warp per image, each carrying one mask in its 4th channel (4-channel warps are
-    #    fast; one 8-channel warp of both takes OpenCV's generic path, 3x slower and not bit-identical)
+    #    fast; one 8-channel warp of both takes OpenCV's generic path, slower and not bit-identical:
+    #    docs/performance/storage.md)
     pair = np.empty((2, S, S, 3), np.uint8)
     if is_identity_geometry:
         pair[0], pair[1] = sample["image"], sample["image_deoccluded"]

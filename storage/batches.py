@@ -30,9 +30,8 @@ from unihope.storage.schema import AnnotatedFrame, Crop, DeocclusionResult, Fram
 
 BATCH_FORMAT_VERSION = 1
 BATCH_COMPRESSION_LEVEL = 1
-# lz4, not zstd: these files live minutes and are written once and read twice per build. On a
-# 240-frame batch of 128 px crops lz4-1 saves in 0.72 ms/frame and loads in 0.48 (67 KB/frame),
-# zstd-1 in 1.35 and 0.67 (51 KB/frame): ~1 ms/frame less of the flow's in-task overhead.
+# lz4, not zstd: these files live minutes and are written once and read twice per build, so saving
+# and loading time matters more than their size (lz4-1 vs zstd-1: docs/performance/pipeline.md).
 _META_KEY = "__meta__"
 RECORDS_FORMAT_VERSION = 1
 _RECORDS_KIND = "records"

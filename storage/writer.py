@@ -254,7 +254,8 @@ def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "Storag
                 compressors=BloscCodec(cname=cfg.image_codec, clevel=cfg.compression_level, shuffle=shuffle), **common,
             )
             # Zarr writes the array's metadata; the shard object itself is encoded directly (same bytes, tested):
-            # zarr-python's codec pipeline spends ~1.5-2 s per 256 samples on per-inner-chunk overhead.
+            # zarr-python's codec pipeline spends most of a shard's encode on per-inner-chunk overhead
+            # (docs/performance/storage.md, direct shard encoder).
             shard_objects[chunk_key_of(spec.name, column.ndim)] = encode_blosc_shard(
                 column, cname=cfg.image_codec, clevel=cfg.compression_level, shuffle=shuffle)
             continue
@@ -298,8 +299,8 @@ def _put_objects(loc: Location, data_path: str, objects: dict[str, bytes]) -> No
     """Store encoded objects under data_path: durable files on disk, one concurrent batch of PUTs elsewhere.
 
     On disk every file and folder is fsynced before the caller commits. The fsyncs run on a thread
-    pool: the file system then batches them into a few journal commits (110 files: ~50 ms instead
-    of ~550 ms one after another, measured here).
+    pool: the file system then batches them into a few journal commits, far faster than fsyncing a
+    shard's files one after another (docs/performance/storage.md).
     """
     if not loc.is_local:
         loc.fs.pipe({loc.path(f"{data_path}/{key}"): payload for key, payload in objects.items()})

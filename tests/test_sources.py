@@ -13,14 +13,14 @@ import pytest
 import trimesh
 
 from unihope.storage.schema import FrameRecord, Skip, SkipReason
-from unihope.config import HandModelConfig, SourceConfig, SyntheticConfig
+from unihope.config import DEXYCB_SPLIT_NAMES, HO3D_SPLIT_NAMES, HandModelConfig, SourceConfig, SyntheticConfig
 from unihope.hand import HandLayer, load_mano_arrays, resolve_mano_path
 from unihope.render.camera import cv_pose_to_gl, intrinsics_camera, project_points
 from unihope.sources import SOURCES, open_source, summarize_frames
 from unihope.sources.common import FrameFileError, rotation_from_axis_angle, transform_mano_global
 from unihope.sources.dexycb import DexYCBSource
 from unihope.sources.ho3d import HO3DSource, decode_ho3d_depth_m, encode_ho3d_depth, load_ho3d_meta
-from unihope.sources.splits import DEXYCB_SERIALS, DEXYCB_SPLITS, DEXYCB_SUBJECTS
+from unihope.sources.splits import DEXYCB_SERIALS, DEXYCB_SPLITS, DEXYCB_SUBJECTS, HO3D_SPLITS
 from unihope.sources.synthetic import COMPLETE_MARKER, write_synthetic_dataset
 
 from conftest import SYNTHETIC_DEXYCB_CONFIG, SYNTHETIC_HO3D_CONFIG
@@ -300,6 +300,8 @@ def test_unknown_split_lists_valid_ones(fake_dexycb_tree: Path, synthetic_ho3d: 
     with pytest.raises(ValueError, match="evaluation"):
         HO3DSource(synthetic_ho3d, "test")
     assert set(DEXYCB_SPLITS) == {"all"} | {f"s{k}_{s}" for k in range(4) for s in ("train", "val", "test")}
+    # the config accepts exactly the splits that have a rule (it checks names without importing the sources)
+    assert tuple(DEXYCB_SPLITS) == DEXYCB_SPLIT_NAMES and tuple(HO3D_SPLITS) == HO3D_SPLIT_NAMES
 
 
 # --- corrupt frames become skips ----------------------------------------------------------------

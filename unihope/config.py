@@ -21,6 +21,10 @@ M = TypeVar("M", bound=BaseModel)
 # Whose fingertip vertices each on-disk layout's 21-joint labels use (see unihope.hand.TIP_CONVENTIONS):
 # DexYCB's joint_3d comes from manopth's MANO layer, HO3D's handJoints3D from the HO3D toolkit's.
 TIP_CONVENTION_OF_LAYOUT: dict[str, str] = {"dexycb": "manopth", "ho3d": "ho3d"}
+# The names source.split accepts per layout; unihope.sources.splits holds each one's rule (one per name,
+# tests/test_sources.py checks). The names live here so the config layer checks them without importing a source.
+DEXYCB_SPLIT_NAMES: tuple[str, ...] = ("all", *(f"s{k}_{part}" for k in range(4) for part in ("train", "val", "test")))
+HO3D_SPLIT_NAMES: tuple[str, ...] = ("all", "train", "evaluation")
 
 
 class StageConfig(BaseModel):
@@ -111,11 +115,8 @@ class SourceConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check_split(self) -> "SourceConfig":
-        # Imported here: unihope.sources imports this module.
-        from unihope.sources.splits import DEXYCB_SPLITS, HO3D_SPLITS
-
         layout = self.synthetic.format if self.kind == "synthetic" else self.kind
-        valid = DEXYCB_SPLITS if layout == "dexycb" else HO3D_SPLITS
+        valid = DEXYCB_SPLIT_NAMES if layout == "dexycb" else HO3D_SPLIT_NAMES
         if self.split not in valid:
             raise ValueError(f"source.split={self.split!r} is not a {layout} split; valid splits: {', '.join(valid)}")
         return self
@@ -272,8 +273,8 @@ class FlowConfig(StageConfig):
     # until its timeout (fault injection)
     fail_once: tuple[str, ...] = ()
     # Tasks that call EGL or CUDA give up after this long and are retried (a stuck driver call never
-    # hangs a build): a 256-frame annotate batch takes ~1 min on one CPU core, a ControlNet batch
-    # (3 betas x 50 steps) ~10-25 min on one GPU.
+    # hangs a build). The defaults leave a wide margin over a 256-frame batch of each stage
+    # (measured durations: docs/OPERATIONS.md, Timeouts).
     annotate_timeout_s: float = Field(1800.0, gt=0)
     deocclude_timeout_s: float = Field(7200.0, gt=0)
     work_dir: Path | None = None  # intermediate batches + result cache; None -> <out>/_work (needed for URL outputs)

@@ -36,8 +36,8 @@ DEOCCLUDERS: dict[str, Callable[[DeocclusionConfig, Scorer | None], Deoccluder]]
 
 # Backends that hold a GPU while they run. Only their tasks carry `flow.gpu_tag`: the tag's
 # concurrency limit exists to share a GPU, and a tagged task pays for a lease request to the API
-# (measured ~2 s per task on Prefect 3.8's SQLite server, docs/performance/pipeline.md), which the
-# CPU-only backends (render, inpaint) have no reason to pay.
+# (seconds per task on a SQLite server, docs/performance/pipeline.md), which the CPU-only backends
+# (render, inpaint) have no reason to pay.
 GPU_BACKENDS = frozenset({"controlnet"})
 
 

@@ -57,9 +57,9 @@ class ObjectAsset:
     keypoints_obj_m: np.ndarray  # (21, 3) float64 box centre, corners, edge midpoints, object frame
 
 
-# Per-process caches. A GL context and compiled shaders cost ~50-150 ms and a hand layer loads a model
-# file, both far more than annotating a frame, and worker processes annotate many batches: keep one of
-# each per process, keyed by what makes them differ. They hold no per-frame state.
+# Per-process caches. A GL context with compiled shaders and a hand layer (it loads a model file) each
+# cost far more than annotating a frame (docs/performance/annotate.md), and worker processes annotate
+# many batches: keep one of each per process, keyed by what makes them differ. No per-frame state.
 _RENDERERS: dict[tuple[int, str, int], AnnotationRenderer] = {}  # (size, platform, thread id)
 _HAND_LAYERS: dict[tuple[str, str, str], tuple[object, HandPartGeometry]] = {}
 _OBJECTS: dict[str, ObjectAsset | Skip] = {}  # keyed by ObjectAsset.cache_key
@@ -250,8 +250,8 @@ def _hand_vertices_by_frame(
     One pass per frame, not one per batch: a batched MANO forward is not batch-invariant (BLAS blocks
     rows differently with the batch size, so a row moves by an ulp with its neighbours), and an ulp of a
     vertex can move a depth sample by microns or flip an edge pixel. A frame's annotation must depend on
-    that frame alone, whichever batch (or retry, or OOM-halved chunk) it lands in. It costs ~0.5 ms a
-    frame, a few per cent of annotating one.
+    that frame alone, whichever batch (or retry, or OOM-halved chunk) it lands in. It costs a few per
+    cent of annotating a frame (docs/performance/annotate.md).
     """
     vertices: list[np.ndarray] = []
     for frame in frames:

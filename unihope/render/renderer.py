@@ -72,12 +72,12 @@ class RenderedLayers:
 class AnnotationRenderer:
     """An OffscreenRenderer and a scene kept for the life of a worker process; meshes are swapped per frame.
 
-    Creating an OffscreenRenderer (an EGL/OSMesa context plus shader compilation) costs ~50-150 ms, more
-    than rendering a frame, so one is made per (size, platform) and reused. The scene holds a fixed
-    camera node, NUM_HAND_PARTS hand-part nodes, one whole-hand node and one object node whose meshes are
-    replaced in place.
+    Creating an OffscreenRenderer (an EGL/OSMesa context plus shader compilation) costs more than
+    rendering a frame (docs/performance/annotate.md), so one is made per (size, platform) and reused.
+    The scene holds a fixed camera node, NUM_HAND_PARTS hand-part nodes, one whole-hand node and one
+    object node whose meshes are replaced in place.
 
-    pyrender spends ~0.3 ms of Python per drawn node and pass, so only the hand-alone pass draws the
+    pyrender spends a fixed Python cost per drawn node and pass, so only the hand-alone pass draws the
     parts (SEG colours are per node); the other passes draw the whole hand as one node. The visible
     part labels follow from the hand-alone parts and the scene's hand mask: the object can hide hand
     surface but never reveal a different one.
@@ -222,7 +222,8 @@ class AnnotationRenderer:
 
         # 4. Feature-size FLAT pass for the vertex colours, without the part nodes. It stays a render at the
         #    feature size: a crop-size FLAT pass sampled down avoids pyrender's framebuffer rebuild on the
-        #    viewport change but measured ~5-10 % slower overall (4x MSAA raster and readback of 16x the pixels).
+        #    viewport change but was slower overall (4x MSAA raster and readback of 16x the pixels; A/B in
+        #    docs/performance/annotate.md).
         self._set_view(feature_intrinsics(K_crop, self.size_px, feature_size_px), feature_size_px)
         for node in self._hand_nodes:
             node.mesh.is_visible = False

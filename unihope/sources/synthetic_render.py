@@ -132,7 +132,7 @@ def get_scene_renderer(width_px: int, height_px: int, platform: str = "egl") -> 
     """This thread's SceneRenderer for this image size and platform, created on first use.
 
     One per thread, since an EGL context stays current on the thread that rendered with it (making
-    it current on another fails with EGL_BAD_ACCESS). Never deleted: creating a GL context costs ~50-150 ms, and pyrender's EGL
+    it current on another fails with EGL_BAD_ACCESS). Never deleted: creating a GL context costs more than a frame, and pyrender's EGL
     backend terminates the process-wide EGL display when any OffscreenRenderer is deleted, which
     would also kill the renderers of other stages living in the same process.
     """
