@@ -66,10 +66,11 @@ def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
     from unihope.deocclude import build_deoccluder
     from unihope.grasp import label_grasps
     from unihope.render.annotate import annotate_frames
-    from unihope.sources import open_source
+    from unihope.sources import open_source, prepare_source
 
     set_torch_threads(cfg.flow.torch_threads)  # same torch threads as the flow's workers
     on_render_thread(set_torch_threads, cfg.flow.torch_threads)
+    on_render_thread(prepare_source, cfg.source, cfg.hand)  # the synthetic frames (written by the warm-up run)
     stage_s = dict.fromkeys(("source", "grasp", "annotate", "deocclude", "pack", "finalize"), 0.0)
     start = time.perf_counter()
     mark = start
@@ -80,7 +81,7 @@ def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
         stage_s[stage] += now - mark
         mark = now
 
-    source = on_render_thread(open_source, cfg.source, cfg.hand)
+    source = open_source(cfg.source, cfg.hand)
     refs = source.index()
     parts = plan_parts(refs, cfg.flow.frames_per_task)  # same frame order as the flow
     deoccluder = build_deoccluder(cfg.deocclusion)

@@ -49,7 +49,7 @@ def label_grasp_part(
         # 2. Load the part's frames; per-frame failures come back as Skips.
         parts, _ = read_index(Path(index_path))
         refs = parts[part_idx]
-        source = on_render_thread(open_source, cfg.source, cfg.hand)  # may render (synthetic, first use)
+        source = open_source(cfg.source, cfg.hand)  # reads only (index_source prepared a synthetic source)
         loaded = source.load(refs)
         records = [item for item in loaded if isinstance(item, FrameRecord)]
         skips = [item for item in loaded if isinstance(item, Skip)]

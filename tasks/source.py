@@ -31,7 +31,11 @@ def index_source(cfg: PipelineConfig, layout: WorkLayout, out_path: str, fail_on
     Returns:
         The plan: index path, frame count, grasp part sizes and annotate batches.
     """
-    from unihope.sources import open_source
+    from unihope.sources import open_source, prepare_source
+
+    # 0. Write what the source reads when the pipeline makes it (synthetic; it renders: on the render
+    #    thread). Before the index reuse, so a deleted synthetic folder is written again.
+    on_render_thread(prepare_source, cfg.source, cfg.hand)
 
     # 1. Reuse a complete index.
     if Path(out_path).is_file():
@@ -40,8 +44,7 @@ def index_source(cfg: PipelineConfig, layout: WorkLayout, out_path: str, fail_on
 
     # 2. List, cap and plan.
     with ExecutionTimer(layout, "source", 0) as timer:
-        # The synthetic source renders its frames on first use: on the render thread.
-        refs = on_render_thread(lambda: open_source(cfg.source, cfg.hand).index())
+        refs = open_source(cfg.source, cfg.hand).index()
         if cfg.source.max_frames is not None and len(refs) > cfg.source.max_frames:
             refs = sorted(refs, key=lambda r: (r.sequence_key, r.serial, r.frame_idx))[: cfg.source.max_frames]
         parts = plan_parts(refs, cfg.flow.frames_per_task)

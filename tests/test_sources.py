@@ -16,7 +16,7 @@ from unihope.storage.schema import FrameRecord, Skip, SkipReason
 from unihope.config import DEXYCB_SPLIT_NAMES, HO3D_SPLIT_NAMES, HandModelConfig, SourceConfig, SyntheticConfig
 from unihope.hand import HandLayer, load_mano_arrays, resolve_mano_path
 from unihope.render.camera import cv_pose_to_gl, intrinsics_camera, project_points
-from unihope.sources import SOURCES, open_source, summarize_frames
+from unihope.sources import SOURCES, open_source, prepare_source, summarize_frames
 from unihope.sources.common import FrameFileError, rotation_from_axis_angle, transform_mano_global
 from unihope.sources.dexycb import DexYCBSource
 from unihope.sources.ho3d import HO3DSource, decode_ho3d_depth_m, encode_ho3d_depth, load_ho3d_meta
@@ -402,18 +402,22 @@ def test_ho3d_corrupt_frames_are_skipped_with_reasons(synthetic_ho3d: Path, tmp_
 TINY = SyntheticConfig(format="dexycb", num_sequences=1, frames_per_sequence=4, num_cameras=1, seed=7)
 
 
-def test_open_source_synthetic_generates_once_reads_and_is_deterministic(tmp_path: Path):
+def test_prepare_source_synthetic_generates_once_then_open_source_reads_deterministically(tmp_path: Path):
     cfg = SourceConfig(kind="synthetic", root=tmp_path / "_synthetic", synthetic=TINY)
+    assert prepare_source(cfg, HandModelConfig()) == tmp_path / "_synthetic"
     source = open_source(cfg, HandModelConfig())
     assert isinstance(source, DexYCBSource)
     records = source.load(source.index())
     assert len(records) == 4 and all(isinstance(r, FrameRecord) for r in records)
     marker = tmp_path / "_synthetic" / COMPLETE_MARKER
     stamp = marker.stat().st_mtime_ns
-    again = open_source(cfg, HandModelConfig())  # complete: nothing is regenerated
+    assert prepare_source(cfg, HandModelConfig()) == tmp_path / "_synthetic"  # complete: nothing is regenerated
+    again = open_source(cfg, HandModelConfig())
     assert marker.stat().st_mtime_ns == stamp and len(again.index()) == 4
-    with pytest.raises(ValueError, match="another configuration"):
-        open_source(cfg.model_copy(update={"synthetic": TINY.model_copy(update={"seed": 8})}), HandModelConfig())
+    other = cfg.model_copy(update={"synthetic": TINY.model_copy(update={"seed": 8})})
+    for step in (open_source, prepare_source):
+        with pytest.raises(ValueError, match="another configuration"):
+            step(other, HandModelConfig())
     capped = open_source(cfg.model_copy(update={"max_frames": 3}), HandModelConfig())
     assert len(capped.index()) == 3
     # the same config written elsewhere gives the same bytes
@@ -425,12 +429,25 @@ def test_open_source_synthetic_generates_once_reads_and_is_deterministic(tmp_pat
         assert (first / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
 
 
+def test_open_source_synthetic_only_reads(tmp_path: Path, synthetic_dexycb: Path):
+    # Opening never synthesizes: a missing dataset is an error naming the explicit step, and nothing is written.
+    cfg = SourceConfig(kind="synthetic", root=tmp_path / "_synthetic", synthetic=TINY)
+    with pytest.raises(ValueError, match=r"holds no synthetic dataset yet.*prepare_source"):
+        open_source(cfg, HandModelConfig())
+    assert list(tmp_path.iterdir()) == []
+    # the real datasets are read where they lie: preparing one writes nothing
+    before = sorted(p.stat().st_mtime_ns for p in synthetic_dexycb.rglob("*"))
+    assert prepare_source(SourceConfig(kind="dexycb", root=synthetic_dexycb), HandModelConfig()) == synthetic_dexycb
+    assert sorted(p.stat().st_mtime_ns for p in synthetic_dexycb.rglob("*")) == before
+
+
 def test_open_source_errors_name_the_fix(tmp_path: Path):
     assert set(SOURCES) == {"dexycb", "ho3d", "synthetic"}
     with pytest.raises(ValueError, match="dexycb, ho3d, synthetic"):
         open_source(SourceConfig.model_construct(kind="coco", root=tmp_path), HandModelConfig())
-    with pytest.raises(ValueError, match="source.root"):
-        open_source(SourceConfig(kind="synthetic", root=None), HandModelConfig())
+    for step in (open_source, prepare_source):
+        with pytest.raises(ValueError, match="source.root"):
+            step(SourceConfig(kind="synthetic", root=None), HandModelConfig())
     with pytest.raises(ValueError, match="not a folder"):
         open_source(SourceConfig(kind="dexycb", root=tmp_path / "missing"), HandModelConfig())
     (tmp_path / "busy").mkdir()

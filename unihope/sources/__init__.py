@@ -1,7 +1,9 @@
-"""Frame sources: the registry (`SOURCES`, `open_source`) and a per-source summary of loaded frames.
+"""Frame sources: the registry (`SOURCES`, `open_source`), `prepare_source`, and a summary of loaded frames.
 
 A source lists frames cheaply (`index() -> list[FrameRef]`) and parses them in batches
-(`load(refs) -> list[FrameRecord | Skip]`, never raising on a bad frame).
+(`load(refs) -> list[FrameRecord | Skip]`, never raising on a bad frame). Opening a source only
+reads; the one source the pipeline makes itself (synthetic) is written by an explicit
+`prepare_source` step first.
 """
 
 from __future__ import annotations
@@ -40,13 +42,23 @@ def _open_ho3d(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
                       tip_convention=cfg.resolved_tip_convention())
 
 
-def _open_synthetic(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
-    """Generate the synthetic dataset into `cfg.root` unless it is already complete, then read it."""
-    from unihope.sources.synthetic import write_synthetic_dataset
-
+def _synthetic_root(cfg: SourceConfig) -> Path:
     if cfg.root is None:
         raise ValueError("source.kind='synthetic' needs source.root: the folder to generate into (e.g. <out>/_synthetic)")
-    write_synthetic_dataset(Path(cfg.root), cfg.synthetic, hand_cfg)  # returns at once when already complete
+    return Path(cfg.root)
+
+
+def _open_synthetic(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
+    """Read the synthetic dataset `prepare_source` wrote into `cfg.root`; writes nothing."""
+    # The synthetic module's own check of its folder (complete and of this config, or free).
+    from unihope.sources.synthetic import _check_output_dir
+
+    root = _synthetic_root(cfg)
+    if _check_output_dir(root, cfg.synthetic.config_hash()) is None:
+        raise ValueError(
+            f"source.root={root} holds no synthetic dataset yet, and opening a source only reads: write it first "
+            "with unihope.sources.prepare_source(cfg.source, cfg.hand) (`unihope build --source synthetic` does)"
+        )
     reader = _open_dexycb if cfg.synthetic.format == "dexycb" else _open_ho3d
     return reader(cfg, hand_cfg)
 
@@ -70,11 +82,35 @@ def open_source(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
         A FrameSource.
 
     Raises:
-        ValueError: for an unknown kind (listing the valid ones), a missing root or an unknown split.
+        ValueError: for an unknown kind (listing the valid ones), a missing root or an unknown split,
+            or a synthetic root that `prepare_source` has not written (opening never writes).
     """
     if cfg.kind not in SOURCES:
         raise ValueError(f"unknown source kind {cfg.kind!r}; valid kinds: {', '.join(SOURCES)}")
     return SOURCES[cfg.kind](cfg, hand_cfg)
+
+
+def prepare_source(cfg: SourceConfig, hand_cfg: HandModelConfig) -> Path | None:
+    """Write the data a source reads when the pipeline makes it itself, before `open_source`.
+
+    The synthetic source is generated into `cfg.root` (idempotent: a complete dataset of the same
+    config returns at once; it renders, so callers run it on the render thread). The real datasets
+    are read where they lie: nothing is written.
+
+    Returns:
+        The folder `open_source` reads (None for a real dataset without a root, which `open_source` refuses).
+
+    Raises:
+        ValueError: for a synthetic source without a root, or a root holding other files or a dataset
+            of another configuration.
+    """
+    if cfg.kind != "synthetic":
+        return None if cfg.root is None else Path(cfg.root)
+    from unihope.sources.synthetic import write_synthetic_dataset
+
+    root = _synthetic_root(cfg)
+    write_synthetic_dataset(root, cfg.synthetic, hand_cfg)
+    return root
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,4 +156,4 @@ def summarize_frames(records_and_skips: list[FrameRecord | Skip]) -> SourceSumma
     )
 
 
-__all__ = ["SOURCES", "FrameSource", "SourceSummary", "open_source", "summarize_frames"]
+__all__ = ["SOURCES", "FrameSource", "SourceSummary", "open_source", "prepare_source", "summarize_frames"]
