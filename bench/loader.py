@@ -198,17 +198,18 @@ def data_wait(loader: torch.utils.data.DataLoader, step, num_steps: int) -> tupl
 
 def report_data_wait(url: Path, num_steps: int) -> None:
     """Data-wait share of a real demo training step, and the loader's batch time at the GPU batch size."""
-    from unihope import training as T
+    from unihope.train.batch import batch_loss, prepare_batch, with_gt_vertices
+    from unihope.train.spec import build_hand_layer, build_model
     from unihope.train_config import TrainConfig
 
     demo = TrainConfig.from_yaml("configs/train_demo.yaml")
-    hand_layer = T.build_hand_layer()
-    model = T.build_model(demo, hand_layer)
+    hand_layer = build_hand_layer()
+    model = build_model(demo, hand_layer)
     optimizer = torch.optim.Adam(model.parameters(), lr=demo.optim.learning_rate)
 
     def train_step(batch_dict: dict) -> None:
-        prepared = T.with_gt_vertices(model, T.prepare_batch(batch_dict, demo, torch.device("cpu"), is_train=True))
-        loss, _ = T.batch_loss(model, prepared, demo)
+        prepared = with_gt_vertices(model, prepare_batch(batch_dict, demo, torch.device("cpu"), is_train=True))
+        loss, _ = batch_loss(model, prepared, demo)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

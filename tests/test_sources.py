@@ -612,7 +612,7 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     from storage_fixtures import make_batch, make_keys
     from unihope.config import StorageConfig
     from unihope.tip_convention import dataset_tip_convention
-    from unihope.training import build_hand_layer
+    from unihope.train.spec import build_hand_layer
 
     attrs = {"name": "t", "source": "ho3d:/data", "config": {"source": {"kind": "ho3d", "tip_convention": "ho3d"}},
              "config_hash": "abc"}  # fmt: skip
@@ -624,7 +624,7 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     assert dataset_tip_convention(url) == "ho3d"  # from the manifest
     from unihope.storage.reader import PairedDataset
     from unihope.tip_convention import tip_convention_of_dataset
-    from unihope.training import FirstSamples
+    from unihope.train.data import FirstSamples
 
     layer = build_hand_layer(tip_convention=tip_convention_of_dataset(FirstSamples(PairedDataset(url), 2)))  # as `unihope train`
     assert layer.tip_convention == "ho3d" and layer.tip_vertex_idx.tolist() == [744, 333, 444, 555, 672]
