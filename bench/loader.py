@@ -3,7 +3,7 @@
 Baseline (what HFL-Net / UniHOPE's loaders do per sample): decode the full 640x480 JPEG, load the
 DexYCB labels npz (segmentation for the masks), decode the de-occluded 128 px crop PNG and paste it
 back into the frame with the inverse crop affine, then cut crop + augmentation with one warp per image
-from the full frame. Shard reader: unihope.storage.reader.PairedDataset. Both apply the same augmentation
+from the full frame. Shard reader: unihope.storage.paired.PairedDataset. Both apply the same augmentation
 draws (unihope.storage.augment: uint8 warps + colour, the baseline then converts each sample to float as
 HFL-Net's ToTensor does) and the same worker count, batch size, spawn start and one thread per worker.
 The baseline runs in a per-sample DataLoader (default_collate), the shard reader in `make_loader`
@@ -36,7 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from unihope.storage.augment import AugmentConfig, augment_pair, sample_params  # noqa: E402
-from unihope.storage.reader import PairedDataset, _seed_for, _worker_init, make_loader  # noqa: E402
+from unihope.storage.loader import make_loader, worker_init  # noqa: E402
+from unihope.storage.paired import PairedDataset, _seed_for  # noqa: E402
 from unihope.storage.writer import finalize, write_shard  # noqa: E402
 from storage_fixtures import STORAGE_ATTRS, make_annotated, make_keys, make_result  # noqa: E402
 from unihope.config import StorageConfig  # noqa: E402
@@ -160,7 +161,7 @@ def per_sample_loader(dataset, workers: int, batch: int) -> torch.utils.data.Dat
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch, shuffle=True, num_workers=workers,
         multiprocessing_context="spawn" if workers else None, persistent_workers=workers > 0,
-        worker_init_fn=_worker_init if workers else None, generator=torch.Generator().manual_seed(0))
+        worker_init_fn=worker_init if workers else None, generator=torch.Generator().manual_seed(0))
 
 
 def samples_per_s(loader: torch.utils.data.DataLoader, epochs: int) -> float:

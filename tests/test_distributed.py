@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from unihope.storage.reader import shard_slice
+from unihope.storage.loader import shard_slice
 from tests.test_training import tiny_config
 from unihope.train.checkpoints import latest_checkpoint
 from unihope.train.loop import LOSS_HISTORY_FILE, train

@@ -622,7 +622,7 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     assert dataset_tip_convention(url) == "ho3d"  # from the shard, while the build is in progress
     finalize(url, attrs, [])
     assert dataset_tip_convention(url) == "ho3d"  # from the manifest
-    from unihope.storage.reader import PairedDataset
+    from unihope.storage.paired import PairedDataset
     from unihope.tip_convention import tip_convention_of_dataset
     from unihope.train.data import FirstSamples
 

@@ -321,7 +321,7 @@ def _gt_pose_mpjpe_mm(cfg_path: Path, url: str, mano_dir: Path | None) -> float:
 
 
 def test_training_loads_the_datasets_hand_model_and_refuses_another(tmp_path, stand_in_dataset):
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
     from unihope.hand.convert import file_sha256
 
     url, hand_cfg = stand_in_dataset["url"], stand_in_dataset["hand_cfg"]

@@ -75,7 +75,7 @@ def prepare_batch(
     """Mirror left hands, resize to the model input, make the RoI boxes and (training only) apply masking.
 
     Args:
-        batch: a collated batch of `unihope.storage.reader.PairedDataset` samples.
+        batch: a collated batch of `unihope.storage.paired.PairedDataset` samples.
         cfg: training config.
         device: where the tensors go.
         epoch: seeds the masking together with each sample key.

@@ -9,12 +9,12 @@ from unihope.train_config import TrainConfig
 
 def open_paired_dataset(data_url: str, split: str, cfg: TrainConfig, max_samples: int | None, augment_on: bool = False,
                         version: str | None = None):
-    """The shards' split through `unihope.storage.reader.PairedDataset` (capped to `max_samples`; augmented when asked).
+    """The shards' split through `unihope.storage.paired.PairedDataset` (capped to `max_samples`; augmented when asked).
 
     `version` is a dataset version id (unihope.storage.versions); None = the newest.
     """
     from unihope.storage.augment import AugmentConfig
-    from unihope.storage.reader import PairedDataset
+    from unihope.storage.paired import PairedDataset
 
     augment = AugmentConfig() if (augment_on and cfg.data.augment) else None
     dataset = PairedDataset(data_url, split=split, augment=augment, seed=cfg.seed, val_fraction=cfg.data.val_fraction,
@@ -30,7 +30,7 @@ class FirstSamples(torch.utils.data.Dataset):
     def __init__(self, dataset, num_samples: int) -> None:
         self.dataset, self.num_samples = dataset, min(num_samples, len(dataset))
         self.augment = getattr(dataset, "augment", None)
-        self.reads_batches = getattr(dataset, "reads_batches", False)  # unihope.storage.reader.make_loader's batched path
+        self.reads_batches = getattr(dataset, "reads_batches", False)  # unihope.storage.loader.make_loader's batched path
         self.version_id = getattr(dataset, "version_id", "")
 
     def __len__(self) -> int:

@@ -10,7 +10,7 @@ import torch
 
 from unihope import metrics as M
 from unihope.model import UniHOPEModel
-from unihope.storage.reader import make_loader
+from unihope.storage.loader import make_loader
 from unihope.train.batch import PreparedBatch, prepare_batch, with_gt_vertices
 from unihope.train.stats import TrainStatistics
 from unihope.train_config import TrainConfig

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from unihope.run_keys import RunIdentity
-from unihope.storage.reader import make_loader
+from unihope.storage.loader import make_loader
 from unihope.train.batch import batch_loss, prepare_batch, with_gt_vertices
 from unihope.train.checkpoints import (
     CHECKPOINT_DIR,
@@ -72,7 +72,7 @@ def train(
 
     Args:
         cfg: training config.
-        train_dataset: samples with the `unihope.storage.reader.PairedDataset` keys.
+        train_dataset: samples with the `unihope.storage.paired.PairedDataset` keys.
         eval_dataset: held-out samples, or None to skip evaluation.
         out_dir: run folder (checkpoints/, loss_history.jsonl, metrics.jsonl, metrics.json, plots/).
         hand_layer: right-hand MANO layer.

@@ -52,7 +52,7 @@ def resolve_hand_model(cfg: TrainConfig, data_url: str, log=print):
     Raises:
         ValueError: one line, when the dataset was built with another hand model (or is not finalized).
     """
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
     from unihope.hand_identity import HAND_KIND_MANO, check_same_hand_model, dataset_hand_identity, hand_model_identity
 
     view = open_dataset(data_url)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from unihope import metrics as M
-from unihope.storage.reader import make_loader
+from unihope.storage.loader import make_loader
 from unihope.train_config import TrainConfig
 
 
