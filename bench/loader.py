@@ -21,7 +21,6 @@ the loader's time per batch here, i.e. the shortest GPU step it keeps fed (no GP
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -37,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from unihope.storage.augment import AugmentConfig, augment_pair, sample_params  # noqa: E402
 from unihope.storage.loader import make_loader, worker_init  # noqa: E402
-from unihope.storage.paired import PairedDataset, _seed_for  # noqa: E402
+from unihope.seeding import numpy_generator  # noqa: E402
+from unihope.storage.paired import PairedDataset  # noqa: E402
 from unihope.storage.writer import finalize, write_shard  # noqa: E402
 from storage_fixtures import STORAGE_ATTRS, make_annotated, make_keys, make_result  # noqa: E402
 from unihope.config import StorageConfig  # noqa: E402
@@ -50,7 +50,7 @@ SEG_HAND, SEG_OBJECT = 255, 6
 
 def _full_frame(key: str) -> tuple[np.ndarray, np.ndarray]:
     """A textured 640x480 RGB frame and a DexYCB-style seg map (0 bg, YCB id object, 255 hand)."""
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+    rng = numpy_generator(key)
     low = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
     image = cv2.resize(low, FULL_WH, interpolation=cv2.INTER_CUBIC)
     image = cv2.add(image, rng.integers(0, 24, (*FULL_WH[::-1], 3), dtype=np.uint8))
@@ -131,7 +131,7 @@ class JpegBaseline(torch.utils.data.Dataset):
         pasted = cv2.warpAffine(deocc_crop, inverse, FULL_WH, flags=cv2.INTER_LINEAR)
         inside = cv2.warpAffine(np.full((CROP_SIZE_PX, CROP_SIZE_PX), 255, np.uint8), inverse, FULL_WH) > 127
         full_deocc = np.where(inside[..., None], pasted, full)
-        rng = np.random.default_rng(_seed_for(self.seed, 0, entry["key"]))
+        rng = numpy_generator(self.seed, 0, entry["key"])
         params = sample_params(self.augment, rng, CROP_SIZE_PX)
         # cut the crop from the full frame (labels in crop px, as stored), then the same paired augmentation
         S = CROP_SIZE_PX

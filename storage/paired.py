@@ -8,7 +8,6 @@ one float conversion per batch, and the batch crosses the worker queue as one sh
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from unihope.seeding import numpy_generator
 from unihope.storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
 from unihope.storage.batch_buffer import SharedBatch
 from unihope.storage.manifest import StoreError, shard_stem
@@ -37,10 +37,6 @@ _PAIR_LABELS: dict[str, tuple[type, tuple[int, ...]]] = {
     "index": (np.int64, ()),
 }
 _U8_FULL_SCALE = 255.0  # stored uint8 colour / this -> [0, 1]
-
-
-def _seed_for(seed: int, epoch: int, sample_key: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}|{epoch}|{sample_key}".encode()).digest()[:8], "little")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +230,7 @@ class PairedDataset(torch.utils.data.Dataset):
             if self.augment is None:
                 params = IDENTITY
             else:
-                rng = np.random.default_rng(_seed_for(self.seed, epoch, raw["sample_key"]))
+                rng = numpy_generator(self.seed, epoch, raw["sample_key"])
                 params = sample_params(self.augment, rng, S)
             aug = augment_pair_u8(raw, params)
             pairs_u8[row] = aug["pair"]

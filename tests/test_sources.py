@@ -17,7 +17,8 @@ from unihope.config import HandModelConfig, SourceConfig, SyntheticConfig
 from unihope.hand import HandLayer, load_mano_arrays, resolve_mano_path
 from unihope.render.camera import cv_pose_to_gl, intrinsics_camera, project_points
 from unihope.sources import SOURCES, open_source, summarize_frames
-from unihope.sources.common import FrameFileError, rotation_from_axis_angle, transform_mano_global
+from unihope.rotations import matrix_from_axis_angle
+from unihope.sources.common import FrameFileError, transform_mano_global
 from unihope.sources.dexycb import DexYCBSource
 from unihope.sources.ho3d import HO3DSource, decode_ho3d_depth_m, encode_ho3d_depth, load_ho3d_meta
 from unihope.sources.splits import DEXYCB_SERIALS, DEXYCB_SPLITS, DEXYCB_SUBJECTS
@@ -220,7 +221,7 @@ def test_transform_mano_global_moves_the_hand_rigidly(layers):
     pose = np.concatenate([rng.normal(0, 0.8, 3), rng.normal(0, 0.2, 45)])
     betas = rng.normal(0, 1, 10)
     transl = rng.normal(0, 0.2, 3)
-    R = rotation_from_axis_angle(rng.normal(0, 1.5, 3))
+    R = matrix_from_axis_angle(rng.normal(0, 1.5, 3))
     t = rng.normal(0, 0.5, 3)
     _, joints = layer.forward_numpy(pose[None], betas[None], transl[None])
     _, rest = layer.forward_numpy(np.zeros((1, 48)), betas[None], np.zeros((1, 3)))

@@ -36,9 +36,11 @@ import yaml
 
 from unihope.config import TIP_CONVENTION_OF_LAYOUT, DeocclusionConfig, GraspConfig, HandModelConfig, SyntheticConfig
 from unihope.hand import HandLayer, axis_angle_to_pca, curl_pose, load_mano_arrays, vertex_finger_labels
-from unihope.hand.constants import AXIS_ANGLE_MIRROR_SIGNS, MANO_FINGER_JOINTS, MANO_TO_DEXYCB_JOINTS, NUM_BETAS
+from unihope.hand.constants import MANO_FINGER_JOINTS, MANO_TO_DEXYCB_JOINTS, NUM_BETAS
+from unihope.hand.mirror import mirror_axis_angle
 from unihope.render.camera import project_points
-from unihope.sources.common import axis_angle_from_rotation, hand_model_path, rotation_from_axis_angle, transform_mano_global
+from unihope.rotations import axis_angle_from_matrix, matrix_from_axis_angle
+from unihope.sources.common import hand_model_path, transform_mano_global
 from unihope.sources.dexycb import COLOR_FORMAT, DEPTH_FORMAT, IMAGE_SIZE_TAG, LABEL_FORMAT, META_FILE
 from unihope.sources.ho3d import GL_FROM_CV, encode_ho3d_depth
 from unihope.sources.splits import DEXYCB_SERIALS, DEXYCB_SUBJECTS
@@ -244,7 +246,7 @@ def _unit(vec: np.ndarray) -> np.ndarray:
 
 
 def _rot_about(axis: np.ndarray, angle_rad: float) -> np.ndarray:
-    return rotation_from_axis_angle(_unit(np.asarray(axis, dtype=np.float64)) * angle_rad)
+    return matrix_from_axis_angle(_unit(np.asarray(axis, dtype=np.float64)) * angle_rad)
 
 
 def _rigid(R: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -255,9 +257,7 @@ def _rigid(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def _mirror_pose_for_side(pose45: np.ndarray, side: str) -> np.ndarray:
     """The procedural curl poses are right-hand poses; the left hand mirrors them (a0, -a1, -a2)."""
-    if side == "right":
-        return pose45
-    return (pose45.reshape(-1, 3) * np.asarray(AXIS_ANGLE_MIRROR_SIGNS)).reshape(-1)
+    return pose45 if side == "right" else mirror_axis_angle(pose45)
 
 
 def _check_output_dir(out_dir: Path, cfg_hash: str) -> dict | None:
@@ -385,7 +385,7 @@ def _plan_grasp(
     tilt = _rot_about(normal, np.deg2rad(rng.uniform(-GRASP_TILT_DEG, GRASP_TILT_DEG)))
     axes_target = tilt @ np.stack([across, fingers, normal], axis=1)
     R_global = axes_target @ axes_rest.T
-    global_orient = axis_angle_from_rotation(R_global)
+    global_orient = axis_angle_from_matrix(R_global)
 
     # 3. All curl candidates at once (fingers and thumb curl together; each digit is judged on its own)
     basis, opposition = _curl_basis(side)
@@ -830,7 +830,7 @@ def _write_ho3d(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
                 "handBeta": betas.astype(np.float64),
                 "handTrans": transl_gl.astype(np.float64),
                 "handJoints3D": (labels.joints_cam_m @ GL_FROM_CV.T)[ho3d_from_dexycb].astype(np.float64),
-                "objRot": cv2.Rodrigues(R_gl)[0].astype(np.float64),
+                "objRot": axis_angle_from_matrix(R_gl)[:, None],  # (3, 1) as HO3D stores it
                 "objTrans": t_gl.astype(np.float64),
                 "objName": obj_name,
                 "objLabel": YCB_NAMES.index(obj_name) + 1,

@@ -9,7 +9,6 @@ object keypoints are flipped back before PnP against the sample's own intrinsics
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unihope.hand.mirror import mirror_axis_angle, mirror_points_x
 from unihope.model import (
     LossTargets,
     UniHOPEModel,
@@ -28,11 +28,9 @@ from unihope.model import (
     total_loss,
 )
 from unihope.model.roi_align import HAND_ROI_BOX_SCALE, OBJECT_ROI_BOX_SCALE, points_box_xyxy
+from unihope.seeding import torch_generator
 from unihope.train.spec import loss_weights
 from unihope.train_config import TrainConfig
-
-MIRROR_POSE_SIGNS = (1.0, -1.0, -1.0)  # per axis-angle triple: reflection x -> -x (REFERENCE.md)
-
 
 @dataclass(frozen=True)
 class PreparedBatch:
@@ -51,12 +49,6 @@ class PreparedBatch:
     object_id: np.ndarray  # (B,) int
     visibility: np.ndarray  # (B,) float64
     sample_keys: list[str]
-
-
-def sample_generator(seed: int, epoch: int, sample_key: str) -> torch.Generator:
-    """A torch generator seeded from (config seed, epoch, sample key): per-sample, order-independent randomness."""
-    digest = hashlib.sha256(f"{seed}/{epoch}/{sample_key}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def _mirror_u(uv: torch.Tensor, size: int, flip: torch.Tensor) -> torch.Tensor:
@@ -106,11 +98,10 @@ def prepare_batch(
     joints_2d = _mirror_u(batch["joints_2d"].float(), crop, flip)
     object_kp = _mirror_u(batch["object_keypoints_2d"].float(), crop, flip)
 
-    joints_3d = batch["joints_3d"].float().clone()
-    joints_3d[..., 0] = torch.where(flip[:, None], -joints_3d[..., 0], joints_3d[..., 0])
-    signs = torch.tensor(MIRROR_POSE_SIGNS).repeat(16)
+    joints_3d = batch["joints_3d"].float()
+    joints_3d = torch.where(flip[:, None, None], mirror_points_x(joints_3d), joints_3d)
     pose = batch["mano_pose"].float()
-    pose = torch.where(flip[:, None], pose * signs, pose)
+    pose = torch.where(flip[:, None], mirror_axis_angle(pose), pose)
 
     # 3. Resize to the model input
     if crop != size:
@@ -128,7 +119,7 @@ def prepare_batch(
     if is_train and cfg.masking.enabled:
         patch_px, num_patches = scaled_patch_layout(size, cfg.masking.patch_px, cfg.masking.num_patches)
         masked = [
-            target_focused_mask(images[i], object_boxes[i], sample_generator(cfg.seed, epoch, keys[i]),
+            target_focused_mask(images[i], object_boxes[i], torch_generator(cfg.seed, epoch, keys[i]),
                                 patch_px, num_patches, cfg.masking.prob_in_object)[0]
             for i in range(len(keys))
         ]  # fmt: skip

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from unihope import metrics as M
+from unihope.hand.mirror import mirror_points_x
 from unihope.storage.loader import make_loader
 from unihope.train_config import TrainConfig
 
@@ -53,9 +54,9 @@ def collect_train_statistics(dataset: torch.utils.data.Dataset, cfg: TrainConfig
     loader = make_loader(dataset, cfg.eval_batch_size, cfg.data.num_workers, shuffle=False)
     joints, grasps, kps, poses, Ks, ids = [], [], [], [], [], []
     for batch in loader:
-        j = batch["joints_3d"].double().clone()
+        j = batch["joints_3d"].double()
         flip = torch.as_tensor(batch["hand_side"]).reshape(-1).bool()
-        j[..., 0] = torch.where(flip[:, None], -j[..., 0], j[..., 0])
+        j = torch.where(flip[:, None, None], mirror_points_x(j), j)
         joints.append((j - j[:, :1]).numpy())
         grasps.append(np.asarray(batch["grasp"]).reshape(-1))
         kps.append(np.asarray(batch["object_keypoints_2d"], dtype=np.float64))
