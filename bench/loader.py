@@ -3,7 +3,7 @@
 Baseline (what HFL-Net / UniHOPE's loaders do per sample): decode the full 640x480 JPEG, load the
 DexYCB labels npz (segmentation for the masks), decode the de-occluded 128 px crop PNG and paste it
 back into the frame with the inverse crop affine, then cut crop + augmentation with one warp per image
-from the full frame. Shard reader: unihope.storage.reader.PairedDataset. Both apply the same augmentation
+from the full frame. Shard reader: unihope.storage.paired.PairedDataset. Both apply the same augmentation
 draws (unihope.storage.augment: uint8 warps + colour, the baseline then converts each sample to float as
 HFL-Net's ToTensor does) and the same worker count, batch size, spawn start and one thread per worker.
 The baseline runs in a per-sample DataLoader (default_collate), the shard reader in `make_loader`
@@ -21,7 +21,6 @@ the loader's time per batch here, i.e. the shortest GPU step it keeps fed (no GP
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -36,7 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from unihope.storage.augment import AugmentConfig, augment_pair, sample_params  # noqa: E402
-from unihope.storage.reader import PairedDataset, _seed_for, _worker_init, make_loader  # noqa: E402
+from unihope.storage.loader import make_loader, worker_init  # noqa: E402
+from unihope.seeding import numpy_generator  # noqa: E402
+from unihope.storage.paired import PairedDataset  # noqa: E402
 from unihope.storage.writer import finalize, write_shard  # noqa: E402
 from storage_fixtures import STORAGE_ATTRS, make_annotated, make_keys, make_result  # noqa: E402
 from unihope.config import StorageConfig  # noqa: E402
@@ -49,7 +50,7 @@ SEG_HAND, SEG_OBJECT = 255, 6
 
 def _full_frame(key: str) -> tuple[np.ndarray, np.ndarray]:
     """A textured 640x480 RGB frame and a DexYCB-style seg map (0 bg, YCB id object, 255 hand)."""
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+    rng = numpy_generator(key)
     low = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
     image = cv2.resize(low, FULL_WH, interpolation=cv2.INTER_CUBIC)
     image = cv2.add(image, rng.integers(0, 24, (*FULL_WH[::-1], 3), dtype=np.uint8))
@@ -130,7 +131,7 @@ class JpegBaseline(torch.utils.data.Dataset):
         pasted = cv2.warpAffine(deocc_crop, inverse, FULL_WH, flags=cv2.INTER_LINEAR)
         inside = cv2.warpAffine(np.full((CROP_SIZE_PX, CROP_SIZE_PX), 255, np.uint8), inverse, FULL_WH) > 127
         full_deocc = np.where(inside[..., None], pasted, full)
-        rng = np.random.default_rng(_seed_for(self.seed, 0, entry["key"]))
+        rng = numpy_generator(self.seed, 0, entry["key"])
         params = sample_params(self.augment, rng, CROP_SIZE_PX)
         # cut the crop from the full frame (labels in crop px, as stored), then the same paired augmentation
         S = CROP_SIZE_PX
@@ -160,7 +161,7 @@ def per_sample_loader(dataset, workers: int, batch: int) -> torch.utils.data.Dat
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch, shuffle=True, num_workers=workers,
         multiprocessing_context="spawn" if workers else None, persistent_workers=workers > 0,
-        worker_init_fn=_worker_init if workers else None, generator=torch.Generator().manual_seed(0))
+        worker_init_fn=worker_init if workers else None, generator=torch.Generator().manual_seed(0))
 
 
 def samples_per_s(loader: torch.utils.data.DataLoader, epochs: int) -> float:
@@ -198,17 +199,18 @@ def data_wait(loader: torch.utils.data.DataLoader, step, num_steps: int) -> tupl
 
 def report_data_wait(url: Path, num_steps: int) -> None:
     """Data-wait share of a real demo training step, and the loader's batch time at the GPU batch size."""
-    from unihope import training as T
+    from unihope.train.batch import batch_loss, prepare_batch, with_gt_vertices
+    from unihope.train.spec import build_hand_layer, build_model
     from unihope.train_config import TrainConfig
 
     demo = TrainConfig.from_yaml("configs/train_demo.yaml")
-    hand_layer = T.build_hand_layer()
-    model = T.build_model(demo, hand_layer)
+    hand_layer = build_hand_layer()
+    model = build_model(demo, hand_layer)
     optimizer = torch.optim.Adam(model.parameters(), lr=demo.optim.learning_rate)
 
     def train_step(batch_dict: dict) -> None:
-        prepared = T.with_gt_vertices(model, T.prepare_batch(batch_dict, demo, torch.device("cpu"), is_train=True))
-        loss, _ = T.batch_loss(model, prepared, demo)
+        prepared = with_gt_vertices(model, prepare_batch(batch_dict, demo, torch.device("cpu"), is_train=True))
+        loss, _ = batch_loss(model, prepared, demo)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

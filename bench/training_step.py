@@ -13,7 +13,8 @@ import time
 import torch
 
 from tests.model_fixtures import InMemoryPairedDataset
-from unihope import training as T
+from unihope.train.batch import batch_loss, prepare_batch, with_gt_vertices
+from unihope.train.spec import build_model
 from unihope.hand import HandLayer
 from unihope.train_config import TrainConfig
 
@@ -22,13 +23,13 @@ WARMUP = 2
 
 
 def step_seconds(cfg: TrainConfig, batch: dict, hand_layer) -> float:
-    model = T.build_model(cfg, hand_layer)
+    model = build_model(cfg, hand_layer)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate)
     times = []
     for i in range(WARMUP + REPEATS):
         start = time.perf_counter()
-        prepared = T.with_gt_vertices(model, T.prepare_batch(batch, cfg, torch.device("cpu"), epoch=i, is_train=True))
-        loss, _ = T.batch_loss(model, prepared, cfg)
+        prepared = with_gt_vertices(model, prepare_batch(batch, cfg, torch.device("cpu"), epoch=i, is_train=True))
+        loss, _ = batch_loss(model, prepared, cfg)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

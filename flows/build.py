@@ -316,7 +316,7 @@ def run_build_from_cli(
         cfg = resolve_build_config(apply_overrides(PipelineConfig.from_yaml(Path(config_path)), overrides), out, source,
                                    fail_once_env=os.environ.get(FAIL_ONCE_ENV))
         if train:  # a bad training override fails now, not after the build
-            from unihope.training import load_train_config
+            from unihope.train.run import load_train_config
 
             load_train_config(train_config_path, train_overrides)
         check_build(cfg, out, local_output_path(out), resolve_work_dir(out, cfg.flow.work_dir))

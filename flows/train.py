@@ -24,7 +24,7 @@ def train_flow(data_url: str, train_config_path: str, runs_dir: str, mano_dir: s
     Returns:
         The run folder.
     """
-    from unihope.training import run_training_in_runs_dir
+    from unihope.train.run import run_training_in_runs_dir
 
     logger = get_run_logger()
     logger.info("training on %s with %s -> %s/<version>-<config>", data_url, train_config_path, runs_dir)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from unihope.rotations import axis_angle_from_matrix, matrix_from_axis_angle
+
 MASK_ON_U8 = 255
 MASK_THRESHOLD_U8 = 127  # masks are warped bilinearly with the image, then thresholded
 MIN_BLUR_SIGMA_PX = 0.05  # below this a Gaussian blur is a no-op
@@ -139,10 +141,9 @@ def rotate_hand(
     Returns:
         (mano_pose (48,), mano_trans (3,), joints_3d (21, 3)), float32.
     """
-    R_global, _ = cv2.Rodrigues(np.asarray(mano_pose[:3], dtype=np.float64))
-    global_orient, _ = cv2.Rodrigues(R @ R_global)
+    global_orient = axis_angle_from_matrix(R @ matrix_from_axis_angle(mano_pose[:3]))
     pose = np.array(mano_pose, dtype=np.float32, copy=True)
-    pose[:3] = global_orient[:, 0]
+    pose[:3] = global_orient
     wrist = joints_3d[0].astype(np.float64)
     trans = R @ wrist - (wrist - mano_trans.astype(np.float64))
     return pose, trans.astype(np.float32), (joints_3d.astype(np.float64) @ R.T).astype(np.float32)

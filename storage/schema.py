@@ -356,7 +356,7 @@ ARRAY_DIMS: dict[str, tuple[str, ...]] = {
     **{spec.name: (SAMPLE_DIM,) for spec in ARRAYS if spec.shape == () and spec.dtype != "str"},
 }
 
-# Keys of one training sample as unihope.storage.reader.PairedDataset returns it (torch tensors unless noted).
+# Keys of one training sample as unihope.storage.paired.PairedDataset returns it (torch tensors unless noted).
 # (dtype, shape, meaning); S = crop size. The model's training loop is built against these names.
 SAMPLE_FIELDS: dict[str, tuple[str, str, str]] = {
     "image": ("float32", "(3, S, S)", "occluded crop, RGB in [0, 1], augmented"),

@@ -1,6 +1,6 @@
 """Small builders for the model and training tests: a stand-in hand layer and an in-memory paired dataset.
 
-The in-memory dataset yields exactly the keys of `unihope.storage.reader.PairedDataset` samples. Its images
+The in-memory dataset yields exactly the keys of `unihope.storage.paired.PairedDataset` samples. Its images
 are rendered so that the labels are learnable: a bright disc per hand joint (their layout follows
 the pose), an object square whose presence follows the grasp label.
 """
@@ -74,7 +74,7 @@ def tiny_spec(**overrides):
 
 
 class InMemoryPairedDataset(torch.utils.data.Dataset):
-    """Samples with exactly the keys of `unihope.storage.reader.PairedDataset`, generated from a seed.
+    """Samples with exactly the keys of `unihope.storage.paired.PairedDataset`, generated from a seed.
 
     Hand joints are a random 3D pose around a fixed wrist; the image shows each joint's projection
     as a disc whose brightness encodes its depth; grasping samples also show an object square

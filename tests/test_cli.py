@@ -238,7 +238,9 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):
 def test_eval_without_config_uses_the_checkpoint_config(tmp_path, monkeypatch):
     import torch
 
-    import unihope.training as T
+    import unihope.train.run as train_run
+    from unihope.train.checkpoints import TrainState, resume_hash, save_checkpoint
+    from unihope.train.spec import build_hand_layer, build_model
     from unihope.train_config import TrainConfig
 
     cfg = TrainConfig.from_yaml("name: from-checkpoint\ndevice: cpu\n"
@@ -246,17 +248,17 @@ def test_eval_without_config_uses_the_checkpoint_config(tmp_path, monkeypatch):
                                 "fpn_channels: 32, roi_size: 8, num_heads: 4, mano_hidden: [64, 32], "
                                 "num_hand_res_blocks: 2, switcher_channels: 8, switcher_hidden: 16}\n"
                                 "optim: {max_steps: 7}\n")
-    model = T.build_model(cfg, T.build_hand_layer())
-    path = T.save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000001.safetensors", model,
-                             torch.optim.Adam(model.parameters(), 1e-3),
-                             T.TrainState(step=1, epoch=0, config_hash=T.resume_hash(cfg)), None, cfg)
+    model = build_model(cfg, build_hand_layer())
+    path = save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000001.safetensors", model,
+                           torch.optim.Adam(model.parameters(), 1e-3),
+                           TrainState(step=1, epoch=0, config_hash=resume_hash(cfg)), None, cfg)
     seen = []
 
     def stop_at_the_hand_model(cfg, data_url, **kwargs):  # the first step that needs the data: stop there
         seen.append(cfg)
         raise ValueError("stopped by the test")
 
-    monkeypatch.setattr(T, "resolve_hand_model", stop_at_the_hand_model)
+    monkeypatch.setattr(train_run, "resolve_hand_model", stop_at_the_hand_model)
     result = runner.invoke(app, ["eval", "--checkpoint", str(path), "--data", str(tmp_path / "d"),
                                  "--out", str(tmp_path / "e")])
     _assert_one_line_failure(result, "stopped by the test")

@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from unihope.storage.reader import shard_slice
+from unihope.storage.loader import shard_slice
 from tests.test_training import tiny_config
-from unihope import training as T
+from unihope.train.checkpoints import latest_checkpoint
+from unihope.train.loop import LOSS_HISTORY_FILE, train
 
 # Per-sample-mean terms only: subset-averaged terms (object terms over grasping samples, enhancement
 # over pairs) are averaged per rank first, as upstream's DDP does (module docstring).
@@ -35,7 +36,7 @@ def _rank(rank: int, world: int, port: int, out_dir: str, batch_size: int) -> No
     torch.set_num_threads(1)
     dataset, layer = _datasets()
     cfg = tiny_config(**{**CONFIG, "optim": {**CONFIG["optim"], "batch_size": batch_size}}, device="cpu")
-    T.train(cfg, dataset, None, out_dir, layer, log=lambda *_: None)
+    train(cfg, dataset, None, out_dir, layer, log=lambda *_: None)
 
 
 def _free_port() -> int:
@@ -64,11 +65,11 @@ def test_two_processes_train_in_step_with_one_on_the_global_batch(tmp_path, monk
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     dataset, layer = _datasets()
     cfg = tiny_config(**CONFIG, device="cpu")
-    single = T.train(cfg, dataset, None, tmp_path / "one", layer, log=lambda *_: None)
+    single = train(cfg, dataset, None, tmp_path / "one", layer, log=lambda *_: None)
     mp.start_processes(_rank, args=(2, _free_port(), str(tmp_path / "two"), 4), nprocs=2, start_method="spawn")
-    two = T.latest_checkpoint(tmp_path / "two")
+    two = latest_checkpoint(tmp_path / "two")
     assert two is not None and two.name == single.checkpoint_path.name  # step 2, written once (main process)
-    history = [json.loads(line) for line in (tmp_path / "two" / T.LOSS_HISTORY_FILE).read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "two" / LOSS_HISTORY_FILE).read_text().splitlines()]
     # step 2's loss is taken after step 1's update: it matches only if both processes applied the same mean gradient
     assert [r["loss"] for r in history] == pytest.approx(single.step_losses, rel=1e-5)
     # Adam's first moments = 0.1 * (0.9 g1 + g2): a summed (2x) or unweighted uneven-batch gradient is far off.

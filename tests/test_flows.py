@@ -247,7 +247,7 @@ def tiny_config(dataset_root: Path, **flow_updates) -> PipelineConfig:
 
 def dataset_digest(url: str | Path) -> dict[str, str]:
     """sha256 of every stored array of a dataset (all samples, in order), plus its sample keys."""
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
     from unihope.storage.schema import ARRAYS, CHUNKING_COLUMN
 
     view = open_dataset(str(url), verify="eager")
@@ -298,7 +298,7 @@ def reference_build(prefect_api, synthetic_dexycb, tmp_path_factory):
 
 
 def test_build_end_to_end_counts_every_frame(reference_build):
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
 
     summary, out = reference_build["summary"], reference_build["out"]
     assert reference_build["state"].is_completed()
@@ -378,7 +378,7 @@ def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(refer
     for name in ("__keys__", "image", "mask_hand", "depth_scene", "visibility", "joints_2d", "grasp"):
         assert digest[name] == reference[name], name
     assert summary.num_pairs_kept == 0
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
 
     assert open_dataset(str(out)).manifest.attrs.config["deocclusion"]["keep_margin"] == 0.5
 

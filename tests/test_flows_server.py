@@ -80,7 +80,7 @@ def _check_against_current_api(build_yaml: Path, train_yaml: Path, out: Path, tr
     from unihope.flows.build import run_build_from_cli
     from unihope.run_keys import dataset_version, run_dir_for
     from unihope.train_config import TrainConfig
-    from unihope.training import resume_hash
+    from unihope.train.checkpoints import resume_hash
 
     def deployments() -> dict | None:
         with get_client(sync_client=True) as client:

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from unihope.storage.augment import AugmentConfig, rotate_hand
-from unihope.storage.reader import PairedDataset, make_loader, split_of_sequence
+from unihope.storage.loader import make_loader
+from unihope.storage.paired import PairedDataset
+from unihope.storage.splits import split_of_sequence
 from unihope.storage.schema import SAMPLE_FIELDS, SAMPLE_KEYS
 from unihope.storage.writer import finalize, write_shard
 from storage_fixtures import (
@@ -214,7 +216,7 @@ def test_loader_with_spawned_workers(tmp_path):
 
 
 def test_small_datasets_always_get_a_held_out_sequence():
-    from unihope.storage.reader import assign_splits
+    from unihope.storage.splits import assign_splits
 
     keys = ["20200709-subject-01/20200709_141754", "20200709-subject-01/20200709_141841"]
     for fraction in (0.01, 0.1):

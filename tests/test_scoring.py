@@ -215,7 +215,8 @@ def test_pose_scorer_loads_a_training_checkpoint(scenes, tmp_path):
     from unihope.config import DeocclusionConfig
     from unihope.deocclude.base import default_scorer
     from unihope.train_config import TrainConfig
-    from unihope.training import TrainState, build_hand_layer, build_model, resume_hash, save_checkpoint
+    from unihope.train.checkpoints import TrainState, resume_hash, save_checkpoint
+    from unihope.train.spec import build_hand_layer, build_model
 
     train_cfg = TrainConfig.from_yaml(TINY_TRAIN_YAML)
     model = build_model(train_cfg, build_hand_layer())

@@ -17,7 +17,8 @@ from unihope.config import DEXYCB_SPLIT_NAMES, HO3D_SPLIT_NAMES, HandModelConfig
 from unihope.hand import HandLayer, load_mano_arrays, resolve_mano_path
 from unihope.render.camera import cv_pose_to_gl, intrinsics_camera, project_points
 from unihope.sources import SOURCES, open_source, prepare_source, summarize_frames
-from unihope.sources.common import FrameFileError, rotation_from_axis_angle, transform_mano_global
+from unihope.rotations import matrix_from_axis_angle
+from unihope.sources.common import FrameFileError, transform_mano_global
 from unihope.sources.dexycb import DexYCBSource
 from unihope.sources.ho3d import HO3DSource, decode_ho3d_depth_m, encode_ho3d_depth, load_ho3d_meta
 from unihope.sources.splits import DEXYCB_SERIALS, DEXYCB_SPLITS, DEXYCB_SUBJECTS, HO3D_SPLITS
@@ -220,7 +221,7 @@ def test_transform_mano_global_moves_the_hand_rigidly(layers):
     pose = np.concatenate([rng.normal(0, 0.8, 3), rng.normal(0, 0.2, 45)])
     betas = rng.normal(0, 1, 10)
     transl = rng.normal(0, 0.2, 3)
-    R = rotation_from_axis_angle(rng.normal(0, 1.5, 3))
+    R = matrix_from_axis_angle(rng.normal(0, 1.5, 3))
     t = rng.normal(0, 0.5, 3)
     _, joints = layer.forward_numpy(pose[None], betas[None], transl[None])
     _, rest = layer.forward_numpy(np.zeros((1, 48)), betas[None], np.zeros((1, 3)))
@@ -631,7 +632,7 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     from storage_fixtures import make_batch, make_keys
     from unihope.config import StorageConfig
     from unihope.tip_convention import dataset_tip_convention
-    from unihope.training import build_hand_layer
+    from unihope.train.spec import build_hand_layer
 
     attrs = {"name": "t", "source": "ho3d:/data", "config": {"source": {"kind": "ho3d", "tip_convention": "ho3d"}},
              "config_hash": "abc"}  # fmt: skip
@@ -641,9 +642,9 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     assert dataset_tip_convention(url) == "ho3d"  # from the shard, while the build is in progress
     finalize(url, attrs, [])
     assert dataset_tip_convention(url) == "ho3d"  # from the manifest
-    from unihope.storage.reader import PairedDataset
+    from unihope.storage.paired import PairedDataset
     from unihope.tip_convention import tip_convention_of_dataset
-    from unihope.training import FirstSamples
+    from unihope.train.data import FirstSamples
 
     layer = build_hand_layer(tip_convention=tip_convention_of_dataset(FirstSamples(PairedDataset(url), 2)))  # as `unihope train`
     assert layer.tip_convention == "ho3d" and layer.tip_vertex_idx.tolist() == [744, 333, 444, 555, 672]

@@ -15,7 +15,7 @@ import zarr
 
 from unihope.storage.batches import load_batch, save_batch
 from unihope.storage.manifest import StoreError
-from unihope.storage.reader import open_dataset
+from unihope.storage.view import open_dataset
 from unihope.storage.schema import ARRAY_NAMES, SCHEMA_VERSION, AnnotatedFrame, DeocclusionResult, Skip, SkipReason
 from unihope.storage.writer import finalize, write_shard
 from storage_fixtures import STORAGE_ATTRS, make_batch, make_keys, shard_plan, writer_child

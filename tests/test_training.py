@@ -12,10 +12,24 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from tests.model_fixtures import InMemoryPairedDataset
+import unihope.train.run as train_run
 from unihope import metrics as M
-from unihope import training as T
 from unihope.config import ConfigError, HandModelConfig
 from unihope.hand_identity import hand_model_identity
+from unihope.train.batch import prepare_batch
+from unihope.train.checkpoints import load_checkpoint
+from unihope.train.data import open_paired_dataset
+from unihope.train.evaluate import evaluate
+from unihope.train.loop import train
+from unihope.train.run import (
+    resolve_hand_model,
+    run_evaluation_from_cli,
+    run_training_from_cli,
+    run_training_in_runs_dir,
+    with_mano_dir,
+)
+from unihope.train.spec import build_hand_layer, build_model, loss_weights, model_spec
+from unihope.train.stats import collect_train_statistics
 from unihope.train_config import TrainConfig
 
 
@@ -125,18 +139,18 @@ def test_left_hands_are_mirrored_to_right_hands(hand_layer):
     sample = dict(ds[0])
     sample.update(hand_side=torch.tensor(1), mano_pose=pose_left[0], mano_betas=betas[0], joints_3d=out_left.joints[0])
     batch = torch.utils.data.default_collate([sample])
-    prepared = T.prepare_batch(batch, tiny_config(), torch.device("cpu"))
+    prepared = prepare_batch(batch, tiny_config(), torch.device("cpu"))
     assert torch.equal(prepared.images[0], sample["image"].flip(-1))
     assert float(prepared.targets.joints_2d_px[0, 3, 0]) == pytest.approx(31 - float(sample["joints_2d"][3, 0]))
     # The right layer on the mirrored pose gives the mirrored left hand (REFERENCE.md's rule).
-    _, joints_right = T.build_model(tiny_config(), hand_layer).mano_forward(prepared.targets.mano_pose, prepared.targets.mano_betas)
+    _, joints_right = build_model(tiny_config(), hand_layer).mano_forward(prepared.targets.mano_pose, prepared.targets.mano_betas)
     torch.testing.assert_close(joints_right, prepared.targets.joints_rel_m, atol=1e-5, rtol=0)
 
 
 def test_prepare_batch_resizes_coordinates_with_pixel_centres(datasets):
     batch = torch.utils.data.default_collate([datasets[0][i] for i in range(2)])
     batch["hand_side"] = torch.zeros(2, dtype=torch.long)
-    prepared = T.prepare_batch(batch, tiny_config(model=dict(input_size_px=64)), torch.device("cpu"))
+    prepared = prepare_batch(batch, tiny_config(model=dict(input_size_px=64)), torch.device("cpu"))
     assert prepared.images.shape == (2, 3, 64, 64)
     torch.testing.assert_close(prepared.targets.joints_2d_px, (batch["joints_2d"] + 0.5) * 2 - 0.5)
 
@@ -146,14 +160,14 @@ def test_prepare_batch_resizes_coordinates_with_pixel_centres(datasets):
 
 def test_checkpoint_reloads_to_identical_outputs(tmp_path, datasets, hand_layer):
     cfg = tiny_config(optim=dict(max_steps=3))
-    result = T.train(cfg, datasets[0], None, tmp_path / "run", hand_layer, log=lambda *_: None)
-    model = T.build_model(cfg, hand_layer)
-    trained_state, stats = T.load_checkpoint(result.checkpoint_path, model)
+    result = train(cfg, datasets[0], None, tmp_path / "run", hand_layer, log=lambda *_: None)
+    model = build_model(cfg, hand_layer)
+    trained_state, stats = load_checkpoint(result.checkpoint_path, model)
     assert trained_state.step == 3 and stats.num_samples == 12
-    fresh = T.build_model(cfg.model_copy(update={"seed": 7}), hand_layer)
-    T.load_checkpoint(result.checkpoint_path, fresh)
+    fresh = build_model(cfg.model_copy(update={"seed": 7}), hand_layer)
+    load_checkpoint(result.checkpoint_path, fresh)
     batch = torch.utils.data.default_collate([datasets[1][i] for i in range(4)])
-    prepared = T.prepare_batch(batch, cfg, torch.device("cpu"))
+    prepared = prepare_batch(batch, cfg, torch.device("cpu"))
     model.eval(), fresh.eval()
     with torch.no_grad():
         a = model(prepared.images, prepared.targets.hand_boxes_xyxy_px, prepared.targets.object_boxes_xyxy_px)
@@ -166,28 +180,28 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path, datasets, hand_layer)
 def test_resume_continues_exactly_where_training_stopped(tmp_path, datasets, hand_layer):
     quiet = lambda *_: None  # noqa: E731
     # 3 samples/epoch boundary is mid-way: 12 samples / batch 4 = 3 steps per epoch; stop at 4 (mid-epoch 1).
-    straight = T.train(tiny_config(optim=dict(max_steps=8), masking=dict(enabled=True)), datasets[0], None,
+    straight = train(tiny_config(optim=dict(max_steps=8), masking=dict(enabled=True)), datasets[0], None,
                        tmp_path / "straight", hand_layer, log=quiet)  # fmt: skip
-    first = T.train(tiny_config(optim=dict(max_steps=4), masking=dict(enabled=True)), datasets[0], None,
+    first = train(tiny_config(optim=dict(max_steps=4), masking=dict(enabled=True)), datasets[0], None,
                     tmp_path / "resumed", hand_layer, log=quiet)  # fmt: skip
     assert first.steps == 4
-    resumed = T.train(tiny_config(optim=dict(max_steps=8), masking=dict(enabled=True)), datasets[0], None,
+    resumed = train(tiny_config(optim=dict(max_steps=8), masking=dict(enabled=True)), datasets[0], None,
                       tmp_path / "resumed", hand_layer, log=quiet)  # fmt: skip
     assert resumed.steps == 8
     assert resumed.step_losses == straight.step_losses  # the same loss curve, bit for bit
-    model_a, model_b = T.build_model(tiny_config(), hand_layer), T.build_model(tiny_config(), hand_layer)
-    T.load_checkpoint(straight.checkpoint_path, model_a)
-    T.load_checkpoint(resumed.checkpoint_path, model_b)
+    model_a, model_b = build_model(tiny_config(), hand_layer), build_model(tiny_config(), hand_layer)
+    load_checkpoint(straight.checkpoint_path, model_a)
+    load_checkpoint(resumed.checkpoint_path, model_b)
     for (name, a), b in zip(model_a.trainable_state_dict().items(), model_b.trainable_state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="another config"):
-        T.train(tiny_config(optim=dict(max_steps=9, learning_rate=5e-4)), datasets[0], None, tmp_path / "resumed",
+        train(tiny_config(optim=dict(max_steps=9, learning_rate=5e-4)), datasets[0], None, tmp_path / "resumed",
                 hand_layer, log=quiet)  # fmt: skip
 
 
 def test_training_run_writes_metrics_plots_and_loss_falls(tmp_path, datasets, hand_layer):
     cfg = tiny_config(optim=dict(epochs=6), eval_every_epochs=3)
-    result = T.train(cfg, datasets[0], datasets[1], tmp_path / "run", hand_layer, log=lambda *_: None)
+    result = train(cfg, datasets[0], datasets[1], tmp_path / "run", hand_layer, log=lambda *_: None)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("mpjpe_mm", "pa_mpjpe_mm", "mpvpe_mm", "switcher_accuracy", "train_loss_first", "train_loss_last",
                 "mean_pose_mpjpe_mm", "majority_switcher_accuracy", "add_s_mm", "split_by_grasp", "occlusion_intervals"):
@@ -207,8 +221,8 @@ def test_training_run_writes_metrics_plots_and_loss_falls(tmp_path, datasets, ha
 
 def test_mean_pose_baseline_equals_mpjpe_of_the_training_mean(datasets, hand_layer):
     cfg = tiny_config()
-    stats = T.collect_train_statistics(datasets[0], cfg)
-    report = T.evaluate(T.build_model(cfg, hand_layer), datasets[1], cfg, stats)
+    stats = collect_train_statistics(datasets[0], cfg)
+    report = evaluate(build_model(cfg, hand_layer), datasets[1], cfg, stats)
     gt = []
     for i in range(len(datasets[1])):
         joints = datasets[1][i]["joints_3d"].double().numpy()
@@ -232,10 +246,10 @@ def test_evaluation_cli_scores_a_checkpoint(tmp_path, datasets, hand_layer, monk
     cfg = tiny_config(optim=dict(max_steps=2))
     config_path = tmp_path / "train.yaml"
     config_path.write_text(cfg.to_yaml())
-    result = T.train(cfg, datasets[0], None, tmp_path / "run", hand_layer, log=lambda *_: None)
-    monkeypatch.setattr(T, "open_paired_dataset", lambda *args, **kwargs: datasets[1])
-    monkeypatch.setattr(T, "resolve_hand_model", lambda cfg, *args, **kwargs: (cfg, hand_model_identity(HandModelConfig())))
-    summary = T.run_evaluation_from_cli(config_path, result.checkpoint_path, "unused", tmp_path / "eval")
+    result = train(cfg, datasets[0], None, tmp_path / "run", hand_layer, log=lambda *_: None)
+    monkeypatch.setattr(train_run, "open_paired_dataset", lambda *args, **kwargs: datasets[1])
+    monkeypatch.setattr(train_run, "resolve_hand_model", lambda cfg, *args, **kwargs: (cfg, hand_model_identity(HandModelConfig())))
+    summary = run_evaluation_from_cli(config_path, result.checkpoint_path, "unused", tmp_path / "eval")
     written = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert written["num_samples"] == 6 and written["mpjpe_mm"] == pytest.approx(summary["mpjpe_mm"])
     # UniHOPE's eval.py metrics beyond MPJPE
@@ -260,9 +274,9 @@ def test_train_configs_load_and_round_trip():
         TrainConfig.from_yaml("ablation:\n  use_switcher: false\n")
     with pytest.raises(ConfigError, match="learning_rat"):
         TrainConfig.from_yaml("optim:\n  learning_rat: 0.1\n")
-    ablated = T.model_spec(TrainConfig.from_yaml("ablation:\n  use_switcher: false\n  use_fusion: false\n"))
+    ablated = model_spec(TrainConfig.from_yaml("ablation:\n  use_switcher: false\n  use_fusion: false\n"))
     assert ablated.fusion == "ungated" and not ablated.use_switcher
-    assert T.loss_weights(TrainConfig.from_yaml("ablation:\n  use_enhancement: false\n")).enhance_token == 0.0
+    assert loss_weights(TrainConfig.from_yaml("ablation:\n  use_enhancement: false\n")).enhance_token == 0.0
 
 
 # ---------------------------------------------------------------- the dataset's own hand model, one run per data version
@@ -297,17 +311,17 @@ def stand_in_dataset(tmp_path_factory):
 
 def _gt_pose_mpjpe_mm(cfg_path: Path, url: str, mano_dir: Path | None) -> float:
     """Worst MPJPE of the dataset's own GT pose through the layer training builds (wrist-relative targets)."""
-    cfg = T.with_mano_dir(TrainConfig.from_yaml(cfg_path), mano_dir)
-    dataset = T.open_paired_dataset(url, "train", cfg, None)
+    cfg = with_mano_dir(TrainConfig.from_yaml(cfg_path), mano_dir)
+    dataset = open_paired_dataset(url, "train", cfg, None)
     batch = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
-    prepared = T.prepare_batch(batch, cfg, torch.device("cpu"))
-    _, joints = T.build_model(cfg, T.build_hand_layer(cfg.hand)).mano_forward(prepared.targets.mano_pose,
+    prepared = prepare_batch(batch, cfg, torch.device("cpu"))
+    _, joints = build_model(cfg, build_hand_layer(cfg.hand)).mano_forward(prepared.targets.mano_pose,
                                                                                prepared.targets.mano_betas)
     return float(M.mpjpe_mm(joints.double().numpy(), prepared.targets.joints_rel_m.double().numpy()).max())
 
 
 def test_training_loads_the_datasets_hand_model_and_refuses_another(tmp_path, stand_in_dataset):
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
     from unihope.hand.convert import file_sha256
 
     url, hand_cfg = stand_in_dataset["url"], stand_in_dataset["hand_cfg"]
@@ -324,13 +338,13 @@ def test_training_loads_the_datasets_hand_model_and_refuses_another(tmp_path, st
     assert _gt_pose_mpjpe_mm(config, url, None) > 5.0
 
     # 3. Training with the dataset's model works and records it; the default model is refused in one line.
-    result = T.run_training_in_runs_dir(config, url, tmp_path / "runs", mano_dir=hand_cfg.mano_dir)
+    result = run_training_in_runs_dir(config, url, tmp_path / "runs", mano_dir=hand_cfg.mano_dir)
     assert result.steps == 2 and result.metrics["hand_model"] == recorded
-    state, _ = T.load_checkpoint(result.checkpoint_path, T.build_model(TrainConfig.from_yaml(config),
-                                                                       T.build_hand_layer(hand_cfg)))
+    state, _ = load_checkpoint(result.checkpoint_path, build_model(TrainConfig.from_yaml(config),
+                                                                       build_hand_layer(hand_cfg)))
     assert json.loads(state.hand_model) == recorded
     with pytest.raises(ValueError, match="hand model mismatch") as refused:
-        T.run_training_in_runs_dir(config, url, tmp_path / "runs-default")
+        run_training_in_runs_dir(config, url, tmp_path / "runs-default")
     assert "\n" not in str(refused.value) and "--mano-dir" in str(refused.value)
     assert not (tmp_path / "runs-default").exists()  # refused before anything was written
 
@@ -338,17 +352,17 @@ def test_training_loads_the_datasets_hand_model_and_refuses_another(tmp_path, st
     #    the digests are checked all the same.
     shutil.copytree(hand_cfg.mano_dir, stand_in_dataset["build_dir"])
     try:
-        resolved, identity = T.resolve_hand_model(TrainConfig.from_yaml(config), url, log=lambda *_: None)
+        resolved, identity = resolve_hand_model(TrainConfig.from_yaml(config), url, log=lambda *_: None)
         assert resolved.hand.mano_dir == stand_in_dataset["build_dir"] and identity.to_json() == recorded
     finally:
         shutil.rmtree(stand_in_dataset["build_dir"])
 
     # 5. Evaluation loads the same model; the default one is refused.
-    summary = T.run_evaluation_from_cli(config, result.checkpoint_path, url, tmp_path / "eval",
+    summary = run_evaluation_from_cli(config, result.checkpoint_path, url, tmp_path / "eval",
                                         mano_dir=hand_cfg.mano_dir)
     assert summary["num_samples"] == 8
     with pytest.raises(ValueError, match="hand model mismatch"):
-        T.run_evaluation_from_cli(config, result.checkpoint_path, url, tmp_path / "eval-default")
+        run_evaluation_from_cli(config, result.checkpoint_path, url, tmp_path / "eval-default")
 
 
 def test_each_dataset_version_trains_its_own_full_run(tmp_path):
@@ -360,25 +374,25 @@ def test_each_dataset_version_trains_its_own_full_run(tmp_path):
     config = small_train_config(tmp_path, max_steps=3)
     build_small_dataset(tmp_path, url, HandModelConfig(), num_sequences=1)
     first_version = dataset_version(url)
-    first = T.run_training_in_runs_dir(config, url, runs)
+    first = run_training_in_runs_dir(config, url, runs)
     assert first.steps == 3 and first.out_dir.name.startswith(first_version)
-    assert T.run_training_in_runs_dir(config, url, runs).metrics["train_steps"] == 3  # same data: resumed, done
+    assert run_training_in_runs_dir(config, url, runs).metrics["train_steps"] == 3  # same data: resumed, done
 
     build_small_dataset(tmp_path, url, HandModelConfig(), num_sequences=2)  # the next night: one more sequence
     second_version = dataset_version(url)
-    second = T.run_training_in_runs_dir(config, url, runs)
+    second = run_training_in_runs_dir(config, url, runs)
     assert second_version != first_version and second.out_dir != first.out_dir
     metrics = json.loads((second.out_dir / "metrics.json").read_text())
     assert metrics["train_steps"] == 3 and metrics["dataset_version"] == second_version  # full budget, new data
     assert metrics["train_loss_first"] != json.loads((first.out_dir / "metrics.json").read_text())["train_loss_first"]
     assert json.loads((first.out_dir / "metrics.json").read_text())["dataset_version"] == first_version  # kept
-    model = T.build_model(TrainConfig.from_yaml(config), T.build_hand_layer())
-    assert T.load_checkpoint(first.checkpoint_path, model)[1].num_samples == 4
-    state, stats = T.load_checkpoint(second.checkpoint_path, model)
+    model = build_model(TrainConfig.from_yaml(config), build_hand_layer())
+    assert load_checkpoint(first.checkpoint_path, model)[1].num_samples == 4
+    state, stats = load_checkpoint(second.checkpoint_path, model)
     assert stats.num_samples == 8 and state.dataset_version == second_version  # the new split's statistics
     # A run folder named by hand refuses to resume on other data instead of training 0 steps.
     with pytest.raises(ValueError, match="dataset version"):
-        T.run_training_from_cli(config, url, first.out_dir)
+        run_training_from_cli(config, url, first.out_dir)
 
 
 def test_train_cli_refuses_another_hand_model_in_one_line(tmp_path, stand_in_dataset):

@@ -7,7 +7,7 @@ from pathlib import Path
 from unihope.config import ConfigError
 from unihope.train_config import TrainConfig
 
-TRAIN_CONFIG_METADATA_KEY = "train_config"  # written by unihope.training.save_checkpoint (YAML text)
+TRAIN_CONFIG_METADATA_KEY = "train_config"  # written by unihope.train.checkpoints.save_checkpoint (YAML text)
 
 
 def train_config_of_checkpoint(path: Path) -> TrainConfig:
@@ -15,12 +15,12 @@ def train_config_of_checkpoint(path: Path) -> TrainConfig:
 
     Args:
         path: a checkpoint file, a run folder or its `checkpoints/latest.txt` (resolved as
-            `unihope.training.load_checkpoint` does).
+            `unihope.train.checkpoints.load_checkpoint` does).
 
     Raises:
         ValueError: when the file is missing, not a safetensors file, or carries no (valid) config.
     """
-    from unihope.training import read_checkpoint_metadata
+    from unihope.train.checkpoints import read_checkpoint_metadata
 
     path, metadata = read_checkpoint_metadata(Path(path))
     text = metadata.get(TRAIN_CONFIG_METADATA_KEY)

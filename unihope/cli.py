@@ -179,7 +179,7 @@ def train(
 ) -> None:
     """Train the UniHOPE model from the shards; evaluates on the held-out split at the end."""
     from unihope.storage.manifest import StoreError
-    from unihope.training import load_train_config, run_training_from_cli, run_training_in_runs_dir
+    from unihope.train.run import load_train_config, run_training_from_cli, run_training_in_runs_dir
 
     if (out is None) == (runs_dir is None):
         _fail("give exactly one of --out (a run folder) and --runs-dir (one run folder per dataset version)")
@@ -209,7 +209,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: MPJPE, PA-MPJPE, MPVPE, ADD-S, switcher accuracy, occlusion table."""
     from unihope.storage.manifest import StoreError
-    from unihope.training import run_evaluation_from_cli
+    from unihope.train.run import run_evaluation_from_cli
 
     try:
         run_evaluation_from_cli(config_path=config, checkpoint_path=checkpoint, data_url=data, out_dir=out,

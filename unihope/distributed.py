@@ -1,7 +1,7 @@
 """Data-parallel training through Hugging Face accelerate (`accelerate launch`, as upstream UniHOPE trains).
 
 `optim.batch_size` is the GLOBAL batch (upstream's `Accelerator(split_batches=True)`): each of the W
-processes reads its contiguous slice of the same seeded batch (`unihope.storage.reader.shard_slice`), so the
+processes reads its contiguous slice of the same seeded batch (`unihope.storage.loader.shard_slice`), so the
 learning rate needs no scaling with the process count and a run resumes on any number of processes.
 Each rank's loss is scaled by n_local * W / n_global before DDP averages the gradients, which makes the
 update the global-batch mean for every per-sample-mean term (exact on an uneven last batch too).
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unihope.storage.reader import shard_slice
+from unihope.storage.loader import shard_slice
 
 
 def launched_num_processes() -> int:

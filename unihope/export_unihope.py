@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from unihope.storage.io import write_file_atomic
-from unihope.storage.reader import open_dataset
+from unihope.storage.view import open_dataset
 from unihope.sources.dexycb import COLOR_FORMAT, DEPTH_FORMAT, LABEL_FORMAT, META_FILE, DexYCBSource
 from unihope.sources.splits import dexycb_split
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from unihope.rotations import matrix_from_axis_angle
+
 M_TO_MM = 1000.0
 ROOT_JOINT_IDX = 0  # wrist in DexYCB order
 VISIBILITY_BIN_EDGES = (0.25, 0.5, 0.75)  # UniHOPE: [0, .25], (.25, .5], (.5, .75], (.75, 1]
@@ -277,7 +279,7 @@ def solve_object_pose_pnp(keypoints_2d_px: np.ndarray, points_obj_m: np.ndarray,
     ok, rvec, tvec = cv2.solvePnP(obj, img, cam, None, rvec, tvec, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
     if not ok or not np.all(np.isfinite(tvec)):
         return None
-    rot, _ = cv2.Rodrigues(rvec)
+    rot = matrix_from_axis_angle(rvec)
     return np.concatenate([rot, tvec.reshape(3, 1)], axis=1)
 
 

@@ -124,7 +124,7 @@ def summarize_dataset(url: str) -> DatasetSummary:
     Returns:
         The summary.
     """
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
 
     # 1. Columns of every committed shard (each chunk checked against its commit record's sha256).
     view = open_dataset(url)
@@ -292,7 +292,7 @@ def write_report(data_url: str, out_dir: Path) -> Path:
     Returns:
         Path of index.html.
     """
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
 
     # 1. Summary and sample selection.
     out_dir = Path(out_dir)

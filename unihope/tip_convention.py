@@ -40,7 +40,7 @@ def dataset_tip_convention(url: str | os.PathLike, storage_options: dict | None 
     Raises:
         ValueError: when the dataset has no committed shard to read the attributes from.
     """
-    from unihope.storage.reader import open_dataset
+    from unihope.storage.view import open_dataset
 
     view = open_dataset(url, storage_options, verify="none")
     try:

@@ -106,7 +106,7 @@ class OptimConfig(StageConfig):
 
 
 class DataConfig(StageConfig):
-    """Which samples the run reads through `unihope.storage.reader.PairedDataset`."""
+    """Which samples the run reads through `unihope.storage.paired.PairedDataset`."""
 
     train_split: Literal["train", "val"] = "train"
     eval_split: Literal["train", "val"] = "val"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from unihope.config import DeocclusionConfig
 
-from .base import REASONS, Deoccluder, sample_seed
+from .base import REASONS, Deoccluder
 from .inpaint_backend import InpaintDeoccluder
 from .render_backend import RenderDeoccluder
 from .scoring import ColourFlexionScorer, KeypointFlexionScorer, Scorer
@@ -81,6 +81,5 @@ __all__ = [
     "RenderDeoccluder",
     "Scorer",
     "build_deoccluder",
-    "sample_seed",
     "uses_gpu",
 ]

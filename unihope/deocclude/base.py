@@ -8,7 +8,6 @@ pixels outside the mask bit-identical, scoring, choosing the best candidate, and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -34,15 +33,6 @@ LOGGER = logging.getLogger(__name__)
 # not_occluded (occ test), no_gain (score test), rule_none.
 REASON_NO_VISIBLE_HAND = "no_visible_hand"
 REASONS = (REASON_KEPT, REASON_NOT_OCCLUDED, REASON_NO_VISIBLE_HAND, REASON_NO_GAIN, REASON_RULE_NONE)
-
-SEED_MASK = (1 << 63) - 1
-
-
-def sample_seed(sample_key: str, seed: int) -> int:
-    """A stable 63-bit seed from the sample key and the config seed (same on every machine and run)."""
-    digest = hashlib.sha256(f"{seed}:{sample_key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & SEED_MASK
-
 
 @dataclass(frozen=True, slots=True)
 class Candidates:

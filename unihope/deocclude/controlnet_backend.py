@@ -30,7 +30,9 @@ from diffusers import (
 from unihope.storage.schema import AnnotatedFrame
 from unihope.config import ControlNetConfig, DeocclusionConfig
 
-from .base import Candidates, Deoccluder, sample_seed
+from unihope.seeding import seed_from
+
+from .base import Candidates, Deoccluder
 from .hints import composite, depth_hint, segmentation_hint
 from .scoring import Scorer
 
@@ -305,7 +307,7 @@ class ControlNetDeoccluder(Deoccluder):
             [
                 torch.randn(
                     (1, 4, latent_size, latent_size),
-                    generator=torch.Generator(device="cpu").manual_seed(sample_seed(f.frame.sample_key, self.cfg.seed)),
+                    generator=torch.Generator(device="cpu").manual_seed(seed_from(self.cfg.seed, f.frame.sample_key)),
                     dtype=torch.float32,
                 )
                 for f in frames

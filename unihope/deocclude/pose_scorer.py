@@ -77,7 +77,8 @@ class CheckpointPoseModel:
         from safetensors import safe_open
 
         from unihope.train_config import TrainConfig
-        from unihope.training import build_hand_layer, build_model, latest_checkpoint, load_checkpoint
+        from unihope.train.checkpoints import latest_checkpoint, load_checkpoint
+        from unihope.train.spec import build_hand_layer, build_model
 
         path = Path(path)
         file_path = path

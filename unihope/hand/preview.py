@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unihope.hand.constants import AXIS_ANGLE_MIRROR_SIGNS, NUM_BETAS
+from unihope.hand.constants import NUM_BETAS
+from unihope.hand.mirror import mirror_axis_angle, mirror_points_x
 from unihope.hand.procedural import curl_pose
 
 SKIN_RGBA = (0.87, 0.66, 0.54, 1.0)
@@ -67,8 +68,8 @@ def render_grasp_preview(
 
     layer = HandLayer(side=side, model_path=model_path)
     amounts = np.linspace(0.0, 1.0, num_frames)
-    mirror = np.tile(AXIS_ANGLE_MIRROR_SIGNS, 15) if side == "left" else np.ones(45)
-    hand_pose = np.stack([curl_pose(t, MAX_THUMB_OPPOSITION * t) * mirror for t in amounts])
+    hand_pose = np.stack([curl_pose(t, MAX_THUMB_OPPOSITION * t) for t in amounts])
+    hand_pose = mirror_axis_angle(hand_pose) if side == "left" else hand_pose
     mano_pose = np.concatenate([np.zeros((num_frames, 3)), hand_pose], axis=1)
     verts_m, _ = layer.forward_numpy(mano_pose, np.zeros((num_frames, NUM_BETAS)), np.zeros((num_frames, 3)))
 
@@ -80,8 +81,10 @@ def render_grasp_preview(
     import trimesh
     from PIL import Image
 
-    mirror_xyz = np.array([-1.0, 1.0, 1.0]) if side == "left" else np.ones(3)
-    view_dir, camera_up = CAMERA_VIEW_DIR * mirror_xyz, CAMERA_UP * mirror_xyz
+    def for_side(direction: np.ndarray) -> np.ndarray:  # the left hand's view is the right hand's, mirrored
+        return mirror_points_x(direction) if side == "left" else direction
+
+    view_dir, camera_up = for_side(CAMERA_VIEW_DIR), for_side(CAMERA_UP)
     target_m = verts_m[0].mean(axis=0)
     eye_m = target_m + CAMERA_DISTANCE_M * view_dir / np.linalg.norm(view_dir)
     cam_pose_gl = _look_at_opencv(eye_m, target_m, camera_up) @ np.diag([1.0, -1.0, -1.0, 1.0])
@@ -100,7 +103,7 @@ def render_grasp_preview(
         scene.add(pyrender.Mesh.from_trimesh(mesh, material=material, smooth=True))
         scene.add(pyrender.PerspectiveCamera(yfov=CAMERA_YFOV_RAD), pose=cam_pose_gl)
         scene.add(pyrender.DirectionalLight(intensity=2.5), pose=cam_pose_gl)
-        key_light = _look_at_opencv(target_m + np.array([0.2, -0.3, 0.3]) * mirror_xyz, target_m, camera_up)
+        key_light = _look_at_opencv(target_m + for_side(np.array([0.2, -0.3, 0.3])), target_m, camera_up)
         scene.add(pyrender.DirectionalLight(intensity=1.5), pose=key_light @ np.diag([1.0, -1.0, -1.0, 1.0]))
         color, _ = renderer.render(scene)
         path = out_dir / f"grasp_{frame_idx:02d}.png"

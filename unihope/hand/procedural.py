@@ -23,7 +23,6 @@ import scipy.optimize
 import scipy.sparse
 
 from unihope.hand.constants import (
-    AXIS_ANGLE_MIRROR_SIGNS,
     FINGER_NAMES,
     MANO_FINGER_JOINTS,
     MANO_PARENTS,
@@ -37,6 +36,7 @@ from unihope.hand.constants import (
     TIP_CONVENTIONS,
 )
 from unihope.hand.convert import write_mano_pickle
+from unihope.hand.mirror import mirror_axis_angle, mirror_points_x
 
 # Bump whenever the generated arrays change: it names the cache folder (procedural-v<N>).
 PROCEDURAL_MODEL_VERSION = 3  # v3: every tip convention on the fingertips; left 444 <-> 445
@@ -1005,15 +1005,14 @@ def mirror_mano(arrays: dict[str, Any]) -> dict[str, Any]:
     feature_sign = np.outer(sign_xyz, sign_xyz).ravel()  # (9,) sign of (R - I)[r, s] under M . M
     num_pose_joints = arrays["posedirs"].shape[-1] // 9
     posedirs_sign = sign_xyz[:, None] * np.tile(feature_sign, num_pose_joints)[None, :]
-    axis_angle_sign = np.tile(AXIS_ANGLE_MIRROR_SIGNS, NUM_HAND_POSE_DIMS // 3)
     mirrored = dict(arrays)
-    mirrored["v_template"] = arrays["v_template"] * sign_xyz
+    mirrored["v_template"] = mirror_points_x(arrays["v_template"])
     mirrored["f"] = arrays["f"][:, ::-1].copy()
     mirrored["shapedirs"] = arrays["shapedirs"] * sign_xyz[None, :, None]
     mirrored["posedirs"] = arrays["posedirs"] * posedirs_sign[None]
-    mirrored["hands_components"] = arrays["hands_components"] * axis_angle_sign[None, :]
-    mirrored["hands_mean"] = arrays["hands_mean"] * axis_angle_sign
-    mirrored["hands_coeffs"] = np.array(arrays["hands_coeffs"]) * axis_angle_sign[None, :]
+    mirrored["hands_components"] = mirror_axis_angle(np.asarray(arrays["hands_components"]))
+    mirrored["hands_mean"] = mirror_axis_angle(np.asarray(arrays["hands_mean"]))
+    mirrored["hands_coeffs"] = mirror_axis_angle(np.array(arrays["hands_coeffs"]))
     return mirrored
 
 

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from unihope.rotations import axis_angle_from_matrix, matrix_from_axis_angle
 from unihope.storage.schema import FrameRef, Skip, SkipReason
 
 T = TypeVar("T")
@@ -125,24 +126,6 @@ def check_color_matches_depth(image_path: Path, color_wh: tuple[int, int], depth
         )
 
 
-def rotation_from_axis_angle(axis_angle_rad: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix of one axis-angle vector (Rodrigues)."""
-    vec = np.asarray(axis_angle_rad, dtype=np.float64).reshape(3)
-    angle = float(np.linalg.norm(vec))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = vec / angle
-    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * kx + (1.0 - np.cos(angle)) * (kx @ kx)
-
-
-def axis_angle_from_rotation(R: np.ndarray) -> np.ndarray:
-    """(3,) axis-angle of a rotation matrix (robust near 0 and pi, via scipy)."""
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_rotvec()
-
-
 def transform_mano_global(
     global_orient_rad: np.ndarray,
     transl_m: np.ndarray,
@@ -168,9 +151,9 @@ def transform_mano_global(
     """
     R = np.asarray(R_new_from_old, dtype=np.float64)
     j0 = np.asarray(root_joint_rest_m, dtype=np.float64).reshape(3)
-    R_global = R @ rotation_from_axis_angle(global_orient_rad)
+    R_global = R @ matrix_from_axis_angle(global_orient_rad)
     transl_new = R @ (j0 + np.asarray(transl_m, dtype=np.float64).reshape(3)) + np.asarray(t_new_from_old_m) - j0
-    return axis_angle_from_rotation(R_global), transl_new
+    return axis_angle_from_matrix(R_global), transl_new
 
 
 def hand_model_path(hand_cfg, side: str) -> Path:

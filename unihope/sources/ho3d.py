@@ -20,6 +20,7 @@ from unihope.storage.schema import NUM_JOINTS, NUM_MANO_BETAS, NUM_MANO_POSE, Fr
 from unihope.config import TIP_CONVENTION_OF_LAYOUT, HandModelConfig
 from unihope.hand.constants import MANO_TO_DEXYCB_JOINTS
 from unihope.render.camera import project_points
+from unihope.rotations import matrix_from_axis_angle
 from unihope.sources.common import (
     FrameFileError,
     check_color_matches_depth,
@@ -233,7 +234,7 @@ class HO3DSource:
             ref_key = f"{sequence_key}/{name}"
             try:
                 meta = load_ho3d_meta(self.root / folder / seq / "meta" / f"{name}.pkl", self.root)
-                R = cv2.Rodrigues(np.asarray(meta["objRot"], dtype=np.float64).reshape(3, 1))[0]
+                R = matrix_from_axis_angle(meta["objRot"])
                 t = np.asarray(meta["objTrans"], dtype=np.float64).reshape(3)
             except FrameFileError as err:
                 self._references[sequence_key] = skip(ref_key, SkipReason.NO_REFERENCE_FRAME, f"grasp reference: {err.detail}")
@@ -303,7 +304,7 @@ class HO3DSource:
         # OpenGL -> OpenCV for joints, object pose and the MANO global parameters.
         ref: FrameRef = item["ref"]
         joints_cv = (item["joints"] @ GL_FROM_CV.T)[list(HO3D_TO_DEXYCB_JOINTS)]
-        R_obj = cv2.Rodrigues(item["obj_rot"].reshape(3, 1))[0]
+        R_obj = matrix_from_axis_angle(item["obj_rot"])
         object_pose = np.concatenate([GL_FROM_CV @ R_obj, (GL_FROM_CV @ item["obj_trans"])[:, None]], axis=1)
         global_orient, transl = transform_mano_global(
             item["pose"][:3], item["trans"], GL_FROM_CV, np.zeros(3), item["root_joint_rest_m"]

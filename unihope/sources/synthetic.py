@@ -34,11 +34,13 @@ import numpy as np
 import trimesh
 import yaml
 
-from unihope.config import TIP_CONVENTION_OF_LAYOUT, HandModelConfig, SyntheticConfig
+from unihope.config import TIP_CONVENTION_OF_LAYOUT, DeocclusionConfig, GraspConfig, HandModelConfig, SyntheticConfig
 from unihope.hand import HandLayer, axis_angle_to_pca, curl_pose, load_mano_arrays, vertex_finger_labels
-from unihope.hand.constants import AXIS_ANGLE_MIRROR_SIGNS, MANO_FINGER_JOINTS, MANO_TO_DEXYCB_JOINTS
+from unihope.hand.constants import MANO_FINGER_JOINTS, MANO_TO_DEXYCB_JOINTS, NUM_BETAS
+from unihope.hand.mirror import mirror_axis_angle
 from unihope.render.camera import project_points
-from unihope.sources.common import axis_angle_from_rotation, hand_model_path, rotation_from_axis_angle, transform_mano_global
+from unihope.rotations import axis_angle_from_matrix, matrix_from_axis_angle
+from unihope.sources.common import hand_model_path, transform_mano_global
 from unihope.sources.dexycb import COLOR_FORMAT, DEPTH_FORMAT, IMAGE_SIZE_TAG, LABEL_FORMAT, META_FILE
 from unihope.sources.ho3d import GL_FROM_CV, encode_ho3d_depth
 from unihope.sources.splits import DEXYCB_SERIALS, DEXYCB_SUBJECTS
@@ -65,8 +67,14 @@ M_TO_MM = 1000.0
 # Camera rig: 8 positions around the table, one per DexYCB serial.
 RIG_TARGET_M = np.array([0.0, 0.0, 0.15])
 RIG_FIRST_AZIMUTH_DEG = 20.0
+RIG_AZIMUTH_STEP_DEG = 45.0  # 360 / 8 cameras: evenly around the table
 RIG_ELEVATIONS_DEG = (36.0, 44.0, 52.0)
 RIG_DISTANCES_M = (0.56, 0.62)
+# Per-camera jitter, so no two cameras share intrinsics or an exact symmetric pose (as on a real rig).
+RIG_AZIMUTH_JITTER_DEG = 6.0
+RIG_ELEVATION_JITTER_DEG = 3.0
+RIG_DISTANCE_JITTER_M = 0.03
+FOCAL_ASPECT_JITTER = 0.002  # fy = fx * (1 +- this): real sensors' pixels are not exactly square
 
 # Motion (fractions of the sequence, metres, degrees).
 APPROACH_FRACTION = 0.4
@@ -79,12 +87,22 @@ LIFT_ANGLE_RANGE_DEG = (15.0, 30.0)
 LIFT_DRIFT_M = 0.03
 LIFT_FIRST_FRACTION = 0.5  # the first lift frame is this far along the lift (past the 5 cm / 5 deg rule)
 MIN_FIRST_LIFT_MARGIN = 1.2  # internal check: first lift frame >= 1.2 x one of the grasp thresholds
-GRASP_RTE_THRESHOLD_M, GRASP_RRE_THRESHOLD_DEG = 0.05, 5.0
+# The truth labels follow the default grasp rule (GraspConfig's thresholds): a build with other
+# thresholds measures against the same truth, so the generator reads the defaults, never a user's.
+DEFAULT_GRASP = GraspConfig()
+LIFT_TURN_AXIS_JITTER = 0.3  # std of the horizontal jitter added to the lift's turn axis (unit vector)
 
 # Grasp planning.
 CURL_CANDIDATES = np.linspace(0.0, 1.3, 27)
 THUMB_OPPOSITION = 0.8
 OPEN_CURL_FRACTION = 0.2
+OPEN_THUMB_OPPOSITION = 0.3  # the open (approaching) hand keeps the thumb a little opposed, as real hands do
+PALM_JOINT_IDX = (0, 5, 9, 13, 17)  # wrist and the four finger MCPs (DexYCB order): the palm's centre
+# The palm sits at a random height along the grip axis, as a fraction of the proxy's half height
+# (more room upwards: a low grip would put the little finger on the table).
+GRIP_HEIGHT_RANGE_FRACTION = (-0.15, 0.25)
+PALM_START_DEPTH_M = 0.012  # first guess of the palm's extra depth beyond the proxy surface
+NUM_PALM_DEPTH_ITERATIONS = 6  # the signed distance moves ~1:1 with the depth: a few steps converge
 FREE_FINGER_CURL = 0.75  # a finger that never touches the object rests at this curl
 CONTACT_GAP_M = 0.0015
 PALM_GAP_M = 0.003
@@ -95,10 +113,19 @@ GRASP_TILT_DEG = 18.0
 APPROACH_SPREAD_DEG = 45.0
 MAX_WRAPPABLE_WIDTH_M = 0.10  # boxes up to this wide are held with the palm on their wide face
 BETAS_STD = 0.8
+BETAS_ABS_MAX = 2.0  # shapes beyond +-2 std look implausible
 NUM_DISTRACTORS_RANGE = (1, 2)
 DISTRACTOR_DISTANCE_RANGE_M = (0.21, 0.28)
+DISTRACTOR_SPACING_DEG = 70.0  # between distractors, so they do not overlap on the table
+DISTRACTOR_ANGLE_JITTER_RAD = 0.3
+OBJECT_XY_JITTER_M = 0.03  # the grasped object rests within this of the table centre (per axis)
 
 SKIN_TONES_RGB = ((0.87, 0.68, 0.56), (0.78, 0.58, 0.46), (0.58, 0.40, 0.30), (0.93, 0.77, 0.66), (0.70, 0.50, 0.38))
+# Low-frequency skin variation (knuckles, palm creases): two sines of a projection of the rest vertices.
+SKIN_VARIATION_FREQ_PER_M = np.array([91.0, 57.0, 73.0])
+SKIN_VARIATION_AMPLITUDES = (0.06, 0.03)  # relative brightness of the two sines
+SKIN_VARIATION_SECOND_FREQ_RATIO, SKIN_VARIATION_SECOND_PHASE_RAD = 2.3, 1.0
+PALM_TINT_RGB = np.array([1.02, 0.97, 0.96])  # palms are a little redder
 LIGHT_DIRECTIONS_WORLD = (np.array([0.3, 0.45, -1.0]), np.array([-0.6, -0.2, -0.5]))
 
 HO3D_SEQUENCE_NAMES = ("ABF10", "BB10", "GPMF10", "GSF10", "MC1", "MDF10", "ND2", "SB10", "ShSu10", "SiBF10",
@@ -112,6 +139,11 @@ INVALID_JOINT_VALUE = -1.0  # DexYCB fills joint_3d / joint_2d of unannotated fr
 SEG_HAND_LABEL = 255
 POSE_FILE = "pose.npz"  # per sequence: pose_y (T, n_obj, 7) quaternion xyzw + t, pose_m (T, hands, 51); world frame
 APRILTAG_WORLD_M = (-0.4, -0.3, 0.0)  # the tag lies flat on the table, its x/y along the world's
+EXTRINSICS_NAME = "20200702_151821"  # a DexYCB calibration folder name (extrinsics_<name>)
+# Sequence folders are named YYYYMMDD_HHMMSS like DexYCB's: the first at 14:17:54, the next ones later.
+FIRST_SEQUENCE_TIME_S = 14 * 3600 + 17 * 60 + 54
+SEQUENCE_INTERVAL_S = 97
+OCCLUDED_MAX_VISIBILITY = DeocclusionConfig().max_visibility  # the summary's "occluded": de-occlusion's own test
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +157,7 @@ class SynthSummary:
     num_images: int  # frames x cameras
     num_left_sequences: int
     num_grasping_images: int
-    num_occluded_images: int  # visibility <= 0.9
+    num_occluded_images: int  # visibility <= OCCLUDED_MAX_VISIBILITY
     visibility_min: float
     visibility_median: float
     visibility_max: float
@@ -141,7 +173,7 @@ class SynthSummary:
                 f"images: {self.num_images}",
                 f"  grasping images (truth): {self.num_grasping_images}",
                 f"  hand visibility: min {self.visibility_min:.2f}, median {self.visibility_median:.2f}, "
-                f"max {self.visibility_max:.2f}; occluded (<= 0.9): {self.num_occluded_images}",
+                f"max {self.visibility_max:.2f}; occluded (<= {OCCLUDED_MAX_VISIBILITY:g}): {self.num_occluded_images}",
                 f"  written in {self.seconds:.1f} s",
             ]
         )
@@ -174,6 +206,33 @@ class _Trajectory:
     T_world_from_grasped: np.ndarray  # (T, 4, 4)
 
 
+@dataclass(frozen=True, slots=True)
+class _SequencePlan:
+    """Everything one sequence's rendering and label writing need, drawn from the sequence's generator."""
+
+    side: str  # "right" | "left"
+    betas: np.ndarray  # (10,) float32
+    grasped: str  # YCB name of the grasped object
+    ycb_names: list[str]  # the sequence's objects in their (shuffled) ycb_ids order, grasped included
+    static_poses: dict[str, np.ndarray]  # distractor name -> (4, 4) T_world_from_obj at rest
+    grasp: _GraspPlan
+    trajectory: _Trajectory
+    table_seed: int  # seeds the table texture
+    skin_rgb: np.ndarray  # (3,) float, in [0, 1]
+    root_joint_rest_m: np.ndarray  # (3,) float64 wrist of the posed-at-zero hand (MANO's rotation centre)
+
+
+@dataclass(frozen=True, slots=True)
+class _ViewLabels:
+    """The labels of one view (camera x frame), in that camera's OpenCV frame."""
+
+    orient_cam: np.ndarray  # (3,) MANO global orient, axis-angle radians
+    transl_cam: np.ndarray  # (3,) MANO transl, metres
+    hand_pose: np.ndarray  # (45,) absolute hand pose, axis-angle radians
+    joints_cam_m: np.ndarray  # (21, 3) float64, DexYCB order
+    T_cam_from_objs: list[np.ndarray]  # per object of the plan's ycb_names: (4, 4)
+
+
 # --- small helpers ------------------------------------------------------------------------------
 
 
@@ -187,7 +246,7 @@ def _unit(vec: np.ndarray) -> np.ndarray:
 
 
 def _rot_about(axis: np.ndarray, angle_rad: float) -> np.ndarray:
-    return rotation_from_axis_angle(_unit(np.asarray(axis, dtype=np.float64)) * angle_rad)
+    return matrix_from_axis_angle(_unit(np.asarray(axis, dtype=np.float64)) * angle_rad)
 
 
 def _rigid(R: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -198,9 +257,7 @@ def _rigid(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def _mirror_pose_for_side(pose45: np.ndarray, side: str) -> np.ndarray:
     """The procedural curl poses are right-hand poses; the left hand mirrors them (a0, -a1, -a2)."""
-    if side == "right":
-        return pose45
-    return (pose45.reshape(-1, 3) * np.asarray(AXIS_ANGLE_MIRROR_SIGNS)).reshape(-1)
+    return pose45 if side == "right" else mirror_axis_angle(pose45)
 
 
 def _check_output_dir(out_dir: Path, cfg_hash: str) -> dict | None:
@@ -233,9 +290,10 @@ def _rig(cfg: SyntheticConfig) -> list[_Camera]:
     scale = cfg.image_width_px / BASE_IMAGE_WIDTH_PX
     cameras = []
     for idx, serial in enumerate(DEXYCB_SERIALS):
-        azimuth = np.deg2rad(RIG_FIRST_AZIMUTH_DEG + 45.0 * idx + rng.uniform(-6, 6))
-        elevation = np.deg2rad(RIG_ELEVATIONS_DEG[idx % 3] + rng.uniform(-3, 3))
-        distance = RIG_DISTANCES_M[idx % 2] + rng.uniform(-0.03, 0.03)
+        azimuth = np.deg2rad(RIG_FIRST_AZIMUTH_DEG + RIG_AZIMUTH_STEP_DEG * idx
+                             + rng.uniform(-RIG_AZIMUTH_JITTER_DEG, RIG_AZIMUTH_JITTER_DEG))
+        elevation = np.deg2rad(RIG_ELEVATIONS_DEG[idx % 3] + rng.uniform(-RIG_ELEVATION_JITTER_DEG, RIG_ELEVATION_JITTER_DEG))
+        distance = RIG_DISTANCES_M[idx % 2] + rng.uniform(-RIG_DISTANCE_JITTER_M, RIG_DISTANCE_JITTER_M)
         centre = RIG_TARGET_M + distance * np.array(
             [np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]
         )
@@ -243,7 +301,7 @@ def _rig(cfg: SyntheticConfig) -> list[_Camera]:
         K = np.array(
             [
                 [fx, 0.0, (cfg.image_width_px - 1) / 2 + rng.uniform(-PRINCIPAL_JITTER_PX, PRINCIPAL_JITTER_PX) * scale],
-                [0.0, fx * (1 + rng.uniform(-0.002, 0.002)), (cfg.image_height_px - 1) / 2 + rng.uniform(-PRINCIPAL_JITTER_PX, PRINCIPAL_JITTER_PX) * scale],
+                [0.0, fx * (1 + rng.uniform(-FOCAL_ASPECT_JITTER, FOCAL_ASPECT_JITTER)), (cfg.image_height_px - 1) / 2 + rng.uniform(-PRINCIPAL_JITTER_PX, PRINCIPAL_JITTER_PX) * scale],
                 [0.0, 0.0, 1.0],
             ]
         )  # fmt: skip
@@ -327,7 +385,7 @@ def _plan_grasp(
     tilt = _rot_about(normal, np.deg2rad(rng.uniform(-GRASP_TILT_DEG, GRASP_TILT_DEG)))
     axes_target = tilt @ np.stack([across, fingers, normal], axis=1)
     R_global = axes_target @ axes_rest.T
-    global_orient = axis_angle_from_rotation(R_global)
+    global_orient = axis_angle_from_matrix(R_global)
 
     # 3. All curl candidates at once (fingers and thumb curl together; each digit is judged on its own)
     basis, opposition = _curl_basis(side)
@@ -339,12 +397,12 @@ def _plan_grasp(
     poses[:, 3:] += THUMB_OPPOSITION * opposition[None]
     verts, joints = layer.forward_numpy(poses, np.repeat(betas[None], num, 0), np.zeros((num, 3)))
     verts, joints = verts.astype(np.float64), joints.astype(np.float64)
-    palm_centre = joints[0][[0, 5, 9, 13, 17]].mean(axis=0)
+    palm_centre = joints[0][list(PALM_JOINT_IDX)].mean(axis=0)
 
     # 4. Palm placement: the proxy centre sits in front of the palm, at a random height along the axis
     centre_world = T_world_from_obj[:3, :3] @ np.asarray(obj.grip.centre_m) + t_wo
-    height_offset = rng.uniform(-0.15, 0.25) * half[2]
-    depth = float(np.abs(approach_obj[:2] * half[:2]).sum()) + 0.012
+    height_offset = rng.uniform(*GRIP_HEIGHT_RANGE_FRACTION) * half[2]
+    depth = float(np.abs(approach_obj[:2] * half[:2]).sum()) + PALM_START_DEPTH_M
     palm_verts = verts[0][finger_labels == 0]
 
     def sdf_world(points_world: np.ndarray) -> np.ndarray:
@@ -353,7 +411,7 @@ def _plan_grasp(
     def shift_for(depth_m: float, height_m: float) -> np.ndarray:
         return centre_world - normal * depth_m + across * height_m - palm_centre
 
-    for _ in range(6):  # palm just touching: the signed distance moves ~1:1 with the depth
+    for _ in range(NUM_PALM_DEPTH_ITERATIONS):  # palm just touching
         gap = float(sdf_world(palm_verts + shift_for(depth, height_offset)).min())
         depth += PALM_GAP_M - gap
     shift = shift_for(depth, height_offset)
@@ -377,7 +435,7 @@ def _plan_grasp(
             frac = (gaps[k - 1] - CONTACT_GAP_M) / max(gaps[k - 1] - gaps[k], 1e-9)
             curls[name] = float(CURL_CANDIDATES[k - 1] + frac * (CURL_CANDIDATES[k] - CURL_CANDIDATES[k - 1]))
     hand_pose_grasp = THUMB_OPPOSITION * opposition + sum(curls[n] * basis[n] for n in basis)
-    hand_pose_open = OPEN_CURL_FRACTION * (hand_pose_grasp - THUMB_OPPOSITION * opposition) + 0.3 * opposition
+    hand_pose_open = OPEN_CURL_FRACTION * (hand_pose_grasp - THUMB_OPPOSITION * opposition) + OPEN_THUMB_OPPOSITION * opposition
 
     # 6. The MANO translation that puts the hand there, and a penetration check
     transl = shift  # vertices above were posed with transl = 0, so the shift is the translation
@@ -428,7 +486,7 @@ def _trajectory(
     # 3. Lift: one rigid motion about the grip centre moves hand and object together
     lift_m = rng.uniform(*LIFT_HEIGHT_RANGE_M)
     angle_rad = np.deg2rad(rng.uniform(*LIFT_ANGLE_RANGE_DEG))
-    turn_axis = _unit(np.cross(up, normal) + rng.normal(0, 0.3, 3) * np.array([1, 1, 0]))
+    turn_axis = _unit(np.cross(up, normal) + rng.normal(0, LIFT_TURN_AXIS_JITTER, 3) * np.array([1, 1, 0]))
     drift = rng.normal(0, 1, 3) * np.array([1, 1, 0])
     drift = LIFT_DRIFT_M * drift / max(np.linalg.norm(drift), 1e-9)
     for i in range(num_lift):
@@ -446,7 +504,8 @@ def _trajectory(
     T_first = T_objs[num_approach + num_close]
     rte_m = float(np.linalg.norm(T_first[:3, 3] - T_world_from_obj0[:3, 3]))
     rre_deg = float(np.degrees(np.arccos(np.clip((np.trace(T_first[:3, :3].T @ T_world_from_obj0[:3, :3]) - 1) / 2, -1, 1))))
-    if rte_m < MIN_FIRST_LIFT_MARGIN * GRASP_RTE_THRESHOLD_M and rre_deg < MIN_FIRST_LIFT_MARGIN * GRASP_RRE_THRESHOLD_DEG:
+    if (rte_m < MIN_FIRST_LIFT_MARGIN * DEFAULT_GRASP.rte_threshold_m
+            and rre_deg < MIN_FIRST_LIFT_MARGIN * DEFAULT_GRASP.rre_threshold_deg):
         raise AssertionError(f"first lift frame moved only {rte_m:.3f} m / {rre_deg:.1f} deg")
     return _Trajectory(tuple(phases), np.array(orients), np.array(transls), np.array(poses), np.array(T_objs))
 
@@ -491,7 +550,7 @@ class _SequenceWriter:
 
     # -- one sequence ----------------------------------------------------------------------------
 
-    def plan_sequence(self, sequence_key: str, side: str, betas: np.ndarray, primary: _Camera):
+    def plan_sequence(self, sequence_key: str, side: str, betas: np.ndarray, primary: _Camera) -> _SequencePlan:
         """Objects on the table, grasp plan and trajectory of one sequence (its own generator)."""
         rng = np.random.default_rng(_seed_from(self.cfg.seed, sequence_key))
         layer = self.layers[side]
@@ -511,7 +570,7 @@ class _SequenceWriter:
             palm_on_wide = 2 * half[wide_axis] <= MAX_WRAPPABLE_WIDTH_M
             approach_obj = np.eye(3)[narrow_axis if palm_on_wide else wide_axis] * rng.choice([-1.0, 1.0])
         yaw = toward_hand_rad - np.arctan2(approach_obj[1], approach_obj[0])
-        T_obj0 = _resting_pose(obj, rng.uniform(-0.03, 0.03, 2), yaw)
+        T_obj0 = _resting_pose(obj, rng.uniform(-OBJECT_XY_JITTER_M, OBJECT_XY_JITTER_M, 2), yaw)
         plan = _plan_grasp(layer, self.finger_labels[side], betas, obj, T_obj0, approach_obj, rng)
         _, joints_rest = layer.forward_numpy(np.zeros((1, 48)), betas[None], np.zeros((1, 3)))
         trajectory = _trajectory(plan, self.cfg.frames_per_sequence, T_obj0, joints_rest[0, 0].astype(np.float64), rng)
@@ -519,7 +578,8 @@ class _SequenceWriter:
         placed = []
         hand_dir = np.arctan2(-plan.palm_normal_world[1], -plan.palm_normal_world[0])
         for k, name in enumerate(distractors):
-            angle = hand_dir + np.pi + (k - (num_distractors - 1) / 2) * np.deg2rad(70) + rng.uniform(-0.3, 0.3)
+            angle = (hand_dir + np.pi + (k - (num_distractors - 1) / 2) * np.deg2rad(DISTRACTOR_SPACING_DEG)
+                     + rng.uniform(-DISTRACTOR_ANGLE_JITTER_RAD, DISTRACTOR_ANGLE_JITTER_RAD))
             radius = rng.uniform(*DISTRACTOR_DISTANCE_RANGE_M)
             xy = T_obj0[:2, 3] + radius * np.array([np.cos(angle), np.sin(angle)])
             placed.append((name, _resting_pose(self.objects[name], xy, rng.uniform(0, 2 * np.pi))))
@@ -528,46 +588,48 @@ class _SequenceWriter:
         ycb_names = [ycb_names[i] for i in order]
         static_poses = {name: T for name, T in placed}
         skin = np.asarray(SKIN_TONES_RGB[_seed_from(sequence_key.split("/")[0]) % len(SKIN_TONES_RGB)])
-        return {
-            "rng": rng, "grasped": grasped, "ycb_names": ycb_names, "static_poses": static_poses, "plan": plan,
-            "trajectory": trajectory, "table": table_texture(_seed_from(self.cfg.seed, sequence_key, "table")),
-            "skin": skin, "side": side, "betas": betas, "root_joint": joints_rest[0, 0].astype(np.float64),
-        }  # fmt: skip
+        return _SequencePlan(
+            side=side, betas=betas, grasped=grasped, ycb_names=ycb_names, static_poses=static_poses, grasp=plan,
+            trajectory=trajectory, table_seed=_seed_from(self.cfg.seed, sequence_key, "table"), skin_rgb=skin,
+            root_joint_rest_m=joints_rest[0, 0].astype(np.float64),
+        )  # fmt: skip
 
     def hand_colours(self, side: str, skin_rgb: np.ndarray, vertices_rest: np.ndarray) -> np.ndarray:
         """Per-vertex skin colour with a little low-frequency variation (knuckles, palm creases)."""
-        phase = vertices_rest @ np.array([91.0, 57.0, 73.0])
-        variation = 0.06 * np.sin(phase) + 0.03 * np.sin(2.3 * phase + 1.0)
+        phase_rad = vertices_rest @ SKIN_VARIATION_FREQ_PER_M
+        first, second = SKIN_VARIATION_AMPLITUDES
+        variation = first * np.sin(phase_rad) + second * np.sin(
+            SKIN_VARIATION_SECOND_FREQ_RATIO * phase_rad + SKIN_VARIATION_SECOND_PHASE_RAD)
         colours = skin_rgb[None, :] * (1.0 + variation[:, None])
         palm = self.finger_labels[side] == 0
-        colours[palm] *= np.array([1.02, 0.97, 0.96])  # palms are a little redder
+        colours[palm] *= PALM_TINT_RGB
         return np.clip(colours, 0, 1)
 
-    def render_sequence(self, seq: dict, cameras: list[_Camera]):
-        """Yield (camera, frame_idx, RenderedView, labels) for every view of the sequence."""
+    def render_sequence(self, seq: _SequencePlan, cameras: list[_Camera]):
+        """Yield (camera, frame_idx, RenderedView, _ViewLabels) for every view of the sequence."""
         # 1. Hand vertices in the world frame (for rendering) and per-vertex skin colours
-        trajectory: _Trajectory = seq["trajectory"]
-        side, betas, layer = seq["side"], seq["betas"], self.layers[seq["side"]]
+        trajectory = seq.trajectory
+        side, betas, layer = seq.side, seq.betas, self.layers[seq.side]
         num = len(trajectory.phases)
         world_pose = np.concatenate([trajectory.global_orient_world, trajectory.hand_pose], axis=1)
         verts_world, _ = layer.forward_numpy(world_pose, np.repeat(betas[None], num, 0), trajectory.transl_world_m)
         verts_rest, _ = layer.forward_numpy(np.zeros((1, 48)), betas[None], np.zeros((1, 3)))
-        colours = self.hand_colours(side, seq["skin"], verts_rest[0].astype(np.float64))
-        table_mesh = self.renderer.pyrender.Mesh.from_trimesh(table_trimesh(seq["table"]))
+        colours = self.hand_colours(side, seq.skin_rgb, verts_rest[0].astype(np.float64))
+        table_mesh = self.renderer.pyrender.Mesh.from_trimesh(table_trimesh(table_texture(seq.table_seed)))
         # 2. One scene per sequence
         faces = layer.faces
-        grasped_label = YCB_NAMES.index(seq["grasped"]) + 1
+        grasped_label = YCB_NAMES.index(seq.grasped) + 1
         objects = [
             (YCB_NAMES.index(name) + 1, self.render_mesh(name),
-             trajectory.T_world_from_grasped[0] if name == seq["grasped"] else seq["static_poses"][name])
-            for name in seq["ycb_names"]
+             trajectory.T_world_from_grasped[0] if name == seq.grasped else seq.static_poses[name])
+            for name in seq.ycb_names
         ]  # fmt: skip
         self.renderer.begin_sequence(table_mesh, objects, grasped_label, list(LIGHT_DIRECTIONS_WORLD))
         # 3. Per camera: MANO parameters and joints in its frame (the labels), background, then every frame
         for camera in cameras:
             R_cw, t_cw = camera.T_cam_from_world[:3, :3], camera.T_cam_from_world[:3, 3]
             cam_params = [
-                transform_mano_global(trajectory.global_orient_world[i], trajectory.transl_world_m[i], R_cw, t_cw, seq["root_joint"])
+                transform_mano_global(trajectory.global_orient_world[i], trajectory.transl_world_m[i], R_cw, t_cw, seq.root_joint_rest_m)
                 for i in range(num)
             ]
             orient_cam = np.array([p[0] for p in cam_params])
@@ -587,14 +649,14 @@ class _SequenceWriter:
                     hand_faces=faces,
                     hand_vertex_rgb=colours,
                 )
-                labels = {
-                    "orient_cam": orient_cam[frame_idx],
-                    "transl_cam": transl_cam[frame_idx],
-                    "hand_pose": trajectory.hand_pose[frame_idx],
-                    "joints_cam": joints_cam[frame_idx].astype(np.float64),
-                    "T_cam_from_objs": [camera.T_cam_from_world @ (T_grasped if label == grasped_label else T)
-                                        for label, _, T in objects],
-                }  # fmt: skip
+                labels = _ViewLabels(
+                    orient_cam=orient_cam[frame_idx],
+                    transl_cam=transl_cam[frame_idx],
+                    hand_pose=trajectory.hand_pose[frame_idx],
+                    joints_cam_m=joints_cam[frame_idx].astype(np.float64),
+                    T_cam_from_objs=[camera.T_cam_from_world @ (T_grasped if label == grasped_label else T)
+                                     for label, _, T in objects],
+                )  # fmt: skip
                 yield camera, frame_idx, view, labels
 
     def record_truth(self, key: str, phase: str, view) -> None:
@@ -620,13 +682,13 @@ def _write_yaml(path: Path, data: dict) -> None:
 
 def _sequence_name(subject: str, seq_idx: int) -> str:
     """`YYYYMMDD_HHMMSS` on the subject's date; later sequences get later times (sorted = generated order)."""
-    seconds = 14 * 3600 + 17 * 60 + 54 + 97 * seq_idx
+    seconds = FIRST_SEQUENCE_TIME_S + SEQUENCE_INTERVAL_S * seq_idx
     return f"{subject[:8]}_{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
 
 
 def _subject_betas(cfg: SyntheticConfig, subject: str) -> np.ndarray:
     rng = np.random.default_rng(_seed_from(cfg.seed, subject, "betas"))
-    return np.clip(rng.normal(0.0, BETAS_STD, 10), -2.0, 2.0).astype(np.float32)
+    return np.clip(rng.normal(0.0, BETAS_STD, NUM_BETAS), -BETAS_ABS_MAX, BETAS_ABS_MAX).astype(np.float32)
 
 
 def _unannotated_frames(cfg: SyntheticConfig, sequence_key: str) -> frozenset[int]:
@@ -648,14 +710,14 @@ def _pose_y_row(T_world_from_obj: np.ndarray) -> np.ndarray:
     return np.concatenate([Rotation.from_matrix(T_world_from_obj[:3, :3]).as_quat(), T_world_from_obj[:3, 3]])
 
 
-def _write_sequence_pose_npz(path: Path, seq: dict, pca: dict, unannotated: frozenset[int]) -> None:
+def _write_sequence_pose_npz(path: Path, seq: _SequencePlan, pca: dict, unannotated: frozenset[int]) -> None:
     """DexYCB's per-sequence pose.npz, world frame: pose_y (T, n_obj, 7), pose_m (T, 1, 51) (0 = not annotated)."""
-    trajectory: _Trajectory = seq["trajectory"]
+    trajectory = seq.trajectory
     num = len(trajectory.phases)
-    pose_y = np.zeros((num, len(seq["ycb_names"]), 7))
-    for obj_idx, name in enumerate(seq["ycb_names"]):
+    pose_y = np.zeros((num, len(seq.ycb_names), 7))
+    for obj_idx, name in enumerate(seq.ycb_names):
         for frame_idx in range(num):
-            T = trajectory.T_world_from_grasped[frame_idx] if name == seq["grasped"] else seq["static_poses"][name]
+            T = trajectory.T_world_from_grasped[frame_idx] if name == seq.grasped else seq.static_poses[name]
             pose_y[frame_idx, obj_idx] = _pose_y_row(T)
     coeffs = axis_angle_to_pca(trajectory.hand_pose, pca["hands_components"], pca["hands_mean"])
     pose_m = np.concatenate([trajectory.global_orient_world, coeffs, trajectory.transl_world_m], axis=1)[:, None]
@@ -674,7 +736,7 @@ def _write_dexycb(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
             {"color": {"fx": float(K[0, 0]), "fy": float(K[1, 1]), "ppx": float(K[0, 2]), "ppy": float(K[1, 2])},
              "depth": {"fx": float(K[0, 0]), "fy": float(K[1, 1]), "ppx": float(K[0, 2]), "ppy": float(K[1, 2])}},
         )  # fmt: skip
-    extrinsics_name = "20200702_151821"
+    extrinsics_name = EXTRINSICS_NAME
     # world-from-camera, row-major 3x4 (the toolkit maps camera points to the world with it)
     extrinsics = {c.serial: np.linalg.inv(c.T_cam_from_world)[:3].reshape(-1).round(6).tolist() for c in cameras}
     if cfg.quirks:  # DexYCB's file: the tag's world-from-tag pose beside the cameras, nothing else
@@ -695,11 +757,11 @@ def _write_dexycb(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
         betas = _subject_betas(cfg, subject)
         _write_yaml(root / "calibration" / f"mano_{subject}" / "mano.yml", {"betas": betas.astype(float).round(6).tolist()})
         seq = writer.plan_sequence(sequence_key, side, betas, primary=cameras[seq_idx % len(cameras)])
-        ycb_ids = [YCB_NAMES.index(n) + 1 for n in seq["ycb_names"]]
+        ycb_ids = [YCB_NAMES.index(n) + 1 for n in seq.ycb_names]
         _write_yaml(
             root / sequence_key / META_FILE,
             {"serials": [c.serial for c in cameras], "num_frames": cfg.frames_per_sequence, "ycb_ids": ycb_ids,
-             "ycb_grasp_ind": seq["ycb_names"].index(seq["grasped"]), "mano_sides": [side], "mano_calib": [subject],
+             "ycb_grasp_ind": seq.ycb_names.index(seq.grasped), "mano_sides": [side], "mano_calib": [subject],
              "extrinsics": extrinsics_name},
         )  # fmt: skip
         pca = writer.pca[side]
@@ -708,10 +770,10 @@ def _write_dexycb(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
             _write_sequence_pose_npz(root / sequence_key / POSE_FILE, seq, pca, unannotated)
         for camera, frame_idx, view, labels in writer.render_sequence(seq, cameras):
             frame_dir = root / sequence_key / camera.serial
-            coeffs = axis_angle_to_pca(labels["hand_pose"][None], pca["hands_components"], pca["hands_mean"])[0]
-            pose_m = np.concatenate([labels["orient_cam"], coeffs, labels["transl_cam"]])[None].astype(np.float32)
-            joints_3d = labels["joints_cam"][None].astype(np.float32)
-            joints_2d = project_points(labels["joints_cam"], camera.K)[None].astype(np.float32)
+            coeffs = axis_angle_to_pca(labels.hand_pose[None], pca["hands_components"], pca["hands_mean"])[0]
+            pose_m = np.concatenate([labels.orient_cam, coeffs, labels.transl_cam])[None].astype(np.float32)
+            joints_3d = labels.joints_cam_m[None].astype(np.float32)
+            joints_2d = project_points(labels.joints_cam_m, camera.K)[None].astype(np.float32)
             seg = view.seg
             key = f"{sequence_key}/{camera.serial}/{frame_idx:06d}"
             if frame_idx in unannotated:  # as DexYCB: no hand annotation, so none in the rendered seg either
@@ -725,13 +787,13 @@ def _write_dexycb(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
             np.savez_compressed(
                 frame_dir / LABEL_FORMAT.format(frame_idx),
                 seg=seg,
-                pose_y=np.stack([T[:3] for T in labels["T_cam_from_objs"]]).astype(np.float32),
+                pose_y=np.stack([T[:3] for T in labels.T_cam_from_objs]).astype(np.float32),
                 pose_m=pose_m,
                 joint_3d=joints_3d,
                 joint_2d=joints_2d,
             )
             _write_jpeg(root / TRUTH_DIR / sequence_key / camera.serial / COLOR_FORMAT.format(frame_idx), view.color_no_object_rgb)
-            writer.record_truth(key, seq["trajectory"].phases[frame_idx], view)
+            writer.record_truth(key, seq.trajectory.phases[frame_idx], view)
         sequence_keys.append(sequence_key)
     if cfg.quirks:
         (root / TRUTH_DIR).mkdir(parents=True, exist_ok=True)
@@ -752,22 +814,23 @@ def _write_ho3d(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
         betas = _subject_betas(cfg, name)
         camera = writer.rig[_seed_from(cfg.seed, sequence_key, "camera") % len(writer.rig)]
         seq = writer.plan_sequence(sequence_key, "right", betas, primary=camera)  # HO3D_v2 has right hands only
-        obj_name = seq["grasped"]
+        obj_name = seq.grasped
         corners_rest = trimesh.bounds.corners(writer.objects[obj_name].mesh.bounds)
-        grasp_idx = seq["ycb_names"].index(obj_name)
+        grasp_idx = seq.ycb_names.index(obj_name)
         for _, frame_idx, view, labels in writer.render_sequence(seq, [camera]):
             seq_dir = root / sequence_key
             frame_name = f"{frame_idx:04d}"
             # OpenCV labels -> HO3D's OpenGL coordinates
-            orient_gl, transl_gl = transform_mano_global(labels["orient_cam"], labels["transl_cam"], GL_FROM_CV, np.zeros(3), seq["root_joint"])
-            T_obj = labels["T_cam_from_objs"][grasp_idx]
+            orient_gl, transl_gl = transform_mano_global(labels.orient_cam, labels.transl_cam, GL_FROM_CV, np.zeros(3),
+                                                         seq.root_joint_rest_m)
+            T_obj = labels.T_cam_from_objs[grasp_idx]
             R_gl, t_gl = GL_FROM_CV @ T_obj[:3, :3], GL_FROM_CV @ T_obj[:3, 3]
             meta = {
-                "handPose": np.concatenate([orient_gl, labels["hand_pose"]]).astype(np.float64),
+                "handPose": np.concatenate([orient_gl, labels.hand_pose]).astype(np.float64),
                 "handBeta": betas.astype(np.float64),
                 "handTrans": transl_gl.astype(np.float64),
-                "handJoints3D": (labels["joints_cam"] @ GL_FROM_CV.T)[ho3d_from_dexycb].astype(np.float64),
-                "objRot": cv2.Rodrigues(R_gl)[0].astype(np.float64),
+                "handJoints3D": (labels.joints_cam_m @ GL_FROM_CV.T)[ho3d_from_dexycb].astype(np.float64),
+                "objRot": axis_angle_from_matrix(R_gl)[:, None],  # (3, 1) as HO3D stores it
                 "objTrans": t_gl.astype(np.float64),
                 "objName": obj_name,
                 "objLabel": YCB_NAMES.index(obj_name) + 1,
@@ -781,7 +844,7 @@ def _write_ho3d(writer: _SequenceWriter, cfg: SyntheticConfig) -> list[str]:
             with (seq_dir / "meta" / f"{frame_name}.pkl").open("wb") as handle:
                 pickle.dump(meta, handle, protocol=2)
             _write_png(root / TRUTH_DIR / sequence_key / "rgb" / f"{frame_name}.png", cv2.cvtColor(view.color_no_object_rgb, cv2.COLOR_RGB2BGR))
-            writer.record_truth(f"{sequence_key}/{frame_name}", seq["trajectory"].phases[frame_idx], view)
+            writer.record_truth(f"{sequence_key}/{frame_name}", seq.trajectory.phases[frame_idx], view)
             list_lines.append(f"{name}/{frame_name}")
         sequence_keys.append(sequence_key)
     # 3. The split list files
@@ -845,7 +908,7 @@ def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandM
         num_images=cfg.num_sequences * cfg.frames_per_sequence * num_cams,
         num_left_sequences=sum(1 for i in range(cfg.num_sequences) if cfg.format == "dexycb" and i % 2 == 1),
         num_grasping_images=int(sum(writer.truth_grasp.values())),
-        num_occluded_images=int((visibility <= 0.9).sum()),
+        num_occluded_images=int((visibility <= OCCLUDED_MAX_VISIBILITY).sum()),
         visibility_min=float(np.nanmin(visibility)),
         visibility_median=float(np.nanmedian(visibility)),
         visibility_max=float(np.nanmax(visibility)),

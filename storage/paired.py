@@ -1,0 +1,260 @@
+"""PairedDataset: occluded / de-occluded training pairs of one dataset version, read and augmented per batch.
+
+Worker processes open the store lazily (first `__getitem__`), so datasets pickle small and work with
+the spawn start method. A list of items builds a whole batch (`load_batch`): images stay uint8 until
+one float conversion per batch, and the batch crosses the worker queue as one shared buffer
+(`unihope.storage.batch_buffer`). Measured effect: docs/performance/storage.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unihope.seeding import numpy_generator
+from unihope.storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
+from unihope.storage.batch_buffer import SharedBatch
+from unihope.storage.manifest import StoreError, shard_stem
+from unihope.storage.schema import SAMPLE_KEYS
+from unihope.storage.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits
+from unihope.storage.view import DatasetView, open_dataset
+
+# what PairedDataset reads per sample
+_PAIR_SAMPLE_ARRAYS = ("image", "image_deoccluded", "mask_hand", "mask_object")
+_PAIR_COLUMNS = ("joints_2d", "joints_3d", "mano_pose", "mano_betas", "mano_trans", "hand_side", "grasp",
+                 "object_keypoints_2d", "object_pose", "object_id", "K", "visibility", "keep", "sample_key")
+# per-sample labels of a training batch: name -> (dtype, shape); all samples' values are stacked per name
+_PAIR_LABELS: dict[str, tuple[type, tuple[int, ...]]] = {
+    "has_pair": (np.bool_, ()), "joints_2d": (np.float32, (21, 2)), "joints_3d": (np.float32, (21, 3)),
+    "mano_pose": (np.float32, (48,)), "mano_betas": (np.float32, (10,)), "mano_trans": (np.float32, (3,)),
+    "hand_side": (np.int64, ()), "grasp": (np.int64, ()), "object_keypoints_2d": (np.float32, (21, 2)),
+    "object_pose": (np.float32, (3, 4)), "object_id": (np.int64, ()), "K": (np.float32, (3, 3)),
+    "visibility": (np.float32, ()), "hand_box_xyxy": (np.float32, (4,)), "object_box_xyxy": (np.float32, (4,)),
+    "index": (np.int64, ()),
+}
+_U8_FULL_SCALE = 255.0  # stored uint8 colour / this -> [0, 1]
+
+
+@dataclass(frozen=True, slots=True)
+
+
+class _Selection:
+    """What a PairedDataset shows: global indices into the view, and their shard offsets."""
+
+    indices: np.ndarray  # (N,) int64 global sample indices
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """Occluded / de-occluded pairs with identical augmentation, as dicts of tensors (unihope.storage.schema.SAMPLE_KEYS).
+
+    Pickles small (url, options and the selected indices) and opens the store lazily in each worker.
+    Augmentation is seeded per sample from (seed, epoch, sample_key); `make_loader` passes the epoch.
+    """
+
+    reads_batches = True  # make_loader hands whole batches (lists of items) to __getitem__
+
+    def __init__(
+        self,
+        url: str | os.PathLike,
+        split: str = "all",
+        keep_only: bool = False,
+        max_visibility: float | None = None,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        val_fraction: float | None = None,
+        storage_options: dict | None = None,
+        verify: str = "lazy",
+        version: str | None = None,
+    ) -> None:
+        """Select samples of one version of a dataset.
+
+        Args:
+            url: dataset root (path or fsspec URL).
+            split: "all", "train" or "val" (by a hash of the sequence key).
+            keep_only: only samples whose de-occluded pair was kept.
+            max_visibility: only samples with visibility <= this (occluded ones), None = all.
+            augment: random augmentation ranges, None = no augmentation.
+            seed: augmentation seed.
+            val_fraction: share of sequences in "val"; None = the value the dataset was built with
+                (StorageConfig.val_fraction, default 0.1).
+            storage_options: fsspec options for URLs.
+            verify: checksum mode for shard reads (see open_dataset).
+            version: dataset version id (or unique prefix); None = the newest. Every process
+                (DataLoader workers too, whenever they start) reads this version.
+
+        Raises:
+            ValueError: on an unknown split or out-of-range fractions.
+            StoreError: on a missing version or a damaged store.
+        """
+        # 1. Check inputs
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if max_visibility is not None and not 0.0 <= max_visibility <= 1.0:
+            raise ValueError(f"max_visibility must be in [0, 1] or None, got {max_visibility}")
+        self.url = os.fspath(url)
+        self.storage_options = dict(storage_options or {})
+        self.augment = augment
+        self.seed = seed
+        self.verify = verify
+        self.epoch = 0
+
+        # 2. Filters from the small columns (read once here, never pickled)
+        view = open_dataset(self.url, self.storage_options, verify=verify, version=version)
+        self.version_id = view.version_id
+        if val_fraction is None:
+            val_fraction = DEFAULT_VAL_FRACTION
+            if view.shards:
+                stored = view.shard(0).attrs.get("storage_config", {})
+                val_fraction = float(stored.get("val_fraction", DEFAULT_VAL_FRACTION))
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.val_fraction = val_fraction
+        selected = np.ones(view.num_samples, dtype=bool)
+        if keep_only:
+            selected &= view.column("keep").astype(bool)
+        if max_visibility is not None:
+            selected &= view.column("visibility") <= max_visibility
+        if split != "all":
+            sequences = view.column("sequence_key").tolist()
+            split_by_sequence = assign_splits(sequences, val_fraction)
+            selected &= np.array([split_by_sequence[seq] == split for seq in sequences], dtype=bool)
+        self._selection = _Selection(np.flatnonzero(selected).astype(np.int64))
+        # workers re-read the commit records; (index, digest) pins them to the shards filtered here
+        self._shard_ids = tuple((commit.shard_idx, commit.digest_sha256) for commit in view.shards)
+        view.close()
+        self._view: DatasetView | None = None
+
+    def __len__(self) -> int:
+        return len(self._selection.indices)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_view"] = None
+        return state
+
+    def _open_view(self) -> DatasetView:
+        """Open the store (first call in each process), pinned to the shards seen at construction.
+
+        Raises:
+            StoreError: when a shard was rewritten or removed since this dataset was created.
+        """
+        if self._view is None:
+            view = open_dataset(self.url, self.storage_options, verify="none", version=self.version_id or None)
+            by_idx = {commit.shard_idx: commit for commit in view.shards}
+            shards = []
+            for shard_idx, digest in self._shard_ids:
+                commit = by_idx.get(shard_idx)
+                if commit is None or commit.digest_sha256 != digest:
+                    raise StoreError(f"{self.url}: {shard_stem(shard_idx)} changed or vanished since this "
+                                     f"PairedDataset was created; create it again")
+                shards.append(commit)
+            self._view = DatasetView(view.loc, tuple(shards), view.manifest, self.verify)
+        return self._view
+
+    def __getitem__(self, item: int | tuple[int, int] | list) -> dict:
+        """Sample `item` (an index, or (index, epoch) as EpochSampler yields it), or a collated batch.
+
+        A list of items (what make_loader's batch sampler yields) returns the collated batch that
+        `load_batch` builds; a single item is that batch's only row, so a sample read alone is
+        bit-identical to the same sample read in a batch (in a worker or not).
+        """
+        if isinstance(item, list):
+            return self.load_batch(item)
+        batch = self.load_batch([item])
+        return {key: value[0] for key, value in batch.items()}
+
+    def load_batch(self, items: Sequence[int | tuple[int, int]]) -> dict:
+        """Read, augment and collate several samples at once.
+
+        Images stay uint8 through the augmentation and become float32 once per batch; all tensors of
+        the batch are views of one buffer (in shared memory inside a DataLoader worker), so a batch
+        crosses the worker queue as one shared-memory handle instead of one per tensor.
+
+        Args:
+            items: indices, or (index, epoch) pairs (a bare index uses `self.epoch`).
+
+        Returns:
+            The collated batch: unihope.storage.schema.SAMPLE_FIELDS with a leading batch axis (B,), and
+            `sample_key` as a list of B str.
+
+        Raises:
+            ValueError: on an empty batch or crops of different sizes in one batch.
+            IndexError: on an index out of range.
+        """
+        # 1. Check inputs
+        pairs = [item if isinstance(item, tuple) else (item, self.epoch) for item in items]
+        if not pairs:
+            raise ValueError("load_batch needs at least one item, got none")
+        for index, _ in pairs:
+            if not 0 <= index < len(self):
+                raise IndexError(f"index {index} out of range for a PairedDataset of {len(self)} samples")
+        num_samples = len(pairs)
+        view = self._open_view()
+
+        # 2. Columns of every shard the batch touches, fetched once
+        global_idx = self._selection.indices[np.array([index for index, _ in pairs], dtype=np.int64)]
+        positions = np.searchsorted(view.offsets, global_idx, side="right") - 1
+        local_idx = global_idx - view.offsets[positions]
+        for position in np.unique(positions).tolist():
+            view.shard(position).load_columns(_PAIR_COLUMNS)
+
+        # 3. Per sample: read, draw, augment in uint8 (the same per-sample math whatever the batch), labels
+        #    written straight into the batch buffer
+        batch: SharedBatch | None = None
+        out: dict[str, np.ndarray] = {}  # numpy views of the batch's tensors, written in place
+        pairs_u8 = masks = None  # (B, 2, S, S, 3) uint8 occluded / de-occluded, (B, 2, S, S) bool hand / object
+        sample_keys: list[str] = []
+        for row, ((index, epoch), position, local) in enumerate(zip(pairs, positions.tolist(), local_idx.tolist())):
+            shard = view.shard(position)
+            raw = {name: shard.sample_array(name, local) for name in _PAIR_SAMPLE_ARRAYS}
+            raw.update({name: shard.column(name)[local] for name in _PAIR_COLUMNS})
+            raw["sample_key"] = str(raw["sample_key"])
+            S = raw["image"].shape[0]
+            if batch is None:
+                batch, out = SharedBatch.allocate({
+                    "image": (np.float32, (num_samples, 3, S, S)),
+                    "image_deoccluded": (np.float32, (num_samples, 3, S, S)),
+                    "mask_hand": (np.float32, (num_samples, S, S)),
+                    "mask_object": (np.float32, (num_samples, S, S)),
+                    **{name: (dtype, (num_samples, *shape)) for name, (dtype, shape) in _PAIR_LABELS.items()},
+                })
+                pairs_u8 = np.empty((num_samples, 2, S, S, 3), np.uint8)
+                masks = np.empty((num_samples, 2, S, S), bool)
+            elif pairs_u8.shape[2] != S:
+                raise ValueError(f"a batch needs crops of one size, got {pairs_u8.shape[2]} and {S} px "
+                                 f"({raw['sample_key']})")
+            if self.augment is None:
+                params = IDENTITY
+            else:
+                rng = numpy_generator(self.seed, epoch, raw["sample_key"])
+                params = sample_params(self.augment, rng, S)
+            aug = augment_pair_u8(raw, params)
+            pairs_u8[row] = aug["pair"]
+            masks[row, 0], masks[row, 1] = aug["mask_hand"], aug["mask_object"]
+            for name in ("joints_2d", "joints_3d", "mano_pose", "mano_trans", "object_keypoints_2d", "object_pose",
+                         "K"):
+                out[name][row] = aug[name]  # float64 -> float32 rounds like np.asarray(x, np.float32)
+            out["mano_betas"][row] = raw["mano_betas"]
+            out["has_pair"][row] = bool(raw["keep"])
+            out["hand_side"][row] = int(raw["hand_side"])
+            out["grasp"][row] = int(bool(raw["grasp"]))
+            out["object_id"][row] = int(raw["object_id"])
+            out["visibility"][row] = float(raw["visibility"])
+            out["index"][row] = index
+            sample_keys.append(raw["sample_key"])
+
+        # 4. Batch-wide: boxes, and float32 images and masks made once for the batch
+        for box, points in (("hand_box_xyxy", "joints_2d"), ("object_box_xyxy", "object_keypoints_2d")):
+            np.min(out[points], axis=1, out=out[box][:, :2])
+            np.max(out[points], axis=1, out=out[box][:, 2:])
+        # transposed while still uint8 (4x fewer bytes to move), then one division: == astype(float32) / 255
+        images_chw = np.ascontiguousarray(pairs_u8.transpose(1, 0, 4, 2, 3))  # (2, B, 3, S, S)
+        np.divide(images_chw[0], np.float32(_U8_FULL_SCALE), out=out["image"], dtype=np.float32)
+        np.divide(images_chw[1], np.float32(_U8_FULL_SCALE), out=out["image_deoccluded"], dtype=np.float32)
+        np.copyto(out["mask_hand"], masks[:, 0])
+        np.copyto(out["mask_object"], masks[:, 1])
+        return batch.finish(key_order=SAMPLE_KEYS, sample_key=sample_keys)

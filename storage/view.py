@@ -1,0 +1,220 @@
+"""A verified view of one dataset version: open_dataset resolves the version, DatasetView reads by global index."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from unihope.storage.io import Location, locate
+from unihope.storage.manifest import check_schema_version, commit_path, list_commits
+from unihope.storage.schema import (
+    ARRAYS,
+    ARRAYS_BY_NAME,
+    CHUNKING_COLUMN,
+    CHUNKING_SAMPLE,
+    HAND_SIDE_CODES,
+    AnnotatedFrame,
+    Crop,
+    DeocclusionResult,
+    FrameRecord,
+    GraspLabel,
+    Manifest,
+    ShardCommit,
+)
+from unihope.storage.shard_reader import ShardReader
+from unihope.storage.verify import VERIFY_MODES, verify_shard
+from unihope.storage.versions import check_against_commits, load_version, newest_version_id, resolve_version
+
+MAX_OPEN_SHARDS = 64  # per process; each holds open file handles and cached columns
+_SIDE_BY_CODE = {code: side for side, code in HAND_SIDE_CODES.items()}
+
+
+class DatasetView:
+    """The committed shards of a dataset, read by global sample index (0..num_samples-1).
+
+    Built from one version manifest (unihope.storage.versions), else from the shard commit records (a
+    first build in progress): either way only committed shards are visible, and a view keeps
+    reading its version however many newer ones are committed meanwhile.
+    """
+
+    def __init__(self, loc: Location, shards: tuple[ShardCommit, ...], manifest: Manifest | None, verify: str) -> None:
+        self.loc = loc
+        self.shards = shards
+        self.manifest = manifest
+        self.verify_mode = verify
+        counts = np.array([commit.num_samples for commit in shards], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._open: OrderedDict[int, ShardReader] = OrderedDict()
+        self._verified: set[int] = set()
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def is_finalized(self) -> bool:
+        return self.manifest is not None
+
+    @property
+    def version_id(self) -> str:
+        """The dataset version this view reads ("" for the commit records of a first build in progress)."""
+        return self.manifest.version_id if self.manifest is not None else ""
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def locate_index(self, index: int) -> tuple[int, int]:
+        """(position in self.shards, index within that shard) of a global sample index."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"sample index {index} out of range for a dataset of {self.num_samples} samples")
+        position = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return position, index - int(self.offsets[position])
+
+    def shard(self, position: int) -> ShardReader:
+        """The opened shard at `position` (LRU-cached; verified on first open when verify='lazy')."""
+        reader = self._open.get(position)
+        if reader is not None:
+            self._open.move_to_end(position)
+            return reader
+        commit = self.shards[position]
+        # lazy: each object is checked on first read; a shard verified whole (eager) is not checked again
+        must_verify = self.verify_mode == "lazy" and commit.shard_idx not in self._verified
+        reader = ShardReader(self.loc, commit, verify=must_verify)
+        self._open[position] = reader
+        if len(self._open) > MAX_OPEN_SHARDS:
+            _, evicted = self._open.popitem(last=False)
+            evicted.close()
+        return reader
+
+    def column(self, name: str) -> np.ndarray:
+        """A column field over all shards of the version, concatenated (each chunk checked unless verify="none").
+
+        Raises:
+            ValueError: for a per-sample (image-like) field, which is read by sample instead.
+        """
+        if ARRAYS_BY_NAME[name].chunking != CHUNKING_COLUMN:
+            raise ValueError(f"{name!r} is a per-sample array; read it with sample(index, names=[{name!r}])")
+        parts = [ShardReader(self.loc, commit, verify=self.verify_mode == "lazy").column(name)
+                 for commit in self.shards] \
+            if len(self.shards) > MAX_OPEN_SHARDS else [self.shard(p).column(name) for p in range(len(self.shards))]
+        if not parts:
+            return np.zeros((0, *ARRAYS_BY_NAME[name].shape), dtype=object)
+        return np.concatenate(parts)
+
+    def sample(self, index: int, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Stored values of one sample (numpy; strings as str)."""
+        position, local_idx = self.locate_index(index)
+        reader = self.shard(position)
+        names = names or tuple(spec.name for spec in ARRAYS)
+        reader.load_columns(tuple(name for name in names if ARRAYS_BY_NAME[name].chunking == CHUNKING_COLUMN))
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            if ARRAYS_BY_NAME[name].chunking == CHUNKING_SAMPLE:
+                out[name] = reader.sample_array(name, local_idx)
+            else:
+                value = reader.column(name)[local_idx]
+                out[name] = str(value) if ARRAYS_BY_NAME[name].dtype == "str" else value
+        return out
+
+    def record(self, index: int) -> tuple[AnnotatedFrame, DeocclusionResult | None]:
+        """Rebuild the records that were written for one sample."""
+        v = self.sample(index)
+        record = FrameRecord(
+            sample_key=v["sample_key"], dataset=v["dataset"], sequence_key=v["sequence_key"], serial=v["serial"],
+            frame_idx=int(v["frame_idx"]), image_path=v["image_path"], depth_path=v["depth_path"],
+            image_size_wh=tuple(int(x) for x in v["image_size_wh"]), K=v["K_full"],
+            hand_side=_SIDE_BY_CODE[int(v["hand_side"])], mano_pose=v["mano_pose"], mano_betas=v["mano_betas"],
+            mano_trans=v["mano_trans"], joints_3d=v["joints_3d"],
+            joints_2d=v["joints_2d_full"],
+            object_id=int(v["object_id"]), object_name=v["object_name"], object_mesh_path=v["object_mesh_path"],
+            object_pose=v["object_pose"],
+        )
+        grasp = GraspLabel(sample_key=v["sample_key"], rre_deg=float(v["rre_deg"]), rte_m=float(v["rte_m"]),
+                           is_grasping=bool(v["grasp"]), reference_key=v["grasp_reference_key"],
+                           source=v["grasp_source"])
+        crop = Crop(size_px=int(v["image"].shape[0]), affine=v["crop_affine"], K=v["K"], box_xyxy=v["crop_box_xyxy"])
+        frame = AnnotatedFrame(
+            frame=record, grasp=grasp, crop=crop, image=v["image"], mask_hand=v["mask_hand"],
+            mask_hand_visible=v["mask_hand_visible"], mask_object=v["mask_object"], depth_hand=v["depth_hand"],
+            depth_scene=v["depth_scene"], hand_parts=v["hand_parts"], visibility=float(v["visibility"]),
+            occlusion_ratio=float(v["occlusion_ratio"]), occlusion_bin=int(v["occlusion_bin"]),
+            finger_visibility=v["finger_visibility"], joints_2d=v["joints_2d"],
+            object_keypoints_2d=v["object_keypoints_2d"], seg_map=v["seg_map"], dense_map=v["dense_map"],
+            relative_depth_map=v["relative_depth_map"],
+        )
+        if not bool(v["has_deocclusion"]):
+            return frame, None
+        num = int(v["num_beta_candidates"])
+        result = DeocclusionResult(
+            sample_key=v["sample_key"], image_deoccluded=v["image_deoccluded"], inpaint_mask=v["inpaint_mask"],
+            beta=float(v["beta"]), candidate_betas=v["candidate_betas"][:num].copy(),
+            candidate_scores=v["candidate_scores"][:num].copy(), original_score=float(v["original_score"]),
+            deocclusion_score=float(v["deocclusion_score"]), keep=bool(v["keep"]), reason=v["deocclusion_reason"],
+            backend=v["deocclusion_backend"],
+        )
+        return frame, result
+
+    def verify(self) -> None:
+        """Check every committed shard's checksums and fields now.
+
+        Raises:
+            StoreError: naming the first bad shard.
+        """
+        for position, commit in enumerate(self.shards):
+            verify_shard(self.loc, commit)
+            self._verified.add(commit.shard_idx)
+            reader = self.shard(position)
+            for spec in ARRAYS:
+                reader.array(spec.name)
+
+    def close(self) -> None:
+        for reader in self._open.values():
+            reader.close()
+        self._open.clear()
+
+
+def open_dataset(
+    url: str | os.PathLike, storage_options: dict | None = None, verify: str = "lazy", version: str | None = None
+) -> DatasetView:
+    """Open one version of a dataset (the newest by default).
+
+    Args:
+        url: dataset root, a local path or an fsspec URL.
+        storage_options: fsspec options (e.g. S3 endpoint and credentials).
+        verify: "lazy" checks a shard's sha256 checksums when it is first read, "eager" checks all
+            shards now, "none" trusts the store.
+        version: a version id (or a unique prefix of one); None = the newest committed version, or
+            the committed shards of a first build still in progress when there is none yet.
+
+    Returns:
+        A DatasetView over the version's shards; `view.version_id` names it ("" for a build in progress).
+
+    Raises:
+        ValueError: on an unknown verify mode.
+        StoreError: on an unknown schema version, a missing version, a version manifest that is
+            doubled, dropped or altered, a corrupt shard (eager), or a missing field (eager).
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    loc = locate(url, storage_options)
+    newest = newest_version_id(loc)
+    if version is not None:
+        version_id = resolve_version(loc, version)
+    else:
+        version_id = newest
+    if version_id is not None:
+        manifest = load_version(loc, version_id)
+        if version_id == newest and verify != "none":
+            check_against_commits(loc, manifest)
+        shards = manifest.shards
+    else:
+        manifest = None
+        shards = tuple(list_commits(loc))
+        for commit in shards:
+            check_schema_version(commit.schema_version, f"{loc.url}/{commit_path(commit.shard_idx)}")
+    view = DatasetView(loc, shards, manifest, verify)
+    if verify == "eager":
+        view.verify()
+    return view
