@@ -65,7 +65,7 @@ class PairedDataset(torch.utils.data.Dataset):
         max_visibility: float | None = None,
         augment: AugmentConfig | None = None,
         seed: int = 0,
-        val_fraction: float | None = None,
+        val_fraction: float = DEFAULT_VAL_FRACTION,
         storage_options: dict | None = None,
         verify: str = "lazy",
         version: str | None = None,
@@ -79,8 +79,8 @@ class PairedDataset(torch.utils.data.Dataset):
             max_visibility: only samples with visibility <= this (occluded ones), None = all.
             augment: random augmentation ranges, None = no augmentation.
             seed: augmentation seed.
-            val_fraction: share of sequences in "val"; None = the value the dataset was built with
-                (StorageConfig.val_fraction, default 0.1).
+            val_fraction: share of sequences in "val" (the training config's data.val_fraction); the
+                build does not fix it, so every training chooses its own held-out share.
             storage_options: fsspec options for URLs.
             verify: checksum mode for shard reads (see open_dataset).
             version: dataset version id (or unique prefix); None = the newest. Every process
@@ -105,11 +105,6 @@ class PairedDataset(torch.utils.data.Dataset):
         # 2. Filters from the small columns (read once here, never pickled)
         view = open_dataset(self.url, self.storage_options, verify=verify, version=version)
         self.version_id = view.version_id
-        if val_fraction is None:
-            val_fraction = DEFAULT_VAL_FRACTION
-            if view.shards:
-                stored = view.shard(0).attrs.get("storage_config", {})
-                val_fraction = float(stored.get("val_fraction", DEFAULT_VAL_FRACTION))
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.val_fraction = val_fraction

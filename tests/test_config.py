@@ -59,3 +59,16 @@ def test_shipped_pipeline_configs_load():
     for path in paths:
         cfg = PipelineConfig.from_yaml(path)
         assert PipelineConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_one_held_out_split_share_and_where_the_old_field_went(tmp_path):
+    # storage.val_fraction (a build-time default the training then overrode) is gone: the training's
+    # data.val_fraction is the one field, with the reader's default.
+    from unihope.storage.splits import DEFAULT_VAL_FRACTION
+    from unihope.train_config import DataConfig
+
+    assert DataConfig().val_fraction == DEFAULT_VAL_FRACTION == 0.1
+    old = tmp_path / "old.yaml"
+    old.write_text("storage:\n  shard_size: 64\n  val_fraction: 0.2\n")
+    with pytest.raises(ConfigError, match=r"storage.val_fraction was removed.*set data.val_fraction in the training config"):
+        PipelineConfig.from_yaml(old)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,9 +16,19 @@ FOLDER_NAMES = ("storage", "tasks", "flows", "unihope_model")
 
 
 def test_wheel_installs_only_the_unihope_namespace(tmp_path):
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources it builds.
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
+    source = tmp_path / "src"
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        path = REPO / name
+        if path.is_symlink():
+            (source / name).symlink_to(path.readlink())
+        else:
+            shutil.copy2(path, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
-    (wheel,) = tmp_path.glob("*.whl")
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert all(name == "unihope" or name.startswith("unihope_datagen-") for name in top_level), top_level

@@ -29,7 +29,7 @@ from unihope.config import StorageConfig
 
 GEOMETRY_ONLY = AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, max_blur_sigma_px=0)
 MARKER_JOINT = 8  # index finger tip
-CFG = StorageConfig(shard_size=8, val_fraction=0.3)
+CFG = StorageConfig(shard_size=8)
 
 
 def _write(url, annotated, results, shard_size=8):
@@ -171,8 +171,8 @@ def test_filters_and_sequence_split(tmp_path):
     assert all(bool(kept[i]["has_pair"]) for i in range(len(kept)))
     occluded = PairedDataset(tmp_path, max_visibility=0.45)
     assert len(occluded) == sum(a.visibility <= 0.45 for a in annotated) == 20
-    train, val = PairedDataset(tmp_path, split="train"), PairedDataset(tmp_path, split="val")
-    assert val.val_fraction == 0.3  # the value the dataset was built with
+    assert PairedDataset(tmp_path, split="val").val_fraction == 0.1  # data.val_fraction's default
+    train, val = PairedDataset(tmp_path, split="train", val_fraction=0.3), PairedDataset(tmp_path, split="val", val_fraction=0.3)
     train_keys = {train[i]["sample_key"] for i in range(len(train))}
     val_keys = {val[i]["sample_key"] for i in range(len(val))}
     assert train_keys.isdisjoint(val_keys) and train_keys | val_keys == set(keys)

@@ -252,8 +252,17 @@ class StorageConfig(StageConfig):
     shard_size: int = Field(256, ge=1, le=4096)  # samples per shard (one writer per shard)
     image_codec: Literal["zstd", "lz4"] = "zstd"
     compression_level: int = Field(3, ge=1, le=19)
-    # share of sequences in the "val" split (hash of the sequence key; frames of a sequence stay together)
-    val_fraction: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _held_out_share_moved(cls, data):  # noqa: ANN001, ANN206 (raw YAML mapping)
+        # One held-out split, chosen when a training reads the dataset (it is a hash of sequence keys
+        # at read time, so the build never fixed it); a build config that still sets it says where it went.
+        if isinstance(data, dict) and "val_fraction" in data:
+            raise ValueError("storage.val_fraction was removed: the held-out share of sequences is chosen by "
+                             "the training that reads the dataset; set data.val_fraction in the training config "
+                             "(default 0.1) and delete it here")
+        return data
 
 
 class FlowConfig(StageConfig):

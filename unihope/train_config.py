@@ -112,7 +112,9 @@ class DataConfig(StageConfig):
     eval_split: Literal["train", "val"] = "val"
     num_workers: int = Field(0, ge=0)  # batches load in a fixed order either way (reproducible)
     augment: bool = False  # unihope.storage.augment.AugmentConfig defaults on the training split (same for both images of a pair)
-    val_fraction: float | None = Field(None, ge=0, lt=1)  # share of sequences in "val"; None = the build's value
+    # The one held-out split: this share of the dataset's sequences (by a hash of the sequence key, so all
+    # frames and cameras of a sequence stay together) is "val"; the rest is "train".
+    val_fraction: float = Field(0.1, ge=0, lt=1)
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
 
