@@ -111,7 +111,7 @@ def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
 
 def run_flow(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
     """build_dataset through Prefect; returns (seconds, samples, task seconds per stage from executions.jsonl)."""
-    from unihope.flows.build import run_build
+    from unihope.launch import run_build
     from unihope.tasks.work import read_executions
 
     start = time.perf_counter()

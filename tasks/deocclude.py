@@ -15,7 +15,7 @@ from unihope.tasks.device_pool import device_slot
 from unihope.tasks.options import injected_hang_s, maybe_fail_once, run_with_oom_halving
 from unihope.tasks.timeouts import StageTimeout, call_with_timeout
 from unihope.tasks.work import WorkLayout, save_results
-from unihope.config import DeocclusionConfig
+from unihope.config import DeocclusionConfig, PipelineConfig
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_DEOCCLUDE_TIMEOUT_S = 7200.0  # FlowConfig.deocclude_timeout_s's default, for direct calls
@@ -48,6 +48,18 @@ def on_device(cfg: DeocclusionConfig, device: str | None) -> DeocclusionConfig:
     if device is None or device == cfg.controlnet.device:
         return cfg
     return cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update={"device": device})})
+
+
+def deocclude_tags(cfg: PipelineConfig) -> list[str]:
+    """Tags of the de-occlusion tasks: `flow.gpu_tag` when the backend runs on a GPU, else none.
+
+    One tag for the whole pool: its server-side limit is the number of GPUs (`flow.gpu_concurrency`),
+    and which GPU a batch runs on is decided in the worker (one worker per GPU, pinned with
+    CUDA_VISIBLE_DEVICES, and `unihope.tasks.device_pool` inside each process); docs/OPERATIONS.md.
+    """
+    from unihope.deocclude import uses_gpu
+
+    return [cfg.flow.gpu_tag] if cfg.flow.gpu_tag and uses_gpu(cfg.deocclusion) else []
 
 
 @task(name="deocclude", task_run_name="deocclude-batch-{batch_idx}")

@@ -163,7 +163,7 @@ def test_fault_injection_selects_name_or_item_and_first_attempt_only():
 
 
 def test_only_gpu_deoccluders_carry_the_gpu_tag():
-    from unihope.flows.build import deocclude_tags
+    from unihope.tasks.deocclude import deocclude_tags
     from unihope.tasks.deocclude import deocclude_batch
     from unihope.tasks.options import configure_task
 
@@ -461,7 +461,7 @@ def test_sigkill_mid_build_then_rerun_gives_the_uninterrupted_dataset(reference_
 
 @pytest.mark.parametrize("runner", ["dask", "processes"])
 def test_worker_process_runners_give_the_same_dataset_as_threads(reference_build, tmp_path, runner):
-    from unihope.flows.build import run_build
+    from unihope.launch import run_build
 
     cfg = reference_build["cfg"]
     runner_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"task_runner": runner, "fail_once": ()})})
@@ -478,7 +478,7 @@ def test_build_into_an_object_store_url_gives_the_same_dataset(reference_build, 
     """An fsspec URL output (memory://, as s3:// goes): shards, manifest and skips land in the store."""
     import fsspec
 
-    from unihope.flows.build import run_build
+    from unihope.launch import run_build
 
     cfg = reference_build["cfg"]
     url_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"fail_once": (), "work_dir": tmp_path / "work"})})

@@ -594,7 +594,7 @@ def test_quirks_off_writes_none_of_them(synthetic_dexycb: Path):
 
 
 def test_ho3d_preset_holds_ho3d_upstream_values(tmp_path: Path):
-    from unihope.flows.build import resolve_build_config
+    from unihope.buildplan.resolve import resolve_build_config
     from unihope.config import PipelineConfig
 
     cfg = PipelineConfig.from_yaml(Path(__file__).parent.parent / "configs" / "ho3d.yaml")
