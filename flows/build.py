@@ -19,10 +19,10 @@ from unihope.tasks.annotate import annotate_batch, label_grasp_part
 from unihope.tasks.artifacts import ProgressArtifacts, publish_build_artifacts
 from unihope.tasks.deocclude import deocclude_batch, deocclude_tags
 from unihope.tasks.finalize import finalize_dataset
-from unihope.tasks.options import FAIL_ONCE_ENV, configure_task, result_storage_for
+from unihope.tasks.options import FAIL_ONCE_ENV, configure_task
 from unihope.tasks.pack import claim_output, dataset_attrs, pack_shard, plan_shards_task
 from unihope.tasks.source import index_source
-from unihope.tasks.work import make_layout
+from unihope.buildplan.workdir import make_layout
 from unihope.config import FlowConfig, PipelineConfig
 from unihope.progress import BuildProgress
 
@@ -43,11 +43,11 @@ def _track(progress: BuildProgress, futures: list[tuple[str, int, PrefectFuture]
         progress.advance(stage, num_frames)
 
 
-@flow(name="build-dataset")
+@flow(name="build-dataset", persist_result=False)  # the work folder holds the results (tasks/options.py)
 def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
     """Build a paired dataset from a resolved config (see `resolve_build_config`) into `out`.
 
-    Tasks exchange paths of batch files in the work folder (`unihope.tasks.work`), never arrays; each
+    Tasks exchange paths of batch files in the work folder (`unihope.buildplan.workdir`), never arrays; each
     task reuses its output when it exists, so a rerun recomputes only what changed.
 
     Args:
@@ -61,16 +61,15 @@ def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
     logger = get_run_logger()
     layout = make_layout(config, out)
     fail_once = config.flow.fail_once
-    storage = result_storage_for(layout.results_dir)
-    options = partial(configure_task, flow_cfg=config.flow, result_storage=storage)
-    index_task = options(index_source, cached=False)
-    grasp_task = options(label_grasp_part, cached=True)
-    annotate_task = options(annotate_batch, cached=True)
-    deocclude_task = options(deocclude_batch, cached=True, tags=deocclude_tags(config))
-    plan_task = options(plan_shards_task, cached=False)
-    claim_task = options(claim_output, cached=False)
-    pack_task = options(pack_shard, cached=False)
-    finalize_task = options(finalize_dataset, cached=False)
+    options = partial(configure_task, flow_cfg=config.flow)
+    index_task = options(index_source)
+    grasp_task = options(label_grasp_part)
+    annotate_task = options(annotate_batch)
+    deocclude_task = options(deocclude_batch, tags=deocclude_tags(config))
+    plan_task = options(plan_shards_task)
+    claim_task = options(claim_output)
+    pack_task = options(pack_shard)
+    finalize_task = options(finalize_dataset)
     logger.info("work folder %s; stage hashes %s", layout.root, layout.hashes.as_dict())
 
     # 1. Source: list frames, plan grasp parts and batches.
@@ -139,7 +138,7 @@ def ping() -> bool:
     return True
 
 
-@flow(name="scheduled-build")
+@flow(name="scheduled-build", persist_result=False)
 def scheduled_build(config_path: str, out: str, source: str | None = None, write_report: bool = True):
     """Deployment entry: read the YAML at run time (edits apply to the next scheduled run), then build.
 

@@ -498,7 +498,7 @@ def test_sources_carry_their_tip_convention(synthetic_dexycb: Path, synthetic_ho
     with pytest.raises(ValueError, match="unknown tip convention 'mano'"):
         DexYCBSource(synthetic_dexycb, tip_convention="mano")
     # What a build records, and how training reads it back (old builds: the layout's own).
-    from unihope.tasks.pack import dataset_attrs
+    from unihope.buildplan.output_items import dataset_attrs
 
     attrs = dataset_attrs(PipelineConfig(source=SourceConfig(kind="ho3d", root=synthetic_ho3d)))
     assert attrs.config["source"]["tip_convention"] == "ho3d"

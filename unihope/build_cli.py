@@ -19,7 +19,7 @@ import typer
 from unihope.buildplan.resolve import mano_dir_parameter, resolve_build_config
 from unihope.config import PipelineConfig
 from unihope.tasks.options import FAIL_ONCE_ENV, PERMANENT_OS_ERRNOS
-from unihope.tasks.work import local_output_path, resolve_work_dir
+from unihope.buildplan.workdir import local_output_path, resolve_work_dir
 
 EXIT_DRAIN_TIMEOUT_S = 3.0  # an interrupted build waits this long for its last logs to reach the API
 

@@ -7,7 +7,7 @@ from unihope.config import PipelineConfig
 from unihope.prefect_server import api_for_worker_processes
 from unihope.storage.io import sweep_temp_files
 from unihope.storage.lock import build_lock
-from unihope.tasks.work import local_output_path, resolve_work_dir
+from unihope.buildplan.workdir import local_output_path, resolve_work_dir
 
 
 def run_build(cfg: PipelineConfig, out: str, write_report: bool = True, wait_lock: bool = False):

@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from unihope.config import ConfigError, PipelineConfig, describe_validation_error
-from unihope.tasks.options import parse_fail_once
-from unihope.tasks.work import WorkLayout, local_output_path, resolve_work_dir
+from unihope.buildplan.faults import parse_fail_once
+from unihope.buildplan.workdir import WorkLayout, local_output_path, resolve_work_dir
 
 SYNTHETIC_DIR_NAME = "_synthetic"
 REPORT_DIR_NAME = "report"
