@@ -61,8 +61,8 @@ def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
     from unihope.storage.schema import AnnotatedFrame, FrameRecord
     from unihope.storage.writer import finalize, write_shard
     from unihope.tasks.common import on_render_thread, set_torch_threads
-    from unihope.tasks.pack import dataset_attrs
-    from unihope.tasks.work import plan_parts
+    from unihope.buildplan.output_items import dataset_attrs
+    from unihope.buildplan.plan import plan_parts
     from unihope.deocclude import build_deoccluder
     from unihope.grasp import label_grasps
     from unihope.render.annotate import annotate_frames
@@ -112,8 +112,8 @@ def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
 
 def run_flow(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
     """build_dataset through Prefect; returns (seconds, samples, task seconds per stage from executions.jsonl)."""
-    from unihope.flows.build import run_build
-    from unihope.tasks.work import read_executions
+    from unihope.launch import run_build
+    from unihope.buildplan.workfiles import read_executions
 
     start = time.perf_counter()
     summary = run_build(cfg, str(out), write_report=False)

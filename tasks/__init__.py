@@ -1,5 +1,6 @@
-"""Prefect task wrappers around the stages (retries, tags, caching), installed as `unihope.tasks`.
+"""Prefect task wrappers around the stages (retries, tags, fault injection), installed as `unihope.tasks`.
 
-`work.py` holds the work-folder logic they share. Importing this package changes nothing
-process-wide: entry points apply the Prefect defaults (`unihope.prefect_env`).
+Each task is a stage call plus options through one skeleton (`common.run_stage_item`); what a stage
+item reads, computes and writes is plain Python in `unihope.buildplan`. Importing this package changes
+nothing process-wide: entry points apply the Prefect defaults (`unihope.prefect_env`).
 """

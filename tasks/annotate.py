@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 
 from prefect import task
 
-from unihope.storage.schema import AnnotatedFrame, FrameRecord, Skip, StageSummary
-from unihope.tasks.common import (
-    ExecutionTimer, on_render_thread, on_render_thread_within, reuse_summary, set_torch_threads, write_summary,
-)
-from unihope.tasks.options import injected_hang_s, maybe_fail_once
-from unihope.tasks.work import (
-    BatchSpec, GraspPartOutput, WorkLayout, count_by_reason, load_grasp_part, read_index, save_grasp_part,
-    write_skips,
-)
+from unihope.buildplan.batch_items import annotate_batch_item, grasp_part_item
+from unihope.buildplan.plan import BatchSpec
+from unihope.buildplan.workdir import WorkLayout
 from unihope.config import PipelineConfig
+from unihope.storage.schema import StageSummary
+from unihope.tasks.common import StageItem, on_render_thread, on_render_thread_within, run_stage_item, set_torch_threads
+from unihope.tasks.options import injected_hang_s
+
+
+def _open_source(cfg: PipelineConfig):
+    """The configured source (reads only: index_source prepared a synthetic one)."""
+    from unihope.sources import open_source
+
+    return open_source(cfg.source, cfg.hand)
 
 
 @task(name="grasp", task_run_name="grasp-part-{part_idx}")
@@ -36,32 +40,25 @@ def label_grasp_part(
     Returns:
         Summary: frames in, frames loaded and labelled out, source skips by reason.
     """
-    from unihope.grasp import label_grasps
-    from unihope.sources import open_source
+    item = StageItem(layout, "grasp", part_idx, out_path, fail_once)
+    return run_stage_item(item, lambda: grasp_part_item(_open_source(cfg), cfg.grasp, index_path, part_idx, out_path))
 
-    # 1. Reuse a complete output.
-    reused = reuse_summary(out_path)
-    if reused is not None:
-        return reused
-    maybe_fail_once("grasp", part_idx, fail_once)
 
-    with ExecutionTimer(layout, "grasp", part_idx) as timer:
-        # 2. Load the part's frames; per-frame failures come back as Skips.
-        parts, _ = read_index(Path(index_path))
-        refs = parts[part_idx]
-        source = open_source(cfg.source, cfg.hand)  # reads only (index_source prepared a synthetic source)
-        loaded = source.load(refs)
-        records = [item for item in loaded if isinstance(item, FrameRecord)]
-        skips = [item for item in loaded if isinstance(item, Skip)]
+def _annotate_on_render_thread(cfg: PipelineConfig, batch_idx: int, fail_once: tuple[str, ...], torch_threads: int,
+                               records: list, grasps: list) -> list:
+    """`annotate_frames` on the render thread, with the worker's torch threads, under the annotate watchdog.
 
-        # 3. Label grasps and store the part.
-        grasps = label_grasps(records, cfg.grasp)
-        summary = StageSummary(stage="grasp", output_path=out_path, num_in=len(refs), num_out=len(records),
-                               skips_by_reason=count_by_reason(skips))
-        write_summary(summary)
-        save_grasp_part(Path(out_path), GraspPartOutput(tuple(records), tuple(grasps), tuple(skips)))
-        timer.num_frames = len(refs)
-    return summary
+    Raises:
+        StageTimeout: when rendering takes longer than `cfg.flow.annotate_timeout_s` (retried).
+    """
+    from unihope.render.annotate import annotate_frames
+
+    on_render_thread(set_torch_threads, torch_threads)  # the hand layer runs there (OpenMP settings are per thread)
+    timeout_s = cfg.flow.annotate_timeout_s
+    return on_render_thread_within(
+        timeout_s, f"annotate batch {batch_idx}", annotate_frames, records, grasps, cfg.crop, cfg.render, cfg.hand,
+        cfg.source.resolved_tip_convention(), hang_s=injected_hang_s("annotate", batch_idx, fail_once, timeout_s),
+    )
 
 
 @task(name="annotate", task_run_name="annotate-batch-{batch.batch_idx}")
@@ -88,37 +85,6 @@ def annotate_batch(
     Raises:
         StageTimeout: when rendering takes longer than `cfg.flow.annotate_timeout_s` (retried).
     """
-    from unihope.storage.batches import save_batch
-    from unihope.render.annotate import annotate_frames
-
-    # 1. Reuse a complete output.
-    reused = reuse_summary(out_path)
-    if reused is not None:
-        return reused
-    maybe_fail_once("annotate", batch.batch_idx, fail_once)
-    on_render_thread(set_torch_threads, torch_threads)  # the hand layer runs there (OpenMP settings are per thread)
-
-    with ExecutionTimer(layout, "annotate", batch.batch_idx) as timer:
-        # 2. Select this batch's frames and labels from its grasp part.
-        parts, _ = read_index(Path(index_path))
-        keys = {ref.sample_key for ref in parts[batch.part_idx][batch.start : batch.stop]}
-        part = load_grasp_part(Path(part_path))
-        grasp_by_key = {label.sample_key: label for label in part.grasps}
-        records = [record for record in part.records if record.sample_key in keys]
-        grasps = [grasp_by_key[record.sample_key] for record in records]
-
-        # 3. Annotate; skips first, then the batch file (its existence marks the batch complete).
-        timeout_s = cfg.flow.annotate_timeout_s
-        outputs = on_render_thread_within(
-            timeout_s, f"annotate batch {batch.batch_idx}", annotate_frames, records, grasps, cfg.crop, cfg.render,
-            cfg.hand, cfg.source.resolved_tip_convention(), hang_s=injected_hang_s("annotate", batch.batch_idx, fail_once, timeout_s),
-        )
-        annotated = [item for item in outputs if isinstance(item, AnnotatedFrame)]
-        skips = [item for item in outputs if isinstance(item, Skip)]
-        write_skips(Path(skips_path), skips)
-        summary = StageSummary(stage="annotate", output_path=out_path, num_in=len(records), num_out=len(annotated),
-                               skips_by_reason=count_by_reason(skips))
-        write_summary(summary)
-        save_batch(out_path, annotated)
-        timer.num_frames = len(records)
-    return summary
+    item = StageItem(layout, "annotate", batch.batch_idx, out_path, fail_once)
+    annotate = partial(_annotate_on_render_thread, cfg, batch.batch_idx, fail_once, torch_threads)
+    return run_stage_item(item, lambda: annotate_batch_item(batch, index_path, part_path, out_path, skips_path, annotate))

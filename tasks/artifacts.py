@@ -117,7 +117,7 @@ def publish_train_artifacts(result) -> dict[str, UUID]:
     """Publish a training run's scalar metrics (table) and where it wrote (markdown).
 
     Args:
-        result: `unihope.training.TrainResult`.
+        result: `unihope.train.loop.TrainResult`.
     """
     rows = scalar_metric_rows(result.metrics)
     return {

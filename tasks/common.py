@@ -1,18 +1,18 @@
-"""Helpers every task wrapper uses: reuse an existing output, write its summary, note executions."""
+"""What every task wrapper shares: the one stage-item skeleton (`run_stage_item`) and the render thread."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from unihope.storage.schema import StageSummary
+from unihope.buildplan.workdir import WorkLayout
+from unihope.buildplan.workfiles import StageResult, record_execution, reuse_summary, write_summary
+from unihope.tasks.options import maybe_fail_once
 from unihope.tasks.timeouts import StageTimeout, call_with_timeout
-from unihope.tasks.work import WorkLayout, atomic_write_json, record_execution
 
 R = TypeVar("R")
 
@@ -62,54 +62,6 @@ def on_render_thread_within(timeout_s: float, what: str, fn: Callable[..., R], *
         raise
 
 
-def summary_path(out_path: str | Path) -> Path:
-    """Sidecar holding the StageSummary of an output (read instead of the output itself on reuse)."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.name + ".summary.json")
-
-
-def reuse_summary(out_path: str | Path) -> StageSummary | None:
-    """The summary of a complete earlier output, or None when the stage item must (re)compute.
-
-    The output file itself is the completion marker (written last, atomically); the summary
-    sidecar is written just before it.
-    """
-    if not Path(out_path).exists():
-        return None
-    side = summary_path(out_path)
-    if not side.is_file():
-        return None
-    data = json.loads(side.read_text())
-    return StageSummary(stage=data["stage"], output_path=data["output_path"], num_in=int(data["num_in"]),
-                        num_out=int(data["num_out"]), skips_by_reason=dict(data["skips_by_reason"]))
-
-
-def write_summary(summary: StageSummary) -> None:
-    """Write the summary sidecar of `summary.output_path` (call before writing the output itself)."""
-    atomic_write_json(summary_path(summary.output_path), {
-        "stage": summary.stage, "output_path": summary.output_path, "num_in": summary.num_in,
-        "num_out": summary.num_out, "skips_by_reason": summary.skips_by_reason,
-    })
-
-
-class ExecutionTimer:
-    """Context manager: on success, record in executions.jsonl that a stage item was computed."""
-
-    def __init__(self, layout: WorkLayout, stage: str, item_idx: int) -> None:
-        self.layout, self.stage, self.item_idx = layout, stage, item_idx
-        self.num_frames = 0
-        self._start_s = 0.0
-
-    def __enter__(self) -> "ExecutionTimer":
-        self._start_s = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            record_execution(self.layout, self.stage, self.item_idx, self.num_frames,
-                             time.perf_counter() - self._start_s)
-
-
 def set_torch_threads(num_threads: int) -> None:
     """Pin torch's intra-op CPU threads in this worker process (flow.torch_threads).
 
@@ -120,3 +72,62 @@ def set_torch_threads(num_threads: int) -> None:
 
     if torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage-item skeleton
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StageItem:
+    """One item of the work folder a task computes (a part, a batch, a shard, the index, finalize).
+
+    Attributes:
+        layout: the build's work layout (the execution log).
+        stage: the stage name in `executions.jsonl`.
+        item_idx: which part / batch / shard (0 for one-per-build items).
+        out_path: the item's output; its existence marks the item complete.
+        fail_once: the fault injection list (`flow.fail_once`).
+        fault_name: the item's name in `fail_once` when not its stage (the source task is `index`).
+    """
+
+    layout: WorkLayout
+    stage: str
+    item_idx: int
+    out_path: str
+    fail_once: tuple[str, ...] = ()
+    fault_name: str | None = None
+
+
+def run_stage_item(
+    item: StageItem, compute: Callable[[], StageResult[R]], reuse: Callable[[], R | None] | None = None,
+) -> R:
+    """The one skeleton of every stage task: reuse, fault injection, timed compute, summary, save, execution log.
+
+    1. Reuse: a complete earlier output answers without computing; by default its summary sidecar
+       (`reuse_summary(out_path)`), else `reuse()` (the index, shard markers, finalize).
+    2. Fault injection: the first attempt of a listed item fails (`flow.fail_once`).
+    3. `compute()`: the stage call, returning the value, the frames it took and how to save it.
+    4. Save: the summary sidecar first (default reuse only), then `result.save()`, whose last file
+       marks the item complete: a crash before it leaves the item to be redone, never half-reused.
+    5. Record in `executions.jsonl` that the item was computed (a failed attempt records nothing).
+
+    The work folder is the build's only cache (no Prefect cache, `unihope.tasks.options.configure_task`),
+    so reruns, retries and resumes all go through step 1.
+
+    Returns:
+        The value the stage item returns (a summary, the plan).
+    """
+    reused = reuse() if reuse is not None else reuse_summary(item.out_path)
+    if reused is not None:
+        return reused
+    maybe_fail_once(item.fault_name or item.stage, item.item_idx, item.fail_once)
+    start_s = time.perf_counter()
+    result = compute()
+    if reuse is None:
+        write_summary(result.value)
+    result.save()
+    record_execution(item.layout, item.stage, item.item_idx, result.num_frames, time.perf_counter() - start_s)
+    return result.value
+

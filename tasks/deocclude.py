@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import nullcontext
-from pathlib import Path
+from functools import partial
 
 from prefect import task
 
+from unihope.buildplan.batch_items import deocclude_batch_item
+from unihope.buildplan.workdir import WorkLayout
+from unihope.config import DeocclusionConfig, PipelineConfig
 from unihope.storage.schema import StageSummary
-from unihope.tasks.common import ExecutionTimer, reuse_summary, set_torch_threads, write_summary
+from unihope.tasks.common import StageItem, run_stage_item, set_torch_threads
 from unihope.tasks.device_pool import device_slot
-from unihope.tasks.options import injected_hang_s, maybe_fail_once, run_with_oom_halving
+from unihope.tasks.options import injected_hang_s, run_with_oom_halving
 from unihope.tasks.timeouts import StageTimeout, call_with_timeout
-from unihope.tasks.work import WorkLayout, save_results
-from unihope.config import DeocclusionConfig
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_DEOCCLUDE_TIMEOUT_S = 7200.0  # FlowConfig.deocclude_timeout_s's default, for direct calls
@@ -50,6 +51,48 @@ def on_device(cfg: DeocclusionConfig, device: str | None) -> DeocclusionConfig:
     return cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update={"device": device})})
 
 
+def deocclude_tags(cfg: PipelineConfig) -> list[str]:
+    """Tags of the de-occlusion tasks: `flow.gpu_tag` when the backend runs on a GPU, else none.
+
+    One tag for the whole pool: its server-side limit is the number of GPUs (`flow.gpu_concurrency`),
+    and which GPU a batch runs on is decided in the worker (one worker per GPU, pinned with
+    CUDA_VISIBLE_DEVICES, and `unihope.tasks.device_pool` inside each process); docs/OPERATIONS.md.
+    """
+    from unihope.deocclude import uses_gpu
+
+    return [cfg.flow.gpu_tag] if cfg.flow.gpu_tag and uses_gpu(cfg.deocclusion) else []
+
+
+def _deocclude_on_device(cfg: DeocclusionConfig, batch_idx: int, fail_once: tuple[str, ...], torch_threads: int,
+                         timeout_s: float, annotated: list) -> list:
+    """Run the worker's de-occluder over one batch: on a device slot (GPU backends), under the watchdog, halving on OOM.
+
+    Raises:
+        StageTimeout: when the batch takes longer than `timeout_s`; the de-occluder is forgotten so
+            the retry builds a fresh one.
+    """
+    from unihope.deocclude import uses_gpu
+
+    hang_s = injected_hang_s("deocclude", batch_idx, fail_once, timeout_s)
+    with device_slot(cfg.controlnet.device) if uses_gpu(cfg) else nullcontext() as device:
+        device_cfg = on_device(cfg, device)
+        deoccluder = get_deoccluder(device_cfg)
+
+        def _on_halve(size: int) -> None:
+            LOGGER.warning("deocclude batch %d: CUDA out of memory, continuing with %d frames per call",
+                           batch_idx, size)
+
+        def _run() -> list:
+            set_torch_threads(torch_threads)  # on the watched thread, where torch runs
+            return run_with_oom_halving(deoccluder.run, annotated, chunk_size=cfg.batch_size, on_halve=_on_halve)
+
+        try:
+            return call_with_timeout(_run, timeout_s=timeout_s, what=f"deocclude batch {batch_idx}", hang_s=hang_s)
+        except StageTimeout:
+            forget_deoccluder(device_cfg)
+            raise
+
+
 @task(name="deocclude", task_run_name="deocclude-batch-{batch_idx}")
 def deocclude_batch(
     cfg: DeocclusionConfig, layout: WorkLayout, batch_idx: int, in_path: str, out_path: str,
@@ -80,43 +123,6 @@ def deocclude_batch(
     Raises:
         StageTimeout: when the batch takes longer than `timeout_s` (retried).
     """
-    from unihope.storage.batches import load_batch
-    from unihope.deocclude import uses_gpu
-
-    # 1. Reuse a complete output.
-    reused = reuse_summary(out_path)
-    if reused is not None:
-        return reused
-    maybe_fail_once("deocclude", batch_idx, fail_once)
-    hang_s = injected_hang_s("deocclude", batch_idx, fail_once, timeout_s)
-
-    with ExecutionTimer(layout, "deocclude", batch_idx) as timer:
-        # 2. Load the batch; take a device slot (GPU backends), then the worker's de-occluder for it.
-        annotated, _ = load_batch(in_path)
-        with device_slot(cfg.controlnet.device) if uses_gpu(cfg) else nullcontext() as device:
-            device_cfg = on_device(cfg, device)
-            deoccluder = get_deoccluder(device_cfg)
-
-            def _on_halve(size: int) -> None:
-                LOGGER.warning("deocclude batch %d: CUDA out of memory, continuing with %d frames per call",
-                               batch_idx, size)
-
-            def _run() -> list:
-                set_torch_threads(torch_threads)  # on the watched thread, where torch runs
-                return run_with_oom_halving(deoccluder.run, annotated, chunk_size=cfg.batch_size, on_halve=_on_halve)
-
-            # 3. De-occlude under the watchdog, halving chunks on CUDA OOM.
-            try:
-                results = call_with_timeout(_run, timeout_s=timeout_s, what=f"deocclude batch {batch_idx}",
-                                            hang_s=hang_s)
-            except StageTimeout:
-                forget_deoccluder(device_cfg)
-                raise
-
-        # 4. Store; the summary first, then the results (their file's existence marks the batch complete).
-        summary = StageSummary(stage="deocclude", output_path=out_path, num_in=len(annotated),
-                               num_out=sum(1 for r in results if r.keep), skips_by_reason={})
-        write_summary(summary)
-        save_results(Path(out_path), results)
-        timer.num_frames = len(annotated)
-    return summary
+    item = StageItem(layout, "deocclude", batch_idx, out_path, fail_once)
+    deocclude = partial(_deocclude_on_device, cfg, batch_idx, fail_once, torch_threads, timeout_s)
+    return run_stage_item(item, lambda: deocclude_batch_item(in_path, out_path, deocclude))

@@ -1,29 +1,24 @@
 """Task options shared by every wrapper: retries with backoff, transient-error filter, CUDA OOM halving,
-fault injection, and the cache policy that keys results on inputs + task source."""
+fault injection (attempt counter), and no Prefect cache: the stage-hash work folder is the one cache."""
 
 from __future__ import annotations
 
 import errno
 import gc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from prefect import Task
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
-from prefect.filesystems import LocalFileSystem
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
+from unihope.buildplan.faults import FAIL_ONCE_ENV, HANG_SUFFIX, parse_fail_once, should_fail, should_hang
 from unihope.config import FlowConfig
 
 CUDA_OOM_MESSAGE = "CUDA out of memory"
-FAIL_ONCE_ENV = "UNIHOPE_FAIL_ONCE"
-HANG_SUFFIX = "@hang"  # fail_once item mode: hang the first attempt instead of failing it
 INJECTED_HANG_FACTOR = 4.0  # an injected hang lasts this many timeouts at most (it ends when abandoned)
-RESULT_BLOCK_PREFIX = "unihope-results"
 # OSErrors no retry can fix: disk full, quota exceeded, read-only filesystem, permission denied.
 PERMANENT_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -38,27 +33,6 @@ class InjectedFault(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # Fault injection
 # ----------------------------------------------------------------------------------------------
-
-
-def parse_fail_once(text: str | None) -> tuple[str, ...]:
-    """Parse UNIHOPE_FAIL_ONCE: comma-separated task names, each optionally `name:index`."""
-    if not text:
-        return ()
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def should_fail(task_name: str, item_idx: int, fail_once: Sequence[str], run_count: int) -> bool:
-    """True when `task_name` (or `task_name:item_idx`) is listed and this is its first attempt."""
-    if run_count > 1:
-        return False
-    return task_name in fail_once or f"{task_name}:{item_idx}" in fail_once
-
-
-def should_hang(task_name: str, item_idx: int, fail_once: Sequence[str], run_count: int) -> bool:
-    """True when `task_name@hang` (or `task_name:item_idx@hang`) is listed and this is its first attempt."""
-    if run_count > 1:
-        return False
-    return f"{task_name}{HANG_SUFFIX}" in fail_once or f"{task_name}:{item_idx}{HANG_SUFFIX}" in fail_once
 
 
 def injected_hang_s(task_name: str, item_idx: int, fail_once: Sequence[str], timeout_s: float) -> float:
@@ -182,97 +156,38 @@ def _free_cuda_memory() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Caching
+# Options of every task
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class OutputPresent(CachePolicy):
-    """INPUTS + TASK_SOURCE (minus configs), valid only while the task's output file still exists.
+def configure_task(task: Task, flow_cfg: FlowConfig, *, tags: Sequence[str] = ()) -> Task:
+    """Apply the build's retry, backoff and tag settings to a task; switch Prefect's cache and result persistence off.
 
-    Tasks name their output (input `out_path`) by the stage hash, so the inputs already carry the
-    stage config; configs themselves are left out of the key because their pickled bytes are not
-    guaranteed stable across processes. When the output is missing (never written, or deleted),
-    any cached record under the key is forgotten first, so Prefect runs the task instead of
-    handing back a summary of a file that is gone; the fresh result is then cached under the
-    same key, and the next run with the output present is a cache hit.
-    """
-
-    exclude: tuple[str, ...] = ("cfg", "layout", "fail_once", "timeout_s")
-
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> str | None:
-        policy = TASK_SOURCE + INPUTS
-        for name in self.exclude:
-            policy = policy - name
-        key = policy.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
-        out_path = inputs.get("out_path")
-        if key is not None and (out_path is None or not Path(out_path).exists()):
-            _forget_cached_record(task_ctx, key)
-        return key
-
-
-def _forget_cached_record(task_ctx: Any, key: str) -> None:
-    """Delete the result record stored under `key` (local result storage only)."""
-    store = getattr(task_ctx, "result_store", None)
-    if store is None:
-        return
-    storage = store.metadata_storage or store.result_storage
-    basepath = getattr(storage, "basepath", None)
-    if basepath:
-        (Path(basepath).expanduser() / key).unlink(missing_ok=True)
-
-
-def result_storage_for(results_dir: Path) -> LocalFileSystem:
-    """A saved LocalFileSystem block under the work folder (Prefect needs result storage saved server-side).
-
-    Results live beside the batches, so they survive a new Prefect home or server and vanish
-    with the work folder they describe.
-    """
-    import hashlib
-
-    results_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{RESULT_BLOCK_PREFIX}-{hashlib.sha256(str(results_dir).encode()).hexdigest()[:10]}"
-    block = LocalFileSystem(basepath=str(results_dir))
-    block.save(name, overwrite=True)
-    return block
-
-
-def configure_task(
-    task: Task,
-    flow_cfg: FlowConfig,
-    *,
-    result_storage: LocalFileSystem | None,
-    cached: bool,
-    tags: Sequence[str] = (),
-) -> Task:
-    """Apply the build's retry, backoff, caching and tag settings to a task.
+    Reruns, retries and resumes reuse finished work through the stage-hash work folder alone (each
+    task returns the stored summary of an output that exists: `unihope.tasks.common.run_stage_item`).
+    A second cache in Prefect's result store would keep pickled records (`_prefect-results/`), which
+    run code when read from a shared work folder; so there is none (NO_CACHE, persist_result=False).
 
     Args:
         task: a task from `tasks/` (its decorator sets only the name).
         flow_cfg: retries, base delay (doubles each retry), GPU tag.
-        result_storage: where results and cache records persist; None -> not persisted.
-        cached: whether to key results on inputs + task source (`OutputPresent`).
         tags: extra tags, e.g. the GPU tag that the concurrency limit applies to.
 
     Returns:
         A copy of `task` with the options applied.
     """
-    from prefect.cache_policies import NO_CACHE
-
     return task.with_options(
         retries=flow_cfg.retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=flow_cfg.retry_delay_s)(max(flow_cfg.retries, 1)),
         retry_condition_fn=retry_on_transient,
-        cache_policy=OutputPresent() if cached else NO_CACHE,
-        persist_result=cached and result_storage is not None,
-        result_storage=result_storage if cached else None,
+        cache_policy=NO_CACHE,
+        persist_result=False,
         tags=set(task.tags) | {tag for tag in tags if tag},  # an empty flow.gpu_tag means untagged
     )
 
 
 __all__ = [
-    "FAIL_ONCE_ENV", "InjectedFault", "OutputPresent", "configure_task", "injected_hang_s", "is_cuda_oom",
-    "is_transient", "maybe_fail_once", "parse_fail_once", "result_storage_for", "retry_on_transient", "run_with_oom_halving",
+    "FAIL_ONCE_ENV", "HANG_SUFFIX", "InjectedFault", "configure_task", "injected_hang_s", "is_cuda_oom",
+    "is_transient", "maybe_fail_once", "parse_fail_once", "retry_on_transient", "run_with_oom_halving",
     "should_fail", "should_hang",
 ]

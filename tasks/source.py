@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 
-from unihope.tasks.common import ExecutionTimer, on_render_thread
-from unihope.tasks.options import maybe_fail_once
-from unihope.tasks.work import SourcePlan, WorkLayout, plan_batches, plan_parts, read_index, write_index
+from unihope.buildplan.batch_items import index_item, reuse_index
+from unihope.buildplan.plan import SourcePlan
+from unihope.buildplan.workdir import WorkLayout
 from unihope.config import PipelineConfig
+from unihope.tasks.common import StageItem, on_render_thread, run_stage_item
 
 
-def _plan_from_index(index_path: Path) -> SourcePlan:
-    parts, batches = read_index(index_path)
-    return SourcePlan(index_path=str(index_path), num_frames=sum(len(p) for p in parts),
-                      part_sizes=tuple(len(p) for p in parts), batches=tuple(batches))
+def _prepare_source(cfg: PipelineConfig) -> None:
+    """Write what the source reads when the pipeline makes it (synthetic; it renders: on the render thread)."""
+    from unihope.sources import prepare_source
+
+    on_render_thread(prepare_source, cfg.source, cfg.hand)
+
+
+def _list_refs(cfg: PipelineConfig) -> list:
+    """The source's frame refs (opening a source only reads)."""
+    from unihope.sources import open_source
+
+    return open_source(cfg.source, cfg.hand).index()
 
 
 @task(name="index")
@@ -31,24 +38,8 @@ def index_source(cfg: PipelineConfig, layout: WorkLayout, out_path: str, fail_on
     Returns:
         The plan: index path, frame count, grasp part sizes and annotate batches.
     """
-    from unihope.sources import open_source, prepare_source
-
-    # 0. Write what the source reads when the pipeline makes it (synthetic; it renders: on the render
-    #    thread). Before the index reuse, so a deleted synthetic folder is written again.
-    on_render_thread(prepare_source, cfg.source, cfg.hand)
-
-    # 1. Reuse a complete index.
-    if Path(out_path).is_file():
-        return _plan_from_index(Path(out_path))
-    maybe_fail_once("index", 0, fail_once)
-
-    # 2. List, cap and plan.
-    with ExecutionTimer(layout, "source", 0) as timer:
-        refs = open_source(cfg.source, cfg.hand).index()
-        if cfg.source.max_frames is not None and len(refs) > cfg.source.max_frames:
-            refs = sorted(refs, key=lambda r: (r.sequence_key, r.serial, r.frame_idx))[: cfg.source.max_frames]
-        parts = plan_parts(refs, cfg.flow.frames_per_task)
-        batches = plan_batches([len(p) for p in parts], cfg.flow.frames_per_task)
-        write_index(Path(out_path), parts, batches)
-        timer.num_frames = len(refs)
-    return _plan_from_index(Path(out_path))
+    _prepare_source(cfg)  # before the index reuse, so a deleted synthetic folder is written again
+    item = StageItem(layout, "source", 0, out_path, fail_once, fault_name="index")
+    return run_stage_item(
+        item, lambda: index_item(lambda: _list_refs(cfg), cfg.source.max_frames, cfg.flow.frames_per_task, out_path),
+        reuse=lambda: reuse_index(out_path))

@@ -47,12 +47,12 @@ def test_build_with_invalid_config_names_the_key(tmp_path):
 @pytest.fixture()
 def no_server(monkeypatch):
     """Fail the test loudly if a build got as far as starting a Prefect API server or the flow."""
-    import unihope.flows.build
+    import unihope.launch
     from prefect.server.api.server import SubprocessASGIServer
 
     started: list[str] = []
     monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, timeout=None: started.append("server"))
-    monkeypatch.setattr(unihope.flows.build, "run_build", lambda *args, **kwargs: started.append("flow"))
+    monkeypatch.setattr(unihope.launch, "run_build", lambda *args, **kwargs: started.append("flow"))
     yield started
     assert started == [], f"a build that should fail in pre-flight started {started}"
 

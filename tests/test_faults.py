@@ -177,7 +177,7 @@ def test_ctrl_c_stops_a_build_cleanly_and_a_second_build_of_its_output_is_refuse
 
 _HOLD_LOCK_AND_SERVER = """
 import sys, time
-from unihope.flows.runners import start_owned_api_server
+from unihope.prefect_server import start_owned_api_server
 from unihope.storage.lock import build_lock
 with build_lock(sys.argv[1]):
     server = start_owned_api_server()

@@ -18,10 +18,9 @@ from unihope.storage.schema import FrameRef
 from unihope.tasks.options import (
     InjectedFault, is_cuda_oom, is_transient, parse_fail_once, run_with_oom_halving, should_fail,
 )
-from unihope.tasks.work import (
-    ShardSlice, plan_batches, plan_parts, plan_shards, read_executions, read_index, stage_hashes,
-    write_index,
-)
+from unihope.buildplan.hashes import stage_hashes
+from unihope.buildplan.plan import ShardSlice, plan_batches, plan_parts, plan_shards, read_index, write_index
+from unihope.buildplan.workfiles import read_executions
 from unihope.config import DeocclusionConfig, FlowConfig, PipelineConfig, StorageConfig
 from unihope.progress import BuildProgress, format_duration
 
@@ -163,7 +162,7 @@ def test_fault_injection_selects_name_or_item_and_first_attempt_only():
 
 
 def test_only_gpu_deoccluders_carry_the_gpu_tag():
-    from unihope.flows.build import deocclude_tags
+    from unihope.tasks.deocclude import deocclude_tags
     from unihope.tasks.deocclude import deocclude_batch
     from unihope.tasks.options import configure_task
 
@@ -176,7 +175,7 @@ def test_only_gpu_deoccluders_carry_the_gpu_tag():
     assert deocclude_tags(cfg("controlnet", device="cpu")) == []  # pinned to the CPU: holds no GPU
     assert deocclude_tags(cfg("controlnet", gpu_tag="")) == []  # tagging switched off
     assert deocclude_tags(cfg("render")) == deocclude_tags(cfg("inpaint")) == []
-    tagged = configure_task(deocclude_batch, FlowConfig(), result_storage=None, cached=False,
+    tagged = configure_task(deocclude_batch, FlowConfig(),
                             tags=deocclude_tags(cfg("controlnet")))
     assert "gpu" in tagged.tags
 
@@ -344,15 +343,57 @@ def test_rerun_with_nothing_changed_recomputes_nothing(reference_build):
     assert read_executions(out / "_work") == before
     assert state.result() == reference_build["summary"]
     assert dataset_digest(out) == reference_build["digest"]
-    # Prefect's cache answered for the per-batch stages (results persisted in the work folder)
+    # The work folder answered, not Prefect's cache (there is none): every task ran once and completed
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    cached = {run.name.split("-", 1)[0] for run in runs if run.state and run.state.name == "Cached"}
-    assert cached == {"grasp", "annotate", "deocclude"}
+    assert {run.name.split("-", 1)[0] for run in runs} >= {"index", "grasp", "annotate", "deocclude", "pack", "finalize"}
+    assert {run.state.name for run in runs} == {"Completed"}
+
+
+def _pickled_files(folder: Path) -> list[str]:
+    """Files under `folder` that are pickles (protocol >= 2 opens with 0x80) or .npz files holding object arrays."""
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with path.open("rb") as handle:
+            head = handle.read(2)
+        if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+            found.append(str(path))
+        elif path.suffix == ".npz":
+            try:
+                with np.load(path, allow_pickle=False) as arrays:
+                    for name in arrays.files:
+                        arrays[name]
+            except ValueError:
+                found.append(str(path))
+    return found
+
+
+def test_a_build_leaves_no_pickled_prefect_results_and_a_rerun_reuses_every_stage(reference_build):
+    """One caching mechanism (issue 15.3): the stage-hash work folder. Prefect persists no results and
+    keeps no cache records (those are pickles: code execution when a shared folder is read)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    from unihope.flows.build import build_dataset
+
+    # 1. The reference build wrote no Prefect result records and no pickle: output, work folder, report.
+    out = reference_build["out"]
+    assert not list(out.rglob("_prefect-results")) and not list(out.rglob("unihope-results*"))
+    assert (out / "_work").is_dir() and _pickled_files(out) == []
+
+    # 2. A rerun reuses every stage from the work folder and writes no Prefect result either.
+    storage = Path(PREFECT_LOCAL_STORAGE_PATH.value()).expanduser()
+    stored_before = sorted(storage.rglob("*")) if storage.is_dir() else []
+    before = read_executions(out / "_work")
+    assert {entry["stage"] for entry in before} == {"source", "grasp", "annotate", "deocclude", "pack", "finalize"}
+    summary = build_dataset(config=reference_build["cfg"], out=str(out))
+    assert read_executions(out / "_work") == before  # nothing computed: every stage item reused
+    assert summary == reference_build["summary"]
+    assert (sorted(storage.rglob("*")) if storage.is_dir() else []) == stored_before
+    assert _pickled_files(out) == []
 
 
 def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(reference_build, tmp_path):
@@ -386,7 +427,8 @@ def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(refer
 def test_deocclude_task_halves_its_chunks_on_cuda_oom(reference_build, tmp_path, monkeypatch):
     """A de-occluder that runs out of memory above 2 frames still yields the reference results."""
     import unihope.tasks.deocclude as deocclude_tasks
-    from unihope.tasks.work import load_results, make_layout
+    from unihope.buildplan.workdir import make_layout
+    from unihope.buildplan.workfiles import load_results
 
     cfg, out = reference_build["cfg"], reference_build["out"]
     layout = make_layout(cfg, str(out))
@@ -461,7 +503,7 @@ def test_sigkill_mid_build_then_rerun_gives_the_uninterrupted_dataset(reference_
 
 @pytest.mark.parametrize("runner", ["dask", "processes"])
 def test_worker_process_runners_give_the_same_dataset_as_threads(reference_build, tmp_path, runner):
-    from unihope.flows.build import run_build
+    from unihope.launch import run_build
 
     cfg = reference_build["cfg"]
     runner_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"task_runner": runner, "fail_once": ()})})
@@ -478,7 +520,7 @@ def test_build_into_an_object_store_url_gives_the_same_dataset(reference_build, 
     """An fsspec URL output (memory://, as s3:// goes): shards, manifest and skips land in the store."""
     import fsspec
 
-    from unihope.flows.build import run_build
+    from unihope.launch import run_build
 
     cfg = reference_build["cfg"]
     url_cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={"fail_once": (), "work_dir": tmp_path / "work"})})
@@ -594,7 +636,9 @@ def test_a_hanging_task_times_out_and_its_retry_is_counted(reference_build, tmp_
     from unihope.tasks.annotate import annotate_batch
     from unihope.tasks.deocclude import deocclude_batch
     from unihope.tasks.options import configure_task
-    from unihope.tasks.work import load_results, make_layout, read_index
+    from unihope.buildplan.plan import read_index
+    from unihope.buildplan.workdir import make_layout
+    from unihope.buildplan.workfiles import load_results
 
     cfg = reference_build["cfg"]
     cfg = cfg.model_copy(update={"flow": cfg.flow.model_copy(update={
@@ -605,7 +649,7 @@ def test_a_hanging_task_times_out_and_its_retry_is_counted(reference_build, tmp_
 
     @flow(name="hang-once")
     def hang_once():
-        options = dict(flow_cfg=cfg.flow, result_storage=None, cached=False)
+        options = dict(flow_cfg=cfg.flow)
         annotate = configure_task(annotate_batch, **options)(
             cfg, layout, batches[0], str(layout.index_path), str(layout.grasp_part_path(batches[0].part_idx)),
             str(annotated_path), str(tmp_path / "skips-0.jsonl"), cfg.flow.fail_once, cfg.flow.torch_threads)

@@ -77,7 +77,7 @@ def _check_against_current_api(build_yaml: Path, train_yaml: Path, out: Path, tr
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.deployments import run_deployment
 
-    from unihope.flows.build import run_build_from_cli
+    from unihope.build_cli import run_build_from_cli
     from unihope.run_keys import dataset_version, run_dir_for
     from unihope.train_config import TrainConfig
     from unihope.train.checkpoints import resume_hash

@@ -518,7 +518,7 @@ def test_sources_carry_their_tip_convention(synthetic_dexycb: Path, synthetic_ho
     with pytest.raises(ValueError, match="unknown tip convention 'mano'"):
         DexYCBSource(synthetic_dexycb, tip_convention="mano")
     # What a build records, and how training reads it back (old builds: the layout's own).
-    from unihope.tasks.pack import dataset_attrs
+    from unihope.buildplan.output_items import dataset_attrs
 
     attrs = dataset_attrs(PipelineConfig(source=SourceConfig(kind="ho3d", root=synthetic_ho3d)))
     assert attrs.config["source"]["tip_convention"] == "ho3d"
@@ -614,7 +614,7 @@ def test_quirks_off_writes_none_of_them(synthetic_dexycb: Path):
 
 
 def test_ho3d_preset_holds_ho3d_upstream_values(tmp_path: Path):
-    from unihope.flows.build import resolve_build_config
+    from unihope.buildplan.resolve import resolve_build_config
     from unihope.config import PipelineConfig
 
     cfg = PipelineConfig.from_yaml(Path(__file__).parent.parent / "configs" / "ho3d.yaml")

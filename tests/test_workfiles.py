@@ -13,9 +13,9 @@ import pytest
 
 from unihope.storage.schema import DeocclusionResult, GraspLabel, Skip, SkipReason
 from storage_fixtures import make_annotated, make_batch, make_keys
-from unihope.tasks.work import (
-    GraspPartOutput, StageHashes, WorkLayout, load_grasp_part, load_results, save_grasp_part, save_results,
-)
+from unihope.buildplan.hashes import StageHashes
+from unihope.buildplan.workdir import WorkLayout
+from unihope.buildplan.workfiles import GraspPartOutput, load_grasp_part, load_results, save_grasp_part, save_results
 
 
 def _assert_same(loaded, expected) -> None:

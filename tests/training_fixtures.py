@@ -42,7 +42,7 @@ def build_small_dataset(work: Path, url: str, hand_cfg: HandModelConfig, num_seq
     from unihope.storage.schema import AnnotatedFrame, FrameRecord
     from unihope.storage.writer import finalize, write_shard
     from unihope.tasks.common import on_render_thread
-    from unihope.tasks.pack import dataset_attrs
+    from unihope.buildplan.output_items import dataset_attrs
     from unihope.deocclude import build_deoccluder
     from unihope.grasp import label_grasps
     from unihope.render.annotate import annotate_frames

@@ -157,7 +157,7 @@ def build(
     train_overrides: list[str] = typer.Option([], "--train-set", help="As --set, for --train's training config."),
 ) -> None:
     """Run the build_dataset flow: source -> grasp -> annotate -> de-occlude -> pack -> finalize."""
-    from unihope.flows.build import run_build_from_cli
+    from unihope.build_cli import run_build_from_cli
     from unihope.rich_progress import terminal_progress
 
     with terminal_progress():  # stage bars on a terminal; plain log lines always

@@ -21,7 +21,8 @@ def run_demo(out_dir: Path) -> Path:
     (2) build the dataset with the `build_dataset` flow (synthesize, grasp labels, annotate,
     de-occlude, pack, finalize, report), (3) train briefly and evaluate on the held-out split.
     """
-    from unihope.flows.build import mano_dir_parameter, resolve_build_config, run_build
+    from unihope.buildplan.resolve import mano_dir_parameter, resolve_build_config
+    from unihope.launch import run_build
     from unihope.flows.train import train_flow
     from unihope.config import PipelineConfig
     from unihope.hand.preview import render_grasp_preview

@@ -1,0 +1,148 @@
+"""`unihope build` around the flow: config checks, exit codes, SIGTERM and Ctrl-C, the summary lines, `--train`.
+
+Every fault a user can act on ends in one line and a non-zero exit, never a traceback: a bad
+config or environment (exit 2, before Prefect starts), a busy output (3), a full or read-only
+disk (1), Ctrl-C (130) or SIGTERM (143).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+import typer
+
+from unihope.buildplan.resolve import mano_dir_parameter, resolve_build_config
+from unihope.config import PipelineConfig
+from unihope.tasks.options import FAIL_ONCE_ENV, PERMANENT_OS_ERRNOS
+from unihope.buildplan.workdir import local_output_path, resolve_work_dir
+
+EXIT_DRAIN_TIMEOUT_S = 3.0  # an interrupted build waits this long for its last logs to reach the API
+
+
+class BuildTerminated(BaseException):
+    """SIGTERM reached a CLI build (a BaseException, like KeyboardInterrupt, so no task retries it)."""
+
+
+def run_build_from_cli(
+    config_path: Path, source: str | None, out: str, train: bool, train_config_path: Path,
+    train_out: Path | None = None, wait_lock: bool = False, overrides: tuple[str, ...] = (),
+    train_overrides: tuple[str, ...] = (),
+) -> None:
+    """`unihope build`: load, resolve and check the config (with `--set` overrides), build, print the summary, optionally train.
+
+    Exit codes as in the module docstring. The API server is the build's own
+    (`unihope.prefect_server.OwnedAPIServer`), so it survives the terminal's Ctrl-C long enough to
+    record the stop, and never outlives the build.
+
+    With `train`, the training runs as the train deployment's does: in `<train_out>/<dataset
+    version>-<config digest>/` (default `runs/<build name>`), with the build's MANO files.
+    """
+    from unihope import launch
+    from unihope.overrides import apply_overrides
+    from unihope.preflight import check_build, describe_os_error
+    from unihope.prefect_server import own_api_server
+    from unihope.storage.lock import OutputBusyError, build_lock
+
+    def fail(message: str, code: int) -> None:
+        typer.secho(message, fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=code)
+
+    # 1. Config and environment checks: one line each, before Prefect starts.
+    try:
+        cfg = resolve_build_config(apply_overrides(PipelineConfig.from_yaml(Path(config_path)), overrides), out, source,
+                                   fail_once_env=os.environ.get(FAIL_ONCE_ENV))
+        if train:  # a bad training override fails now, not after the build
+            from unihope.train.run import load_train_config
+
+            load_train_config(train_config_path, train_overrides)
+        check_build(cfg, out, local_output_path(out), resolve_work_dir(out, cfg.flow.work_dir))
+    except ValueError as err:  # ConfigError, PreflightError, a remote --out without flow.work_dir
+        fail(str(err), code=2)
+
+    # 2. Build, with SIGTERM turned into the same clean stop as Ctrl-C, and no traceback for a full disk.
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_drop_traceback_of_permanent_os_errors)
+    try:
+        with build_lock(out, wait=wait_lock), own_api_server():  # lock first: a refused build starts no server
+            summary = launch.run_build(cfg, out, wait_lock=wait_lock)
+    except OutputBusyError as err:
+        fail(str(err), code=3)
+    except OSError as err:
+        if err.errno not in PERMANENT_OS_ERRNOS:
+            raise
+        fail(f"build failed: {describe_os_error(err)}; finished batches are kept, the rerun resumes", code=1)
+    except (KeyboardInterrupt, BuildTerminated) as err:
+        code = 143 if isinstance(err, BuildTerminated) else 130
+        typer.secho(f"build {'terminated' if code == 143 else 'interrupted'}: stopped; run the same command "
+                    "again to resume (finished batches are kept)", fg=typer.colors.RED, err=True)
+        _exit_now(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    for line in summary.describe():
+        typer.echo(line)
+    if train:
+        from unihope.flows.train import train_flow
+
+        runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
+        run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
+                             mano_dir=mano_dir_parameter(cfg), overrides=list(train_overrides))
+        typer.echo(f"trained on {out} -> {run_dir}")
+
+
+def _drop_traceback_of_permanent_os_errors(record: logging.LogRecord) -> bool:
+    """Log filter: a full or read-only disk is one line (the CLI says what to do), not a 100-line traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_OS_ERRNOS:
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise BuildTerminated(f"signal {signum}")
+
+
+def _exit_now(code: int) -> None:
+    """Exit without waiting for running tasks: worker threads would finish their batch first (minutes).
+
+    What they leave half-written is temp files only, which the next run sweeps.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    from unihope.prefect_server import stop_owned_api_servers
+
+    for worker in (APILogWorker, EventsWorker):  # the crash record and last logs reach the API first
+        worker.drain_all(timeout=EXIT_DRAIN_TIMEOUT_S)
+    stop_owned_api_servers()
+    for pid in _descendant_pids(os.getpid()):  # process-pool / Dask workers that missed the terminal's signal
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _descendant_pids(root_pid: int) -> list[int]:
+    """Pids of every live descendant of `root_pid`, from /proc (empty where /proc is absent)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent_pid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent_pid, []).append(int(entry.name))
+    found, todo = [], list(children.get(root_pid, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found

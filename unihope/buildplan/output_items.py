@@ -1,0 +1,200 @@
+"""The output side of a build: claiming the output for a pack hash, one shard per item, finalize, dataset attrs.
+
+As in `unihope.buildplan.batch_items`: each item returns a `StageResult`; the task skeleton
+(`unihope.tasks.common.run_stage_item`) reuses, injects faults, times and logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from unihope.buildplan.plan import ShardSpec
+from unihope.buildplan.workdir import WorkLayout
+from unihope.buildplan.workfiles import StageResult, atomic_write_json, load_grasp_part, load_results, read_skips
+from unihope.config import FlowConfig, PipelineConfig, StorageConfig
+from unihope.storage.schema import DatasetAttrs, Skip, StageSummary
+
+FINALIZED_MARKER = "finalized.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Claim and pack
+# ----------------------------------------------------------------------------------------------
+
+
+def _remove_pack_markers(layout: WorkLayout) -> list[str]:
+    removed = []
+    for path in sorted(layout.root.glob("pack-*")):
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path.name)
+    return removed
+
+
+def claim_output(layout: WorkLayout, url: str) -> list[str]:
+    """Record that the output now receives shards of this pack hash; forget markers of any other.
+
+    The shard markers say "shard k of pack hash h is committed at the output". When the output
+    last received another hash (another config was built into it since), those markers no longer
+    describe what the output holds, so all markers go and every shard is packed again.
+
+    Returns:
+        Names of the marker folders removed (empty when the output already holds this hash).
+    """
+    state_path = layout.output_state_path
+    current = {"url": url, "pack_hash": layout.hashes.pack}
+    previous = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if previous == current:
+        return []
+    removed = _remove_pack_markers(layout)
+    atomic_write_json(state_path, current)
+    return removed
+
+
+def reuse_shard(shard: ShardSpec, out_path: str) -> StageSummary | None:
+    """The summary of a shard committed earlier for this pack hash (its marker exists), else None."""
+    if not Path(out_path).is_file():
+        return None
+    return StageSummary(stage="pack", output_path=out_path, num_in=shard.num_samples, num_out=shard.num_samples)
+
+
+def pack_shard_item(
+    cfg: StorageConfig, layout: WorkLayout, url: str, shard: ShardSpec, batch_paths: dict[int, tuple[str, str]],
+    attrs: DatasetAttrs, out_path: str,
+) -> StageResult[StageSummary]:
+    """Write and commit one shard (Zarr v3) from slices of annotated batches and their results; saving marks it.
+
+    Raises:
+        ValueError: when a results file does not match its annotate batch.
+    """
+    from unihope.storage.batches import load_batch
+    from unihope.storage.writer import write_shard
+
+    # 1. Gather the shard's samples, in order, from the batches it spans.
+    annotated, results = [], []
+    for piece in shard.slices:
+        annotated_path, results_path = batch_paths[piece.batch_idx]
+        batch_annotated, _ = load_batch(annotated_path)
+        batch_results = load_results(Path(results_path))
+        if [r.sample_key for r in batch_results] != [a.frame.sample_key for a in batch_annotated]:
+            raise ValueError(f"{results_path} does not match {annotated_path}; delete both and rebuild")
+        annotated.extend(batch_annotated[piece.start : piece.stop])
+        results.extend(batch_results[piece.start : piece.stop])
+
+    # 2. Write and commit the shard; the marker is the save.
+    commit = write_shard(url, shard.shard_idx, annotated, results, attrs, cfg)
+    summary = StageSummary(stage="pack", output_path=out_path, num_in=shard.num_samples, num_out=len(annotated))
+    marker = {"pack_hash": layout.hashes.pack, "commit": commit.to_json()}
+    return StageResult(summary, len(annotated), save=lambda: atomic_write_json(Path(out_path), marker))
+
+
+# ----------------------------------------------------------------------------------------------
+# Finalize
+# ----------------------------------------------------------------------------------------------
+
+
+def collect_skips(layout: WorkLayout, num_parts: int, num_batches: int) -> list[Skip]:
+    """Every Skip of the build: source skips (grasp parts) then annotate skips (batch sidecars), in order."""
+    skips: list[Skip] = []
+    for part_idx in range(num_parts):
+        skips.extend(load_grasp_part(layout.grasp_part_path(part_idx)).skips)
+    for batch_idx in range(num_batches):
+        skips.extend(read_skips(layout.annotate_skips_path(batch_idx)))
+    return skips
+
+
+def drop_stale_commits(url: str, num_shards: int) -> list[int]:
+    """Remove commit records of shard indices >= `num_shards` (left by an earlier, larger build).
+
+    Returns:
+        The shard indices whose commits were removed (their data folders then become orphans that
+        `unihope.storage.writer.finalize` deletes).
+    """
+    from unihope.storage.io import locate
+    from unihope.storage.manifest import commit_path, list_commits
+
+    loc = locate(url)
+    stale = [commit.shard_idx for commit in list_commits(loc) if commit.shard_idx >= num_shards]
+    for shard_idx in stale:
+        loc.fs.rm(loc.path(commit_path(shard_idx)))
+    return stale
+
+
+def finalized_marker_path(layout: WorkLayout) -> Path:
+    """Marker: this pack hash was finalized (`claim_output` removes it when the output changes hands)."""
+    return layout.stage_dir("pack") / FINALIZED_MARKER
+
+
+def reuse_finalized(layout: WorkLayout, url: str, report_dir: str | None):
+    """The `DatasetSummary` of an earlier finalize of this pack hash, or None (no marker, report or manifest)."""
+    from unihope.report import DatasetSummary
+    from unihope.storage.io import locate, read_bytes
+    from unihope.storage.manifest import MANIFEST_NAME
+
+    marker = finalized_marker_path(layout)
+    is_report_present = report_dir is None or (Path(report_dir) / "index.html").is_file()
+    if marker.is_file() and is_report_present and read_bytes(locate(url), MANIFEST_NAME) is not None:
+        return DatasetSummary.from_json(json.loads(marker.read_text()))
+    return None
+
+
+def finalize_item(
+    layout: WorkLayout, url: str, attrs: DatasetAttrs, num_parts: int, num_batches: int, num_shards: int,
+    report_dir: str | None,
+) -> StageResult:
+    """Write manifest.json, skips.jsonl and the root attrs; summarize and (optionally) report; saving marks it.
+
+    Returns:
+        A result whose value is the `unihope.report.DatasetSummary` of the finished dataset.
+    """
+    from unihope.report import summarize_dataset, write_report
+    from unihope.storage.writer import finalize
+
+    # 1. Gather the build's skips and drop shards an earlier, larger build left behind.
+    skips = collect_skips(layout, num_parts, num_batches)
+    drop_stale_commits(url, num_shards)
+
+    # 2. Finalize, summarize, report; the marker is the save.
+    finalize(url, attrs, skips)
+    summary = summarize_dataset(url)
+    if report_dir is not None:
+        index_path = write_report(data_url=url, out_dir=Path(report_dir))
+        summary = dataclasses.replace(summary, report_path=str(index_path))
+    return StageResult(summary, summary.num_samples,
+                       save=lambda: atomic_write_json(finalized_marker_path(layout), summary.to_json()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset attributes
+# ----------------------------------------------------------------------------------------------
+
+
+def source_description(cfg: PipelineConfig) -> str:
+    """`synthetic:dexycb` or `dexycb:/data/dex-ycb`: where the dataset's frames came from."""
+    if cfg.source.kind == "synthetic":
+        return f"synthetic:{cfg.source.synthetic.format}"
+    return f"{cfg.source.kind}:{cfg.source.root}"
+
+
+def dataset_attrs(cfg: PipelineConfig) -> DatasetAttrs:
+    """Attributes stored with every shard: the resolved config without its orchestration settings.
+
+    `flow` (runner, retries, fault injection, work folder) changes how a build runs, never what it
+    writes; leaving it out keeps shards of a threads build and a Dask build byte-identical. The hand
+    model's identity (kind, file digests, tip convention) lets training load the same model.
+    """
+    from unihope.hand_identity import hand_model_identity
+    from unihope.storage.writer import code_version
+
+    # The fingertip convention is recorded resolved ("auto" -> the layout's own): training builds its
+    # hand layer with it (unihope.tip_convention.dataset_tip_convention).
+    source = cfg.source.model_copy(update={"tip_convention": cfg.source.resolved_tip_convention()})
+    data_cfg = cfg.model_copy(update={"flow": FlowConfig(), "source": source})
+    config = data_cfg.model_dump(mode="json")
+    config.pop("flow")
+    return DatasetAttrs(name=cfg.name, source=source_description(cfg), config=config,
+                        config_hash=data_cfg.config_hash(), code_version=code_version(),
+                        hand_model=hand_model_identity(cfg.hand, source.tip_convention).to_json())
