@@ -197,7 +197,7 @@ class ManoScenes:
         renders = [
             scene.truth_rgb,
             self.builder.render_hand(self.meshes(verts[0], leave_out=hidden), skin, background),
-            self.builder.render_hand(self.meshes(verts[1], whole=True), skin, background),
+            self.builder.render_hand(self.meshes(verts[1]), skin, background),
         ]
         # A de-occluder only changes the inpaint mask: outside it every candidate is the input.
         candidates = np.stack([np.where(mask[..., None], render, frame.image) for render in renders]).astype(np.uint8)
