@@ -72,26 +72,13 @@ class CheckpointPoseModel:
         from the checkpoint's own metadata, so any run's checkpoint loads without its YAML.
 
         Raises:
-            ValueError: when the file is missing or not a UniHOPE checkpoint (from `load_checkpoint`).
+            ValueError: when the path names no training checkpoint (`resolve_pose_checkpoint`) or its tensors do
+                not fit the architecture it records (`load_checkpoint`).
         """
-        from safetensors import safe_open
-
-        from unihope.train_config import TrainConfig
-        from unihope.train.checkpoints import latest_checkpoint, load_checkpoint
+        from unihope.train.checkpoints import load_checkpoint
         from unihope.train.spec import build_hand_layer, build_model
 
-        path = Path(path)
-        file_path = path
-        if path.is_dir() or path.name == "latest.txt":
-            run_dir = path if path.is_dir() else path.parent.parent
-            file_path = latest_checkpoint(run_dir) or path
-        if not file_path.is_file():
-            raise ValueError(f"deocclusion.pose_model_checkpoint: no checkpoint at {path}")
-        with safe_open(str(file_path), framework="pt") as handle:
-            train_yaml = (handle.metadata() or {}).get("train_config")
-        if train_yaml is None:
-            raise ValueError(f"deocclusion.pose_model_checkpoint: {file_path} has no train_config metadata")
-        train_cfg = TrainConfig.from_yaml(train_yaml)
+        file_path, train_cfg = resolve_pose_checkpoint(path)
         model = build_model(train_cfg, build_hand_layer())
         load_checkpoint(file_path, model)
         torch_device = torch.device(device)
@@ -126,6 +113,37 @@ class CheckpointPoseModel:
             joints_rel[..., 0] *= -1
             pred_2d[..., 0] = crop - 1 - pred_2d[..., 0]
         return PosePrediction(joints_rel_m=joints_rel, joints_2d_px=pred_2d)
+
+
+def resolve_pose_checkpoint(path: Path):  # noqa: ANN201 (-> tuple[Path, TrainConfig]; torch-free config import)
+    """The checkpoint file `deocclusion.pose_model_checkpoint` names and the training config it records.
+
+    Cheap (reads the safetensors header only): the build's preflight calls it, so a wrong path fails before any
+    work starts rather than in the first de-occlusion batch.
+
+    Args:
+        path: a checkpoint file, a `unihope train` run folder, or its `checkpoints/latest.txt`.
+
+    Raises:
+        ValueError: naming the setting, the path and what to point it at.
+    """
+    from unihope.train_config import TrainConfig
+    from unihope.train.checkpoints import read_checkpoint_metadata
+
+    hint = "point it at a `unihope train` run folder, its checkpoints/latest.txt or a .safetensors checkpoint"
+    try:
+        file_path, metadata = read_checkpoint_metadata(Path(path).expanduser())
+    except ValueError as err:
+        raise ValueError(f"deocclusion.pose_model_checkpoint: {err}; {hint}") from err
+    train_yaml = metadata.get("train_config")
+    if train_yaml is None:
+        raise ValueError(f"deocclusion.pose_model_checkpoint: {file_path} has no train_config metadata (not written "
+                         f"by `unihope train`); {hint}")
+    try:
+        return file_path, TrainConfig.from_yaml(train_yaml)
+    except ValueError as err:
+        raise ValueError(f"deocclusion.pose_model_checkpoint: {file_path} records a training config this version "
+                         f"cannot read ({str(err).splitlines()[0]})") from err
 
 
 def visible_joints(frame: AnnotatedFrame) -> np.ndarray:
@@ -206,4 +224,12 @@ def build_pose_scorer(cfg) -> PoseModelScorer:  # noqa: ANN001 (DeocclusionConfi
     return PoseModelScorer(model, visible_weight=cfg.visible_weight, flexion_space=cfg.pose_flexion_space)
 
 
-__all__ = ["JOINT_SCALE_FRACTION", "CheckpointPoseModel", "PoseErrors", "PoseModelScorer", "build_pose_scorer", "visible_joints"]
+__all__ = [
+    "JOINT_SCALE_FRACTION",
+    "CheckpointPoseModel",
+    "PoseErrors",
+    "PoseModelScorer",
+    "build_pose_scorer",
+    "resolve_pose_checkpoint",
+    "visible_joints",
+]

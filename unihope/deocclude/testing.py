@@ -127,7 +127,8 @@ class SceneBuilder:
         focal_px = size_px * HAND_DEPTH_M / 0.22  # the crop spans about 22 cm at the hand
         self.K = np.array([[focal_px, 0, (size_px - 1) / 2], [0, focal_px, (size_px - 1) / 2 + size_px * 0.08], [0, 0, 1]])
 
-    def _render(self, meshes: dict[int, list[trimesh.Trimesh]], colours: dict[int, tuple[int, int, int]]):
+    def _render(self, meshes: dict[int, list[trimesh.Trimesh]], colours: dict[int, tuple[int, int, int]],
+                with_parts: bool = True):
         pyrender = self.pyrender
         scene = pyrender.Scene(bg_color=[0, 0, 0, 0], ambient_light=[0.3, 0.3, 0.3])
         camera = intrinsics_camera(pyrender, self.K)
@@ -142,6 +143,8 @@ class SceneBuilder:
                 node = scene.add(pyrender.Mesh.from_trimesh(mesh, material=material, smooth=True), pose=cv_pose_to_gl(np.eye(4)))
                 seg_map[node] = (label, label, label)
         colour, depth = self.renderer.render(scene)
+        if not with_parts:
+            return colour[..., :3].copy(), depth.astype(np.float32), None
         seg, _ = self.renderer.render(scene, flags=pyrender.RenderFlags.SEG, seg_node_map=seg_map)
         return colour[..., :3].copy(), depth.astype(np.float32), seg[..., 0].copy()
 
@@ -175,22 +178,46 @@ class SceneBuilder:
         hand_meshes, joints_3d = capsule_hand(curl)
         box = trimesh.creation.box(extents=(*object_size_m, 0.03))
         box.apply_translation([object_centre_xy_m[0], object_centre_xy_m[1], HAND_DEPTH_M - OBJECT_GAP_M])
-        colours = {label: skin for label in hand_meshes} | {OBJECT_LABEL: object_rgb}
+        return self.render_scene(sample_key, hand_meshes, joints_3d, box, skin, object_rgb, _background(self.size_px, rng))
 
-        # 2. Renders: the hand alone (truth, depth_hand, parts) and the hand with the box (the input crop)
+    def render_scene(
+        self,
+        sample_key: str,
+        hand_meshes: dict[int, list[trimesh.Trimesh]],
+        joints_3d: np.ndarray,
+        box: trimesh.Trimesh,
+        skin_rgb: tuple[int, int, int],
+        object_rgb: tuple[int, int, int],
+        background_rgb: np.ndarray,
+    ) -> ConstructedScene:
+        """Render any hand (part label -> meshes, camera frame) with `box` in front, annotated as `build` does.
+
+        Args:
+            sample_key: key of the frame.
+            hand_meshes: {HAND_PART_* label: meshes} in the OpenCV camera frame, metres.
+            joints_3d: (21, 3) the hand's joints (DexYCB order) in the same frame.
+            box: the occluding object's mesh.
+            skin_rgb, object_rgb: flat colours of hand and object.
+            background_rgb: (S, S, 3) uint8 image behind everything.
+
+        Returns:
+            The scene (its truth: the same crop rendered without the box).
+        """
+        colours = {label: skin_rgb for label in hand_meshes} | {OBJECT_LABEL: object_rgb}
+
+        # 1. Renders: the hand alone (truth, depth_hand, parts) and the hand with the box (the input crop)
         colour_hand, depth_hand, parts = self._render(hand_meshes, colours)
         colour_scene, depth_scene, _ = self._render(hand_meshes | {OBJECT_LABEL: [box]}, colours)
-        background = _background(self.size_px, rng)
-        truth = np.where((depth_hand > 0)[..., None], colour_hand, background)
-        image = np.where((depth_scene > 0)[..., None], colour_scene, background)
+        truth = np.where((depth_hand > 0)[..., None], colour_hand, background_rgb)
+        image = np.where((depth_scene > 0)[..., None], colour_scene, background_rgb)
 
-        # 3. Masks from the depth passes only (pyrender's SEG pass misses a few edge pixels the depth pass has):
+        # 2. Masks from the depth passes only (pyrender's SEG pass misses a few edge pixels the depth pass has):
         # a hand pixel is visible where the scene's depth is the hand's own.
         mask_hand = depth_hand > 0
         same_depth = np.abs(depth_scene - depth_hand) < SAME_DEPTH_TOL_M
         mask_hand_visible = mask_hand & same_depth
         mask_object = (depth_scene > 0) & ~(mask_hand & same_depth)
-        # 4. Part labels from SEG, its missed edge pixels filled from their labelled neighbours.
+        # 3. Part labels from SEG, its missed edge pixels filled from their labelled neighbours.
         parts = np.where(mask_hand, parts, 0).astype(np.uint8)
         filled = cv2.dilate(parts, np.ones((3, 3), np.uint8))
         hand_parts = np.where(mask_hand & (parts == 0), filled, parts).astype(np.uint8)
@@ -198,6 +225,16 @@ class SceneBuilder:
             sample_key, image, mask_hand, mask_hand_visible, mask_object, depth_hand, depth_scene, hand_parts, joints_3d, box
         )
         return ConstructedScene(frame=frame, truth_rgb=truth.astype(np.uint8), object_rgb=object_rgb)
+
+    def render_hand(
+        self,
+        hand_meshes: dict[int, list[trimesh.Trimesh]],
+        skin_rgb: tuple[int, int, int],
+        background_rgb: np.ndarray,
+    ) -> np.ndarray:
+        """The hand alone over a background, as `render_scene` draws its truth: (S, S, 3) uint8 (no part pass)."""
+        colour, depth, _ = self._render(hand_meshes, {label: skin_rgb for label in hand_meshes}, with_parts=False)
+        return np.where((depth > 0)[..., None], colour, background_rgb).astype(np.uint8)
 
     def _annotated(
         self, sample_key, image, mask_hand, mask_hand_visible, mask_object, depth_hand, depth_scene, hand_parts, joints_3d, box
