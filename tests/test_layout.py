@@ -33,7 +33,8 @@ def test_wheel_installs_only_the_unihope_namespace(tmp_path):
     top_level = {name.split("/")[0] for name in names}
     assert all(name == "unihope" or name.startswith("unihope_datagen-") for name in top_level), top_level
     for module in ("unihope/storage/schema.py", "unihope/tasks/annotate.py", "unihope/flows/build.py",
-                   "unihope/model/model.py", "unihope/cli.py"):
+                   "unihope/model/model.py", "unihope/cli.py", "unihope/configs/demo.yaml",
+                   "unihope/configs/train_demo.yaml"):
         assert module in names, module
 
 

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from unihope.demo import DEMO_CONFIG, DEMO_TRAIN_CONFIG
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniHOPE data generation and training.")
 
 DISTRIBUTION = "unihope-datagen"
@@ -145,11 +147,11 @@ def synth(
 
 @app.command()
 def build(
-    config: Path = typer.Option(Path("configs/demo.yaml"), help="Pipeline config (YAML)."),
+    config: Path = typer.Option(DEMO_CONFIG, help="Pipeline config (YAML)."),
     source: Optional[str] = typer.Option(None, help="synthetic | dexycb:PATH | ho3d:PATH (overrides the config)."),
     out: str = typer.Option(..., help="Output dataset path or fsspec URL."),
     train: bool = typer.Option(False, "--train", help="Train on the dataset when the build finishes."),
-    train_config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config for --train."),
+    train_config: Path = typer.Option(DEMO_TRAIN_CONFIG, help="Training config for --train."),
     train_out: Optional[Path] = typer.Option(
         None, help="Root of --train's run folders (<dataset version>-<config digest>/ each); default runs/<name>."),
     wait_lock: bool = typer.Option(False, "--wait-lock", help="Wait for another build of --out to finish instead of refusing."),
@@ -168,7 +170,7 @@ def build(
 
 @app.command()
 def train(
-    config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config (YAML)."),
+    config: Path = typer.Option(DEMO_TRAIN_CONFIG, help="Training config (YAML)."),
     data: str = typer.Option(..., help="Dataset path or URL written by `unihope build`."),
     out: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, metrics.json, plots."),
     runs_dir: Optional[Path] = typer.Option(
@@ -239,10 +241,10 @@ def report(
 
 @app.command()
 def deploy(
-    config: Path = typer.Option(Path("configs/demo.yaml"), help="Pipeline config for the build deployment."),
+    config: Path = typer.Option(DEMO_CONFIG, help="Pipeline config for the build deployment."),
     out: str = typer.Option(..., help="Dataset path or URL the scheduled builds write."),
     cron: str = typer.Option("0 3 * * *", help="Cron schedule of the build deployment."),
-    train_config: Path = typer.Option(Path("configs/train_demo.yaml"), help="Training config."),
+    train_config: Path = typer.Option(DEMO_TRAIN_CONFIG, help="Training config."),
     train_out: Path = typer.Option(Path("runs/scheduled"), help="Root of the triggered trainings' run folders "
                                    "(<dataset version>-<config digest>/ per build)."),
 ) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-DEMO_CONFIG = REPO_CONFIG_DIR / "demo.yaml"
-DEMO_TRAIN_CONFIG = REPO_CONFIG_DIR / "train_demo.yaml"
+# The shipped configs: `unihope/configs` links to the top-level configs/ in a checkout and is package
+# data in a wheel, so the command's defaults work from any folder and any install.
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEMO_CONFIG = SHIPPED_CONFIG_DIR / "demo.yaml"
+DEMO_TRAIN_CONFIG = SHIPPED_CONFIG_DIR / "train_demo.yaml"
 HAND_PREVIEW_FRAMES = 8
 
 
