@@ -123,13 +123,14 @@ def test_ctrl_c_stops_a_build_cleanly_and_a_second_build_of_its_output_is_refuse
 
     import yaml
 
-    # 1. A build that parks in a one-minute retry delay (pack:0 fails once): "mid-build" for long enough.
+    # 1. A build parked in a ten-minute retry delay (pack:0 fails once). Prefect joins that task thread on
+    #    its way out, so only the CLI's stop deadline (STOP_GRACE_S) makes the Ctrl-C below end the build.
     config_path = tmp_path / "build.yaml"
     config_path.write_text(yaml.safe_dump({
         "name": "interrupt-test",
         "source": {"kind": "dexycb", "root": str(synthetic_dexycb), "max_frames": 8},
         "crop": {"size_px": 64}, "deocclusion": {"backend": "render"}, "storage": {"shard_size": 4},
-        "flow": {"frames_per_task": 4, "retries": 2, "retry_delay_s": 60.0},
+        "flow": {"frames_per_task": 4, "retries": 2, "retry_delay_s": 600.0},  # parked in the retry delay for the whole test
     }))
     out = tmp_path / "data"
     command = [sys.executable, "-m", "unihope.cli", "build", "--config", str(config_path), "--out", str(out)]

@@ -11,7 +11,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 from contextlib import suppress
+from contextvars import copy_context
 from pathlib import Path
 
 import typer
@@ -22,6 +24,10 @@ from unihope.tasks.options import FAIL_ONCE_ENV, PERMANENT_OS_ERRNOS
 from unihope.buildplan.workdir import local_output_path, resolve_work_dir
 
 EXIT_DRAIN_TIMEOUT_S = 3.0  # an interrupted build waits this long for its last logs to reach the API
+# After Ctrl-C / SIGTERM, Prefect's own exit path gets this long to record the stop. It joins the task
+# threads on the way out, and a task parked in a retry delay (or mid-batch) would hold the exit for
+# minutes; past the grace the build records the crash itself and exits. A second Ctrl-C exits at once.
+STOP_GRACE_S = 10.0
 
 
 class BuildTerminated(BaseException):
@@ -65,7 +71,7 @@ def run_build_from_cli(
         fail(str(err), code=2)
 
     # 2. Build, with SIGTERM turned into the same clean stop as Ctrl-C, and no traceback for a full disk.
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_handlers = {signum: signal.signal(signum, _on_stop_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_drop_traceback_of_permanent_os_errors)
     try:
@@ -78,12 +84,10 @@ def run_build_from_cli(
             raise
         fail(f"build failed: {describe_os_error(err)}; finished batches are kept, the rerun resumes", code=1)
     except (KeyboardInterrupt, BuildTerminated) as err:
-        code = 143 if isinstance(err, BuildTerminated) else 130
-        typer.secho(f"build {'terminated' if code == 143 else 'interrupted'}: stopped; run the same command "
-                    "again to resume (finished batches are kept)", fg=typer.colors.RED, err=True)
-        _exit_now(code)
+        _stop(143 if isinstance(err, BuildTerminated) else 130)
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
     for line in summary.describe():
         typer.echo(line)
     if train:
@@ -103,8 +107,53 @@ def _drop_traceback_of_permanent_os_errors(record: logging.LogRecord) -> bool:
     return True
 
 
-def _raise_terminated(signum: int, frame) -> None:
-    raise BuildTerminated(f"signal {signum}")
+_STOP_LOCK = threading.Lock()
+_stop_requested = threading.Event()
+
+
+def _on_stop_signal(signum: int, frame) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM: unwind through Prefect as before, with a deadline (`STOP_GRACE_S`)."""
+    code = 143 if signum == signal.SIGTERM else 130
+    if _stop_requested.is_set():  # the second one: no more waiting
+        _stop(code)
+    _stop_requested.set()
+    # The watchdog runs in this thread's context: the build's API settings are context variables.
+    watchdog = threading.Thread(target=copy_context().run, args=(_stop_after_grace, code, _current_flow_run_id()),
+                                name="unihope-stop", daemon=True)
+    watchdog.start()
+    if signum == signal.SIGTERM:
+        raise BuildTerminated(f"signal {signum}")
+    raise KeyboardInterrupt
+
+
+def _current_flow_run_id():
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context.flow_run.id if context is not None and context.flow_run is not None else None
+
+
+def _stop_after_grace(code: int, flow_run_id) -> None:  # noqa: ANN001 (a UUID or None)
+    """Past the grace, record the flow run as crashed (what Prefect's exit path would have done) and exit."""
+    import time
+
+    time.sleep(STOP_GRACE_S)
+    if flow_run_id is not None:
+        with suppress(Exception):  # best effort: the stop matters more than its record
+            from prefect.client.orchestration import get_client
+            from prefect.states import Crashed
+
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run_id, Crashed(message="the build was interrupted"), force=True)
+    _stop(code)
+
+
+def _stop(code: int) -> None:
+    """Say how the build stopped and exit with `code` (once, whichever thread gets here first)."""
+    with _STOP_LOCK:
+        typer.secho(f"build {'terminated' if code == 143 else 'interrupted'}: stopped; run the same command "
+                    "again to resume (finished batches are kept)", fg=typer.colors.RED, err=True)
+        _exit_now(code)
 
 
 def _exit_now(code: int) -> None:
