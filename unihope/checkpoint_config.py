@@ -20,7 +20,7 @@ def train_config_of_checkpoint(path: Path) -> TrainConfig:
     Raises:
         ValueError: when the file is missing, not a safetensors file, or carries no (valid) config.
     """
-    from unihope.train.checkpoints import read_checkpoint_metadata
+    from unihope.train.weights import read_checkpoint_metadata
 
     path, metadata = read_checkpoint_metadata(Path(path))
     text = metadata.get(TRAIN_CONFIG_METADATA_KEY)

@@ -73,14 +73,14 @@ class CheckpointPoseModel:
 
         Raises:
             ValueError: when the path names no training checkpoint (`resolve_pose_checkpoint`) or its tensors do
-                not fit the architecture it records (`load_checkpoint`).
+                not fit the architecture it records (`load_model_weights`).
         """
-        from unihope.train.checkpoints import load_checkpoint
+        from unihope.train.weights import load_model_weights
         from unihope.train.spec import build_hand_layer, build_model
 
         file_path, train_cfg = resolve_pose_checkpoint(path)
         model = build_model(train_cfg, build_hand_layer())
-        load_checkpoint(file_path, model)
+        load_model_weights(file_path, model)
         torch_device = torch.device(device)
         return cls(model.to(torch_device), train_cfg.model.input_size_px, torch_device)
 
@@ -128,7 +128,7 @@ def resolve_pose_checkpoint(path: Path):  # noqa: ANN201 (-> tuple[Path, TrainCo
         ValueError: naming the setting, the path and what to point it at.
     """
     from unihope.train_config import TrainConfig
-    from unihope.train.checkpoints import read_checkpoint_metadata
+    from unihope.train.weights import read_checkpoint_metadata
 
     hint = "point it at a `unihope train` run folder, its checkpoints/latest.txt or a .safetensors checkpoint"
     try:

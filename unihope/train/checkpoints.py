@@ -15,11 +15,17 @@ from unihope.storage.io import write_file_atomic
 from unihope.train.stats import TrainStatistics
 from unihope.train_config import TrainConfig
 
-CHECKPOINT_FORMAT_VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
-LATEST_POINTER = "latest.txt"
+from unihope.train.weights import (  # noqa: F401 (latest_checkpoint, read_checkpoint_metadata: this module's API too)
+    CHECKPOINT_DIR,
+    CHECKPOINT_FORMAT_VERSION,
+    LATEST_POINTER,
+    MODEL_PREFIX,
+    latest_checkpoint,
+    load_model_weights,
+    read_checkpoint_metadata,
+)
+
 NUM_CHECKPOINTS_KEPT = 2
-MODEL_PREFIX = "model/"
 OPTIMIZER_PREFIX = "optimizer/"
 
 
@@ -72,30 +78,6 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint_metadata(path: Path) -> tuple[Path, dict[str, str]]:
-    """The checkpoint file `path` names (a file, a run folder or its pointer) and its safetensors metadata.
-
-    Raises:
-        ValueError: when no checkpoint is found or the file is not safetensors.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if path.is_dir() or path.name == LATEST_POINTER:
-        run_dir = path if path.is_dir() else path.parent.parent
-        resolved = latest_checkpoint(run_dir)
-        if resolved is None:
-            raise ValueError(f"no checkpoint found under {run_dir / CHECKPOINT_DIR}")
-        path = resolved
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except SafetensorError as err:
-        raise ValueError(f"{path}: not a safetensors checkpoint ({err})") from err
-    return path, metadata
-
 
 def load_checkpoint(
     path: Path, model: UniHOPEModel, optimizer: torch.optim.Optimizer | None = None
@@ -110,13 +92,7 @@ def load_checkpoint(
     Raises:
         ValueError: when the file is missing, malformed or belongs to another architecture.
     """
-    from safetensors.torch import load_file
-
-    path, metadata = read_checkpoint_metadata(path)
-    if metadata.get("format_version") != str(CHECKPOINT_FORMAT_VERSION):
-        raise ValueError(f"{path}: not a UniHOPE training checkpoint (format {metadata.get('format_version')})")
-    tensors = load_file(str(path))
-    model.load_trainable_state_dict({k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)})
+    path, metadata, tensors = load_model_weights(path, model)
     if optimizer is not None:
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
@@ -129,14 +105,6 @@ def load_checkpoint(
                        dataset_version=metadata.get("dataset_version", ""), hand_model=metadata.get("hand_model", ""))
     return state, (TrainStatistics.from_json(stats_json) if stats_json else None)
 
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest checkpoint of a run folder, or None."""
-    pointer = Path(out_dir) / CHECKPOINT_DIR / LATEST_POINTER
-    if not pointer.is_file():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if path.is_file() else None
 
 
 def write_checkpoint(out_dir: Path, model, optimizer, state: TrainState, stats, cfg) -> Path:
