@@ -187,6 +187,20 @@ def save_batch(
     return os.fspath(path_or_url)
 
 
+def _read_payload(path_or_url: str | os.PathLike, storage_options: dict | None, what: str) -> bytes:
+    """The file's bytes (local or fsspec URL); FileNotFoundError naming `what` when it is missing."""
+    payload = read_bytes(locate(path_or_url, storage_options), "")
+    if payload is None:
+        raise FileNotFoundError(f"{what} not found: {path_or_url}")
+    return payload
+
+
+def _open_npz(payload: bytes):
+    """(npz, JSON header) of a work file's bytes; never unpickles (the caller turns errors into its message)."""
+    npz = np.load(io.BytesIO(payload), allow_pickle=False)
+    return npz, json.loads(npz[_META_KEY].tobytes())
+
+
 def load_batch(
     path_or_url: str | os.PathLike, storage_options: dict | None = None
 ) -> tuple[list[AnnotatedFrame], list[DeocclusionResult | None] | None]:
@@ -199,13 +213,9 @@ def load_batch(
         FileNotFoundError: when the file does not exist.
         ValueError: when the file is not a batch of a known format version.
     """
-    loc = locate(path_or_url, storage_options)
-    payload = read_bytes(loc, "")
-    if payload is None:
-        raise FileNotFoundError(f"batch file not found: {path_or_url}")
+    payload = _read_payload(path_or_url, storage_options, "batch file")
     try:
-        npz = np.load(io.BytesIO(payload), allow_pickle=False)
-        meta = json.loads(npz[_META_KEY].tobytes())
+        npz, meta = _open_npz(payload)
     except (ValueError, KeyError, OSError) as err:
         raise ValueError(f"{path_or_url}: not a batch file written by unihope.storage.batches.save_batch ({err})") from err
     if meta.get("version") != BATCH_FORMAT_VERSION:
@@ -270,13 +280,9 @@ def load_records(path_or_url: str | os.PathLike, storage_options: dict | None = 
         ValueError: when the file is not a records file of a known version (a pickle, an npz with
             object arrays, an unknown record type, a damaged file).
     """
-    loc = locate(path_or_url, storage_options)
-    payload = read_bytes(loc, "")
-    if payload is None:
-        raise FileNotFoundError(f"work file not found: {path_or_url}")
+    payload = _read_payload(path_or_url, storage_options, "work file")
     try:
-        npz = np.load(io.BytesIO(payload), allow_pickle=False)
-        meta = json.loads(npz[_META_KEY].tobytes())
+        npz, meta = _open_npz(payload)
         if not isinstance(meta, dict) or meta.get("kind") != _RECORDS_KIND:
             raise ValueError("no records header")
         if meta.get("version") != RECORDS_FORMAT_VERSION:
