@@ -13,12 +13,18 @@ class EpochSampler(torch.utils.data.Sampler):
     so a run resumed mid-epoch (`epoch`, `skip_samples`) continues with the very same items.
     """
 
-    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, epoch: int = 0, skip_samples: int = 0) -> None:
+    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, epoch: int = 0, skip_samples: int = 0,
+                 pair_flags: np.ndarray | None = None, pair_share: float | None = None, batch_size: int = 1) -> None:
+        if pair_share is not None and (pair_flags is None or len(pair_flags) != num_samples):
+            raise ValueError("pair_share needs pair_flags with one entry per sample")
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = epoch
         self.skip_samples = skip_samples  # of the first epoch iterated only
+        self.pair_flags = None if pair_flags is None else np.asarray(pair_flags, dtype=bool)
+        self.pair_share = pair_share
+        self.batch_size = batch_size
 
     def __len__(self) -> int:
         return self.num_samples - self.skip_samples
@@ -27,12 +33,56 @@ class EpochSampler(torch.utils.data.Sampler):
         epoch, skip = self.epoch, self.skip_samples
         self.epoch += 1
         self.skip_samples = 0
-        if self.shuffle:
+        if self.shuffle and self.pair_share is not None:
+            order = pair_aware_order(self.pair_flags, self.pair_share, self.batch_size, np.random.default_rng([self.seed, epoch]))
+        elif self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
         for index in order[skip:].tolist():
             yield index, epoch
+
+
+def pair_aware_order(pair_flags: np.ndarray, pair_share: float, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's sample order in which every batch of `batch_size` holds round(pair_share * batch_size)
+    paired samples (at least one), the rest unpaired; each pool is walked in a shuffled order and
+    reshuffled when used up, so a small pool repeats within the epoch. The epoch keeps its length.
+
+    Args:
+        pair_flags: (N,) bool, which samples have a de-occluded pair.
+        pair_share: wanted share of paired samples per batch, in (0, 1].
+        batch_size: samples per batch.
+        rng: the epoch's generator.
+
+    Returns:
+        (N,) int64 indices (a pool that is empty contributes nothing: the other fills the batch).
+    """
+    paired, unpaired = np.flatnonzero(pair_flags), np.flatnonzero(~np.asarray(pair_flags, dtype=bool))
+    per_batch = min(batch_size, max(1, int(round(pair_share * batch_size))))
+    pools = [_Cycle(paired, rng), _Cycle(unpaired, rng)]
+    order: list[int] = []
+    while len(order) < len(pair_flags):
+        size = min(batch_size, len(pair_flags) - len(order))
+        num_paired = min(size, per_batch) if len(paired) else 0
+        if not len(unpaired):
+            num_paired = size
+        order += pools[0].take(num_paired) + pools[1].take(size - num_paired)
+    return np.asarray(order, dtype=np.int64)
+
+
+class _Cycle:
+    """Draws from a pool in shuffled order, reshuffling each time it is used up."""
+
+    def __init__(self, pool: np.ndarray, rng: np.random.Generator) -> None:
+        self.pool, self.rng, self.queue = pool, rng, []
+
+    def take(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if not self.queue:
+                self.queue = self.rng.permutation(self.pool).tolist()
+            out.append(self.queue.pop())
+        return out
 
 
 class _PerSampleBatches(torch.utils.data.Dataset):
@@ -63,6 +113,7 @@ def worker_init(_worker_id: int) -> None:
 def make_loader(
     dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
     drop_last: bool = False, epoch: int = 0, skip_batches: int = 0, num_shards: int = 1, shard_index: int = 0,
+    pair_share: float | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over a PairedDataset: spawn-started workers that open the store lazily.
 
@@ -79,6 +130,8 @@ def make_loader(
         num_shards, shard_index: data-parallel training: every batch of `batch_size` is cut into
             `num_shards` contiguous slices (`shard_slice`) and this loader yields slice `shard_index`;
             an empty slice (a last batch shorter than num_shards) yields the batch's first sample.
+        pair_share: share of de-occluded pairs in every batch (`pair_aware_order`; the dataset's
+            `pair_flags()` says which samples have one); None = a plain shuffle.
 
     Returns:
         A DataLoader yielding dicts of batched tensors (`sample_key` as a list of str).
@@ -91,8 +144,10 @@ def make_loader(
     if epoch < 0 or not 0 <= skip_batches * batch_size <= len(dataset):
         raise ValueError(f"epoch must be >= 0 and skip_batches within the epoch, got {epoch} and {skip_batches}")
     # each worker builds a whole collated batch (PairedDataset.load_batch) and sends it as one buffer
+    flags = dataset.pair_flags() if pair_share is not None else None
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch,
-                           skip_samples=skip_batches * batch_size)
+                           skip_samples=skip_batches * batch_size, pair_flags=flags, pair_share=pair_share,
+                           batch_size=batch_size)
     batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last)
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index must be in [0, num_shards), got {shard_index} of {num_shards}")

@@ -126,6 +126,14 @@ class PairedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._selection.indices)
 
+    def pair_flags(self) -> np.ndarray:
+        """(N,) bool: which selected samples have a kept de-occluded pair (the batch's `has_pair`)."""
+        view = open_dataset(self.url, self.storage_options, verify="none", version=self.version_id or None)
+        try:
+            return view.column("keep").astype(bool)[self._selection.indices]
+        finally:
+            view.close()
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_view"] = None

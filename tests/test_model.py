@@ -156,7 +156,7 @@ def test_forward_shapes_and_gradients_reach_every_branch():
     assert not teacher.mano_mean.requires_grad
     masks = torch.zeros(2, 64, 64)
     masks[:, 10:40, 8:40] = 1
-    terms.update(enhancement_losses(out, teacher, pairs, masks, masks * 0.5, weights))
+    terms.update(enhancement_losses(out, teacher, pairs, masks, masks * 0.5, weights, mapper=model.enhancement_mapper))
     assert set(terms) == {"joints3d", "verts3d", "mano_pose", "mano_shape", "mano_variance", "joints2d",
                           "object_keypoints", "object_confidence", "grasp", "enhance_image", "enhance_token",
                           "enhance_output"}  # fmt: skip
@@ -165,13 +165,14 @@ def test_forward_shapes_and_gradients_reach_every_branch():
     total_loss(terms).backward()
     for branch in ("backbone.layer1", "backbone.hand_layer2", "backbone.obj_layer2", "backbone.hand_layer3",
                    "backbone.obj_layer3", "backbone.layer4", "hand_fpn", "obj_fpn", "switcher", "fusion",
-                   "hand_to_object", "hand_decoder", "object_decoder"):  # fmt: skip
+                   "hand_to_object", "hand_decoder", "object_decoder", "enhancement_mapper"):  # fmt: skip
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(branch + ".")]
         assert grads and all(g is not None for g in grads), branch
         assert sum(float(g.abs().sum()) for g in grads) > 0, branch
 
 
-def test_each_enhancement_level_sends_gradient_to_the_student_only():
+@pytest.mark.parametrize("form", ["upstream", "paper"])
+def test_each_enhancement_level_sends_gradient_to_the_student_only(form):
     torch.manual_seed(0)
     model = UniHOPEModel(tiny_spec(), FakeHandLayer())
     images, targets = _batch(batch=2)
@@ -180,8 +181,9 @@ def test_each_enhancement_level_sends_gradient_to_the_student_only():
     masks = torch.ones(2, 64, 64)
     for name in ("enhance_image", "enhance_token", "enhance_output"):
         model.zero_grad()
-        weights = LossWeights(**{k: 0.0 for k in ("enhance_image", "enhance_token", "enhance_output")} | {name: 1.0})
-        terms = enhancement_losses(out, teacher, torch.arange(2), masks, masks, weights)
+        weights = LossWeights(**{k: 0.0 for k in ("enhance_image", "enhance_token", "enhance_output")} | {name: 1.0},
+                              enhance_form=form)
+        terms = enhancement_losses(out, teacher, torch.arange(2), masks, masks, weights, mapper=model.enhancement_mapper)
         assert float(terms[name].detach()) > 0, name
         terms[name].backward(retain_graph=True)
         grad = sum(float(p.grad.abs().sum()) for p in model.backbone.hand_layer2.parameters() if p.grad is not None)
@@ -290,8 +292,8 @@ def test_a_perfect_2d_target_decodes_back_when_boxes_cross_the_crop_edge(edge: s
     size = out.heatmaps.shape[-1]
     kp_box = roi_px_to_box(out.object_boxes_xyxy_px, keypoints)
     heatmaps = gaussian_heatmaps(roi_px_to_box(out.hand_boxes_xyxy_px, joints), size)
-    mano_mean, mano_logvar = out.mano_mean, out.mano_logvar
-    monkeypatch.setattr(model.hand_decoder, "forward", lambda features: (heatmaps, mano_mean, mano_logvar))
+    mano_mean, mano_logvar, encoding = out.mano_mean, out.mano_logvar, out.hand_encoding
+    monkeypatch.setattr(model.hand_decoder, "forward", lambda features: (heatmaps, mano_mean, mano_logvar, encoding))
     monkeypatch.setattr(model.object_decoder, "forward", lambda features: (
         kp_box, kp_box[:, :, None, None, :].expand(-1, -1, size, size, -1), torch.zeros(2, 21, size, size)))
     with torch.no_grad():

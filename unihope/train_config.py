@@ -33,6 +33,9 @@ class ModelConfig(StageConfig):
     switcher_channels: int = Field(64, ge=1)  # UniHOPE switcher: conv1x1 256 -> 64
     switcher_hidden: int = Field(1024, ge=1)  # linear -> 1024 -> 2
     backbone_weights_path: Path | None = None  # local ImageNet ResNet weights; None = random init
+    # UniHOPE / HFL-Net code: the object features entering the hand path and the hand features entering
+    # the object path are detached (docs/MODEL.md, "Training against upstream")
+    detach_cross_stream: bool = True
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "ModelConfig":
@@ -51,6 +54,7 @@ class AblationConfig(StageConfig):
     use_switcher: bool = True
     use_fusion: bool = True  # False: object features always fused (HFL-Net's ungated form)
     fusion_mode: Literal["soft", "hard"] = "soft"  # soft = paper, hard = upstream code's argmax
+    # the pairs: False = no second image at all (neither its supervision nor the enhancement terms)
     use_enhancement: bool = True
 
     @model_validator(mode="after")
@@ -72,15 +76,26 @@ class LossConfig(StageConfig):
     object_keypoints: float = Field(5e2, ge=0)  # box-normalised L1
     object_confidence: float = Field(1e2, ge=0)
     grasp: float = Field(10.0, ge=0)  # switcher cross-entropy
+    object_vote_mask: bool = True  # upstream: object votes scored only on object cells (visible object mask)
 
 
 class EnhancementConfig(StageConfig):
-    """Multi-level feature enhancement weights: 0.1 / 0.1 / 0.5 DexYCB, 1 / 1 / 1 HO3D."""
+    """How the de-occluded pairs train the model (UniHOPE's released code by default; docs/MODEL.md).
 
+    Weights 0.1 / 0.1 / 0.5 DexYCB, 1 / 1 / 1 HO3D; max_visibility 0.9 DexYCB, 0.8 HO3D.
+    """
+
+    # upstream: the hand losses are applied to both images of a pair and averaged (the de-occluded image
+    # is a second supervised view); False = the de-occluded pass is a no-grad teacher only
+    supervise_deoccluded: bool = True
+    form: Literal["upstream", "paper"] = "upstream"  # upstream: L1 on raw tensors; paper: MSE / cosine / KL
     image_weight: float = Field(0.1, ge=0)
     token_weight: float = Field(0.1, ge=0)
     output_weight: float = Field(0.5, ge=0)
-    output_mode: Literal["kl", "l1"] = "kl"  # paper: KL on MANO distributions; code: L1
+    output_mode: Literal["kl", "l1"] = "kl"  # the paper form's output level
+    # upstream distils only grasping samples at visibility <= this (DexYCB 0.9, HO3D 0.8)
+    grasping_only: bool = True
+    max_visibility: float = Field(0.9, ge=0, le=1)
 
 
 class MaskingConfig(StageConfig):
@@ -116,6 +131,9 @@ class DataConfig(StageConfig):
     # frames and cameras of a sequence stay together) is "val"; the rest is "train".
     val_fraction: float = Field(0.1, ge=0, lt=1)
     max_train_samples: int | None = Field(None, ge=1)
+    # share of de-occluded pairs in every training batch (a pair-aware sampler draws them); None = the
+    # dataset's own share (plain shuffle)
+    pair_share: float | None = Field(None, gt=0, le=1)
     max_eval_samples: int | None = Field(None, ge=1)
 
 
@@ -142,3 +160,6 @@ class TrainConfig(StageConfig):
     eval_every_epochs: int | None = Field(None, ge=1)  # None: evaluate only at the end
     eval_batch_size: int = Field(32, ge=1)
     loss_window_steps: int = Field(10, ge=1)  # train_loss_first/last average this many steps
+    # every this many steps, the gradient norm of each loss term on the shared layers (stem, stage 1,
+    # stage 4) goes into loss_history.jsonl as gradnorm_<term> (one extra backward per term); None = never
+    grad_norm_every_steps: int | None = Field(50, ge=1)

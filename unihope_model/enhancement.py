@@ -1,7 +1,10 @@
 """Multi-level feature enhancement (UniHOPE): self-distillation from the de-occluded image of a pair.
 
-The de-occluded branch is the same network run under `torch.no_grad` (see `teacher_pass`), so it
-only provides targets: gradients reach the occluded (student) branch alone.
+Two forms. `upstream` (UniHOPE's released loss code, the default): L1 on raw tensors between the
+occluded (student) and de-occluded (teacher) passes at three levels (hand stage-2 output map, RoI hand
+features before fusion, the hand encoding through a learnable student-side mapper). `paper` (the
+paper's text): an attention-weighted MSE on stage 2, 1 - cosine on the fused tokens, KL between the
+MANO parameter distributions. In both the teacher side is detached: gradients reach the student alone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,22 @@ from torch import nn
 
 OCCLUDED_REGION_BOOST = 1.0  # extra attention weight of occluded hand pixels over visible ones
 OUTPUT_LEVEL_MODES = ("kl", "l1")
+ENHANCEMENT_FORMS = ("upstream", "paper")
+
+
+def l1_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """UniHOPE's code: |student - teacher| averaged over the non-batch dims, then over the samples; teacher detached.
+
+    Args:
+        student: (N, ...) with gradient.
+        teacher: (N, ...) the same shape (detached here).
+
+    Returns:
+        Scalar (0 with no graph when N = 0 is the caller's to avoid).
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must match")
+    return (student - teacher.detach()).abs().flatten(1).mean(dim=1).mean()
 
 
 @contextlib.contextmanager

@@ -78,14 +78,19 @@ class HandDecoder(nn.Module):
             layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
             width = size
         self.mlp = nn.Sequential(*layers)
+        self.encoding_width = width
         self.mean = nn.Linear(width, NUM_MANO_PARAMS)
         self.logvar = nn.Linear(width, NUM_MANO_PARAMS)
         for head in (self.mean, self.logvar):
             nn.init.normal_(head.weight, std=OUTPUT_INIT_STD)
             nn.init.zeros_(head.bias)
 
-    def forward(self, hand_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Args: F_he (B, C, R, R). Returns: heatmaps (B, 21, R, R), MANO mean (B, 58), log-variance (B, 58)."""
+    def forward(self, hand_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: F_he (B, C, R, R).
+
+        Returns: heatmaps (B, 21, R, R), MANO mean (B, 58), log-variance (B, 58), and the hand encoding
+        (B, hidden[-1]) the MANO head reads (what UniHOPE's output-level enhancement compares).
+        """
         coarse = self.down(hand_features)
         up = F.interpolate(coarse, size=hand_features.shape[-2:], mode="nearest")
         features = self.up(up + self.skip(hand_features))
@@ -93,7 +98,7 @@ class HandDecoder(nn.Module):
         fused = hand_features + self.merge_features(features) + self.merge_heatmaps(heatmaps)
         hidden = self.mlp(self.blocks(fused))
         logvar = self.logvar(hidden).clamp(*LOGVAR_RANGE)
-        return heatmaps, self.mean(hidden), logvar
+        return heatmaps, self.mean(hidden), logvar, hidden
 
 
 class ObjectDecoder(nn.Module):

@@ -7,6 +7,7 @@ Tensors in, a typed `UniHOPEOutput` out. The MANO hand layer is injected (any mo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from unihope.model.switcher import ObjectSwitcher
 
 FPN_STRIDE_PX = 4  # P2 sits at 1/4 of the input resolution
 HAND_LAYER_PREFIX = "hand_layer."
+MAPPER_PREFIX = "enhancement_mapper."
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class ModelSpec:
     switcher_hidden: int = 1024
     use_switcher: bool = True
     fusion: str = "soft"  # see fusion.FUSION_MODES; "ungated" = HFL-Net (the "no fusion" ablation)
+    # UniHOPE / HFL-Net code: object features entering the hand path and hand features entering the
+    # object path are detached, so each stream's losses train only its own stages 2-3 (without it the
+    # 5e2-weighted object loss dominates the hand layers' gradient).
+    detach_cross_stream: bool = True
 
     def __post_init__(self) -> None:
         if self.depth not in RESNET_BLOCKS:
@@ -74,8 +80,18 @@ class UniHOPEOutput:
     object_keypoints_2d_px: torch.Tensor  # (B, 21, 2) input px
     object_votes_box: torch.Tensor  # (B, 21, R, R, 2) per-cell votes, box-normalised
     object_conf_logits: torch.Tensor  # (B, 21, R, R)
-    layer2_hand: torch.Tensor  # (B, C2, H/8, W/8) hand-stream stage-2 features (image-level enhancement)
-    hand_tokens: torch.Tensor  # (B, R*R, C) fused RoI hand tokens (token-level enhancement)
+    layer2_hand: torch.Tensor  # (B, C2, H/8, W/8) hand-stream stage-2 output, post-ReLU (image-level enhancement)
+    hand_tokens: torch.Tensor  # (B, R*R, C) fused RoI hand tokens (the paper form's token level)
+    hand_roi_features: torch.Tensor  # (B, C, R, R) RoI-aligned hand features before fusion (upstream token level)
+    hand_encoding: torch.Tensor  # (B, H) the hand decoder's encoding the MANO head reads (upstream output level)
+
+
+def select_rows(out: UniHOPEOutput, index: torch.Tensor) -> UniHOPEOutput:
+    """The outputs of the batch rows `index` (a joint forward of occluded and de-occluded images, split)."""
+    return UniHOPEOutput(**{
+        f.name: (None if getattr(out, f.name) is None else getattr(out, f.name)[index])
+        for f in dataclasses.fields(UniHOPEOutput)
+    })
 
 
 def overlap_boxes(hand_boxes: torch.Tensor, object_boxes: torch.Tensor) -> torch.Tensor:
@@ -111,6 +127,13 @@ class UniHOPEModel(nn.Module):
         self.hand_decoder = HandDecoder(spec.fpn_channels, spec.roi_size, spec.mano_hidden, spec.num_hand_res_blocks, spec.norm)
         self.object_decoder = ObjectDecoder(spec.fpn_channels, spec.roi_size, spec.norm)
         self.hand_layer = hand_layer
+        # UniHOPE's output-level enhancement maps the student's hand encoding through a learnable layer
+        # that only that loss uses (starts as the identity, so the first loss is the plain difference)
+        width = self.hand_decoder.encoding_width
+        self.enhancement_mapper = nn.Linear(width, width)
+        with torch.no_grad():
+            self.enhancement_mapper.weight.copy_(torch.eye(width))
+            self.enhancement_mapper.bias.zero_()
 
     def _roi(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         return roi_align(features, boxes, self.spec.roi_size, FPN_STRIDE_PX, self.spec.roi_sampling_ratio)
@@ -167,11 +190,15 @@ class UniHOPEModel(nn.Module):
             grasp_logits, grasp_prob = None, images.new_ones(batch)
 
         # 5. Grasp-aware object-to-hand fusion and hand-to-object attention
-        f_he, gate = self.fusion(f_h, f_oh, grasp_prob if self.switcher is not None else None)
-        f_oe = self.hand_to_object(f_o, f_ho)
+        if self.spec.detach_cross_stream:  # the switcher's gate is object-stream output too
+            f_oh_in, f_ho_in, gate_in = f_oh.detach(), f_ho.detach(), grasp_prob.detach()
+        else:
+            f_oh_in, f_ho_in, gate_in = f_oh, f_ho, grasp_prob
+        f_he, gate = self.fusion(f_h, f_oh_in, gate_in if self.switcher is not None else None)
+        f_oe = self.hand_to_object(f_o, f_ho_in)
 
         # 6. Hand decoder -> MANO -> wrist-relative mesh and joints
-        heatmaps, mano_mean, mano_logvar = self.hand_decoder(f_he)
+        heatmaps, mano_mean, mano_logvar, hand_encoding = self.hand_decoder(f_he)
         mano_pose, mano_betas = mano_mean[:, :NUM_MANO_POSE], mano_mean[:, NUM_MANO_POSE:]
         verts_rel, joints_rel = self.mano_forward(mano_pose, mano_betas)
 
@@ -197,6 +224,8 @@ class UniHOPEModel(nn.Module):
             object_conf_logits=conf_logits,
             layer2_hand=feats.hand[0],
             hand_tokens=f_he.flatten(2).transpose(1, 2),
+            hand_roi_features=f_h,
+            hand_encoding=hand_encoding,
         )
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -210,7 +239,8 @@ class UniHOPEModel(nn.Module):
             ValueError: on missing or unexpected keys (a checkpoint from another architecture).
         """
         result = self.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(HAND_LAYER_PREFIX)]
+        # the enhancement mapper only serves a training loss: checkpoints written before it existed still load
+        missing = [k for k in result.missing_keys if not k.startswith((HAND_LAYER_PREFIX, MAPPER_PREFIX))]
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"checkpoint does not match this model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"

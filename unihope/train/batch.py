@@ -18,12 +18,16 @@ from torch import nn
 
 from unihope.hand.mirror import mirror_axis_angle, mirror_points_x
 from unihope.model import (
+    HAND_TERMS,
     LossTargets,
     UniHOPEModel,
     enhancement_losses,
+    hand_losses_per_sample,
     scaled_patch_layout,
+    select_rows,
     supervised_losses,
     target_focused_mask,
+    target_rows,
     teacher_pass,
     total_loss,
 )
@@ -137,6 +141,7 @@ def prepare_batch(
         object_keypoints_2d_px=object_kp.to(device),
         object_boxes_xyxy_px=object_boxes.to(device),
         grasp=torch.as_tensor(batch["grasp"]).reshape(-1).long().to(device),
+        mask_object=mask_object.to(device),
     )
     return PreparedBatch(
         images=images.to(device),
@@ -162,24 +167,91 @@ def with_gt_vertices(model: UniHOPEModel, prepared: PreparedBatch) -> PreparedBa
     return dataclasses.replace(prepared, targets=dataclasses.replace(prepared.targets, verts_rel_m=verts))
 
 
+def enhancement_rows(prepared: PreparedBatch, pair_index: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Which of the pairs (positions into `pair_index`) the enhancement terms distil: upstream takes the
+    grasping samples at visibility <= enhancement.max_visibility only."""
+    e = cfg.enhancement
+    if not e.grasping_only:
+        return torch.arange(len(pair_index), device=pair_index.device)
+    visibility = torch.as_tensor(prepared.visibility, device=pair_index.device)[pair_index]
+    grasping = prepared.targets.grasp[pair_index] == 1
+    return torch.nonzero(grasping & (visibility <= e.max_visibility)).flatten()
+
+
 def batch_loss(model: UniHOPEModel, prepared: PreparedBatch, cfg: TrainConfig,
                forward: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss of one prepared batch (supervised + enhancement on the pairs) and its terms.
+    """Total loss of one prepared batch (supervised + the pairs' terms) and its terms.
 
+    With the pairs on (`ablation.use_enhancement`) and `enhancement.supervise_deoccluded` (upstream), the
+    occluded and the de-occluded images of the paired samples run through one forward: the hand terms
+    average a pair's two images (each weighted 0.5, an unpaired sample's image 1), the object and grasp
+    terms read the occluded images, and the enhancement terms distil the de-occluded half (detached) into
+    the occluded one. Without `supervise_deoccluded` the de-occluded images run as a no-grad teacher.
     `forward` runs the student pass (the DDP wrapper of `model` in a data-parallel run; None = model).
     """
-    weights = loss_weights(cfg)
-    t = prepared.targets
-    out = (forward or model)(prepared.images, t.hand_boxes_xyxy_px, t.object_boxes_xyxy_px)
-    terms = supervised_losses(out, t, weights)
-    pair_index = torch.nonzero(prepared.has_pair).flatten()
-    if cfg.ablation.use_enhancement and len(pair_index) > 0:
-        teacher = teacher_pass(
-            model, prepared.images_deoccluded[pair_index], t.hand_boxes_xyxy_px[pair_index],
-            t.object_boxes_xyxy_px[pair_index],
-        )  # fmt: skip
-        terms.update(enhancement_losses(
-            out, teacher, pair_index, prepared.mask_hand[pair_index], prepared.mask_object[pair_index], weights
-        ))  # fmt: skip
+    terms = loss_terms(model, prepared, cfg, forward)
     total = total_loss(terms)
     return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def loss_terms(model: UniHOPEModel, prepared: PreparedBatch, cfg: TrainConfig,
+               forward: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The weighted loss terms of `batch_loss`, as tensors (for per-term gradient norms)."""
+    weights = loss_weights(cfg)
+    t = prepared.targets
+    run = forward or model
+    num_samples = prepared.images.shape[0]
+    use_pairs = cfg.ablation.use_enhancement
+    pair_index = torch.nonzero(prepared.has_pair).flatten() if use_pairs else prepared.has_pair.new_zeros(0).long()
+    num_pairs = len(pair_index)
+
+    # 1. Forward: occluded images, plus the de-occluded images of the pairs (supervised, or a no-grad teacher)
+    teacher = None
+    if use_pairs and cfg.enhancement.supervise_deoccluded and num_pairs:
+        rows = torch.cat([torch.arange(num_samples, device=pair_index.device), pair_index])
+        images = torch.cat([prepared.images, prepared.images_deoccluded[pair_index]])
+        out_all = run(images, t.hand_boxes_xyxy_px[rows], t.object_boxes_xyxy_px[rows])
+        out = select_rows(out_all, torch.arange(num_samples, device=pair_index.device))
+        teacher = select_rows(out_all, num_samples + torch.arange(num_pairs, device=pair_index.device))
+        hand_weights = torch.ones(num_samples, device=pair_index.device)
+        hand_weights[pair_index] = 0.5
+        terms = supervised_losses(out, t, weights, hand_sample_weights=hand_weights)
+        pair_terms = hand_losses_per_sample(teacher, target_rows(t, pair_index), weights)
+        for name in HAND_TERMS:
+            terms[name] = terms[name] + 0.5 * pair_terms[name].sum() / num_samples
+    else:
+        out = run(prepared.images, t.hand_boxes_xyxy_px, t.object_boxes_xyxy_px)
+        terms = supervised_losses(out, t, weights)
+        if use_pairs and num_pairs:
+            teacher = teacher_pass(model, prepared.images_deoccluded[pair_index], t.hand_boxes_xyxy_px[pair_index],
+                                   t.object_boxes_xyxy_px[pair_index])  # fmt: skip
+
+    # 2. Enhancement: distil the de-occluded half into the occluded one on the selected pairs
+    if use_pairs:
+        chosen = enhancement_rows(prepared, pair_index, cfg) if num_pairs else pair_index
+        terms.update(enhancement_losses(
+            out, select_rows(teacher, chosen) if teacher is not None else out, pair_index[chosen],
+            prepared.mask_hand[pair_index[chosen]], prepared.mask_object[pair_index[chosen]], weights,
+            mapper=model.enhancement_mapper,
+        ))  # fmt: skip
+    return terms
+
+
+SHARED_LAYER_PREFIXES = ("backbone.conv1.", "backbone.bn1.", "backbone.layer1.", "backbone.layer4.")
+
+
+def term_gradient_norms(model: UniHOPEModel, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L2 norm of each term's gradient on the layers both streams share (stem, stage 1, stage 4).
+
+    Shows which loss actually drives the shared features (one extra backward per term; the graph is kept).
+    """
+    shared = [p for name, p in model.named_parameters() if name.startswith(SHARED_LAYER_PREFIXES) and p.requires_grad]
+    norms = {}
+    for name, value in terms.items():
+        if not value.requires_grad:
+            norms[f"gradnorm_{name}"] = 0.0
+            continue
+        grads = torch.autograd.grad(value, shared, retain_graph=True, allow_unused=True)
+        norms[f"gradnorm_{name}"] = float(torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None),
+                                                         torch.zeros(()))))  # fmt: skip
+    return norms

@@ -36,6 +36,10 @@ class FirstSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def pair_flags(self):
+        """The wrapped dataset's pair flags of the first `num_samples` (for the pair-aware sampler)."""
+        return self.dataset.pair_flags()[: self.num_samples]
+
     def __getitem__(self, item):
         for one in item if isinstance(item, list) else [item]:  # a list is a whole batch (make_loader)
             index = one[0] if isinstance(one, tuple) else one

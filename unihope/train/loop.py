@@ -15,7 +15,8 @@ from torch import nn
 
 from unihope.run_keys import RunIdentity
 from unihope.storage.loader import make_loader
-from unihope.train.batch import batch_loss, prepare_batch, with_gt_vertices
+from unihope.model import total_loss
+from unihope.train.batch import loss_terms, prepare_batch, term_gradient_norms, with_gt_vertices
 from unihope.train.checkpoints import (
     CHECKPOINT_DIR,
     check_resume_identity,
@@ -139,10 +140,15 @@ def train(
         # make_loader: the epoch's order is a permutation seeded by (seed, epoch) (EpochSampler), resumable mid-epoch
         loader = make_loader(train_dataset, cfg.optim.batch_size, cfg.data.num_workers, shuffle=True, seed=cfg.seed,
                              epoch=epoch, skip_batches=first_batch, num_shards=dp.num_processes,
-                             shard_index=dp.process_index)
+                             shard_index=dp.process_index, pair_share=cfg.data.pair_share)
         for batch in itertools.islice(loader, min(steps_per_epoch - first_batch, total_steps - step)):
             prepared = with_gt_vertices(model, prepare_batch(batch, cfg, device, epoch=epoch, is_train=True))
-            loss, terms = batch_loss(model, prepared, cfg, forward=forward)
+            term_tensors = loss_terms(model, prepared, cfg, forward=forward)
+            loss = total_loss(term_tensors)
+            terms = {name: float(value.detach()) for name, value in term_tensors.items()}
+            every = cfg.grad_norm_every_steps
+            log_norms = every is not None and dp.num_processes == 1 and (step == 0 or (step + 1) % every == 0)
+            norms = term_gradient_norms(model, term_tensors) if log_norms else {}
             # data parallel: this rank's share of the global batch weights its loss (1 for one process)
             n_global = min(cfg.optim.batch_size, len(train_dataset) - (step % steps_per_epoch) * cfg.optim.batch_size)
             n_local, scale = dp.local_share(n_global)
@@ -155,7 +161,7 @@ def train(
                 dp.clip_grad_norm(model.parameters(), cfg.optim.grad_clip_norm)
             stepper.step()
             step += 1
-            row = {"step": step, "epoch": epoch, "loss": loss_value, **terms}
+            row = {"step": step, "epoch": epoch, "loss": loss_value, **terms, **norms}
             history.append(row)
             if dp.is_main:
                 with history_path.open("a") as handle:
@@ -205,9 +211,10 @@ def train(
 def _log_epoch(cfg, model, eval_dataset, stats, device, history, epoch, step, lr, epoch_log: Path, log) -> None:
     rows = [row for row in history if row["epoch"] == epoch]
     entry = {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(np.mean([r["loss"] for r in rows]))}
-    for name in rows[0] if rows else []:
+    names = dict.fromkeys(name for row in rows for name in row)  # gradnorm_* sit in some rows only
+    for name in names:
         if name not in ("step", "epoch", "loss"):
-            entry[f"train_{name}"] = float(np.mean([r.get(name, 0.0) for r in rows]))
+            entry[f"train_{name}"] = float(np.mean([r[name] for r in rows if name in r]))
     if eval_dataset is not None and len(eval_dataset) and cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0:
         summary = evaluate(model, eval_dataset, cfg, stats, device).summary(stats)
         entry.update({f"val_{k}": summary[k] for k in ("mpjpe_mm", "pa_mpjpe_mm", "switcher_accuracy")})

@@ -19,20 +19,18 @@ def model_spec(cfg: TrainConfig) -> ModelSpec:
         transformer_depth=m.transformer_depth, mano_hidden=tuple(m.mano_hidden),
         num_hand_res_blocks=m.num_hand_res_blocks, switcher_channels=m.switcher_channels,
         switcher_hidden=m.switcher_hidden, use_switcher=a.use_switcher,
-        fusion=a.fusion_mode if a.use_fusion else "ungated",
+        fusion=a.fusion_mode if a.use_fusion else "ungated", detach_cross_stream=m.detach_cross_stream,
     )  # fmt: skip
 
 
 def loss_weights(cfg: TrainConfig) -> LossWeights:
-    """Loss weights; the enhancement weights are zero when the ablation switches enhancement off."""
-    w, e = cfg.loss, cfg.enhancement
+    """Loss weights: LossConfig's fields by name, plus the enhancement weights (zero with the pairs off)."""
+    e = cfg.enhancement
     on = 1.0 if cfg.ablation.use_enhancement else 0.0
     return LossWeights(
-        verts3d=w.verts3d, joints3d=w.joints3d, mano_pose=w.mano_pose, mano_shape=w.mano_shape,
-        mano_variance=w.mano_variance, joints2d=w.joints2d, object_keypoints=w.object_keypoints,
-        object_confidence=w.object_confidence, grasp=w.grasp, enhance_image=on * e.image_weight,
-        enhance_token=on * e.token_weight, enhance_output=on * e.output_weight, output_level_mode=e.output_mode,
-    )  # fmt: skip
+        **cfg.loss.model_dump(), enhance_image=on * e.image_weight, enhance_token=on * e.token_weight,
+        enhance_output=on * e.output_weight, enhance_form=e.form, output_level_mode=e.output_mode,
+    )
 
 
 def resolve_device(name: str) -> torch.device:
