@@ -47,8 +47,8 @@ from unihope.config import (  # noqa: E402
 from unihope.deocclude import build_deoccluder  # noqa: E402
 from unihope.deocclude.hints import occluded_hand_mask  # noqa: E402
 from unihope.deocclude.quality import psnr_in_mask, ssim_in_mask  # noqa: E402
+from bench.truth import truth_crop as truth_crop_of_key  # noqa: E402
 
-TRUTH_DIR = "truth"
 
 
 def annotated_synthetic_frames(root: Path, synth_cfg: SyntheticConfig) -> list[AnnotatedFrame]:
@@ -68,17 +68,7 @@ def annotated_synthetic_frames(root: Path, synth_cfg: SyntheticConfig) -> list[A
 
 def truth_crop(root: Path, frame: AnnotatedFrame) -> np.ndarray:
     """The object-free truth view cut with the frame's crop affine (same call as annotate's crop)."""
-    sample_key = frame.frame.sample_key
-    sequence_dir, frame_idx = sample_key.rsplit("/", 1)
-    path = root / TRUTH_DIR / sequence_dir / f"color_{int(frame_idx):06d}.jpg"
-    image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image_bgr is None:
-        raise FileNotFoundError(f"truth image missing for {sample_key}: {path}")
-    size = frame.crop.size_px
-    crop_bgr = cv2.warpAffine(
-        image_bgr, frame.crop.affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-    )
-    return cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
+    return truth_crop_of_key(root, frame.frame.sample_key, frame.crop.affine, frame.crop.size_px)
 
 
 def evaluate(name: str, images: list[np.ndarray], frames, truths, masks) -> dict[str, float]:

@@ -88,6 +88,11 @@ def test_hand_terms_average_the_two_images_of_a_pair(batch):
                                                       ablation=dict(use_enhancement=False)))
     for name in ("joints3d", "verts3d", "mano_pose", "mano_shape", "joints2d", "object_keypoints", "grasp"):
         torch.testing.assert_close(with_pairs[name], without[name], rtol=1e-5, atol=1e-6)
+    # "add": the occluded image keeps its full weight and the twin adds half of it again
+    added = loss_terms(model, prepared, tiny_config(model=dict(input_size_px=SIZE_PX),
+                                                    enhancement=dict(pair_supervision="add")))
+    torch.testing.assert_close(added["joints3d"], 1.5 * without["joints3d"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(added["grasp"], without["grasp"], rtol=1e-5, atol=1e-6)
     # and with a different twin the hand terms move, the object and grasp terms (occluded image only) do not
     moved = loss_terms(model, _prepare(model, batch, cfg), cfg)
     assert abs(float(moved["joints2d"].detach()) - float(without["joints2d"].detach())) > 1e-6

@@ -66,6 +66,9 @@ class SyntheticConfig(StageConfig):
     # DexYCB's quirks (dexycb format): frames whose hand is not annotated (at a camera's start and
     # scattered), models/<name>/points.xyz, an `apriltag` extrinsics entry, per-sequence pose.npz
     quirks: bool = False
+    # "heavy": low cameras and the hand straight behind the grasped object (the pair-ablation preset,
+    # configs/ablation.yaml); "natural": the rig and approach that mimic DexYCB's spread of views.
+    occlusion: Literal["natural", "heavy"] = "natural"
 
     @model_validator(mode="after")
     def _check_quirks(self) -> "SyntheticConfig":

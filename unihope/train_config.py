@@ -88,6 +88,9 @@ class EnhancementConfig(StageConfig):
     # upstream: the hand losses are applied to both images of a pair and averaged (the de-occluded image
     # is a second supervised view); False = the de-occluded pass is a no-grad teacher only
     supervise_deoccluded: bool = True
+    # how a pair's two images share the hand losses: "average" (upstream: 0.5 each, so a paired sample's
+    # occluded image counts half) or "add" (the occluded image keeps weight 1, the de-occluded one adds 0.5)
+    pair_supervision: Literal["average", "add"] = "average"
     form: Literal["upstream", "paper"] = "upstream"  # upstream: L1 on raw tensors; paper: MSE / cosine / KL
     image_weight: float = Field(0.1, ge=0)
     token_weight: float = Field(0.1, ge=0)

@@ -214,7 +214,8 @@ def loss_terms(model: UniHOPEModel, prepared: PreparedBatch, cfg: TrainConfig,
         out = select_rows(out_all, torch.arange(num_samples, device=pair_index.device))
         teacher = select_rows(out_all, num_samples + torch.arange(num_pairs, device=pair_index.device))
         hand_weights = torch.ones(num_samples, device=pair_index.device)
-        hand_weights[pair_index] = 0.5
+        if cfg.enhancement.pair_supervision == "average":
+            hand_weights[pair_index] = 0.5
         terms = supervised_losses(out, t, weights, hand_sample_weights=hand_weights)
         pair_terms = hand_losses_per_sample(teacher, target_rows(t, pair_index), weights)
         for name in HAND_TERMS:
