@@ -649,3 +649,18 @@ def test_training_reads_the_tip_convention_a_dataset_recorded(tmp_path: Path):
     layer = build_hand_layer(tip_convention=tip_convention_of_dataset(FirstSamples(PairedDataset(url), 2)))  # as `unihope train`
     assert layer.tip_convention == "ho3d" and layer.tip_vertex_idx.tolist() == [744, 333, 444, 555, 672]
     assert tip_convention_of_dataset([]) == "manopth"  # in memory: no record, the default
+
+
+def test_heavy_occlusion_preset_hides_more_of_the_hand(tmp_path):
+    """`synthetic.occlusion: heavy` (the pair ablation's preset) lowers the visibility the truth records.
+
+    Measured on these 24 views: mean visibility 0.66 natural vs 0.49 heavy (seed 0), 0.66 vs 0.54 (seed 1).
+    """
+    means = {}
+    for occlusion in ("natural", "heavy"):
+        cfg = SyntheticConfig(num_sequences=4, frames_per_sequence=6, num_cameras=1, seed=0, occlusion=occlusion,
+                              image_width_px=320, image_height_px=240)
+        write_synthetic_dataset(tmp_path / occlusion, cfg, HandModelConfig())
+        visibility = json.loads((tmp_path / occlusion / "truth" / "visibility.json").read_text())
+        means[occlusion] = float(np.mean(list(visibility.values())))
+    assert means["heavy"] < means["natural"] - 0.1
