@@ -13,7 +13,8 @@ Arms (same model, same seeds, same steps, same batch order per seed; only the pa
   (a fixed derangement): a control that must not help.
 Only this benchmark reads `truth/` (never a build stage).
 
-Every run trains `configs/train_ablation.yaml` (`--set` overrides apply to all arms) on the train split
+Every run trains `configs/train_ablation.yaml` (`--train-config configs/train_ablation_gpu.yaml` scales the
+same arms up on a GPU worker; `--set` overrides apply to all arms) on the train split
 and scores every held-out sample; the table reports MPJPE and PA-MPJPE per UniHOPE occlusion bin and for
 hand-only / hand-object samples, each arm's mean over seeds, and its paired difference to `none` (mean
 over seeds of arm - none on the same seed) with a 95 % t interval over seeds. Writes `ablation.md`,
@@ -72,6 +73,10 @@ ARMS = {
                           ("enhancement.supervise_deoccluded=false",)),
     "oracle-add": Arm("oracle-add", True, "oracle", "oracle pairs, occluded image keeps weight 1 (+0.5 de-occluded)",
                       ("enhancement.pair_supervision=add",)),
+    "oracle-average": Arm("oracle-average", True, "oracle", "oracle pairs, upstream's averaging (0.5 + 0.5)",
+                          ("enhancement.pair_supervision=average",)),
+    "oracle-paper": Arm("oracle-paper", True, "oracle", "oracle pairs, the paper form of the enhancement",
+                        ("enhancement.form=paper",)),
     "oracle-distill-x10": Arm("oracle-distill-x10", True, "oracle", "oracle pairs, enhancement only, weights x10",
                               ("enhancement.supervise_deoccluded=false", "enhancement.image_weight=1",
                                "enhancement.token_weight=1", "enhancement.output_weight=5")),
@@ -200,7 +205,8 @@ def second_images(data_dir: Path, out_dir: Path, arm: Arm, seed: int = 0) -> dic
 # -- one run --------------------------------------------------------------------------------------
 
 
-def run_one(data_dir: str, out_dir: str, arm: Arm, seed: int, overrides: tuple[str, ...]) -> str:
+def run_one(data_dir: str, out_dir: str, arm: Arm, seed: int, overrides: tuple[str, ...],
+            train_config: str = str(TRAIN_CONFIG)) -> str:
     """Train one (arm, seed) and score every held-out sample; returns the per-sample .npz path."""
     import torch
 
@@ -210,16 +216,17 @@ def run_one(data_dir: str, out_dir: str, arm: Arm, seed: int, overrides: tuple[s
     from unihope.train.data import open_paired_dataset
     from unihope.train.evaluate import evaluate
     from unihope.train.loop import train
-    from unihope.train.spec import build_hand_layer, build_model
+    from unihope.train.spec import build_hand_layer, build_model, resolve_device
     from unihope.train_config import TrainConfig
 
-    torch.set_num_threads(1)
     run_dir = Path(out_dir) / "runs" / f"{arm.name}_seed{seed}"
     result_path = run_dir / "per_sample.npz"
     if result_path.is_file():
         return str(result_path)
-    cfg = apply_overrides(TrainConfig.from_yaml(TRAIN_CONFIG), (
+    cfg = apply_overrides(TrainConfig.from_yaml(Path(train_config)), (
         *overrides, *arm.overrides, f"seed={seed}", f"ablation.use_enhancement={str(arm.use_pairs).lower()}"))
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
     train_set = open_paired_dataset(data_dir, "train", cfg, cfg.data.max_train_samples)
     eval_set = open_paired_dataset(data_dir, "val", cfg, cfg.data.max_eval_samples)
     replaced = second_images(Path(data_dir), Path(out_dir), arm)
@@ -230,7 +237,8 @@ def run_one(data_dir: str, out_dir: str, arm: Arm, seed: int, overrides: tuple[s
     result = train(cfg, train_set, None, run_dir, hand_layer, resume=False, log=lambda line: None)
     model = build_model(cfg, hand_layer)
     _, stats = load_checkpoint(result.checkpoint_path, model)
-    report = evaluate(model, eval_set, cfg, stats, torch.device("cpu"))
+    device = resolve_device(cfg.device)
+    report = evaluate(model.to(device), eval_set, cfg, stats, device)
     history = [json.loads(line) for line in (run_dir / "loss_history.jsonl").read_text().splitlines() if line]
     np.savez(
         result_path, mpjpe_mm=report.mpjpe_mm, pa_mpjpe_mm=report.pa_mpjpe_mm, visibility=report.visibility,
@@ -354,6 +362,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/unihope_ablation/data"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/unihope_ablation/result"))
     parser.add_argument("--build-config", type=Path, default=BUILD_CONFIG)
+    parser.add_argument("--train-config", type=Path, default=TRAIN_CONFIG,
+                        help="e.g. configs/train_ablation_gpu.yaml on a GPU worker (with --workers 1)")
     parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"of {sorted(ARMS)}")
     parser.add_argument("--pairs-from", action="append", default=[], metavar="NAME=DIR",
                         help="an extra arm: second images from another build of the same frames")
@@ -384,8 +394,8 @@ def main() -> None:
     started = time.perf_counter()
     jobs = [(arm, seed) for seed in seeds for arm in arms]
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {job: pool.submit(run_one, str(args.data), str(args.out), registry[job[0]], job[1], overrides)
-                   for job in jobs}
+        futures = {job: pool.submit(run_one, str(args.data), str(args.out), registry[job[0]], job[1], overrides,
+                                    str(args.train_config)) for job in jobs}
         paths = {}
         for job, future in futures.items():
             paths[job] = future.result()
@@ -400,7 +410,7 @@ def main() -> None:
     from unihope.train_config import TrainConfig
     from unihope.overrides import apply_overrides
 
-    cfg = apply_overrides(TrainConfig.from_yaml(TRAIN_CONFIG), overrides)
+    cfg = apply_overrides(TrainConfig.from_yaml(args.train_config), overrides)
     meta = {"steps": cfg.optim.max_steps, "batch_size": cfg.optim.batch_size, "num_train": int(first["num_train"]),
             "num_pairs_train": int(results[arms[-1]][seeds[0]]["num_pairs_train"]), "num_eval": len(first["mpjpe_mm"]),
             "arms": {a: registry[a].description for a in arms}, "overrides": list(overrides),

@@ -79,7 +79,7 @@ def test_pairs_pull_the_occluded_features_towards_the_deoccluded_ones_and_no_pai
 
 def test_hand_terms_average_the_two_images_of_a_pair(batch):
     """With the de-occluded twin equal to the occluded image, supervising both changes no hand term."""
-    cfg = tiny_config(model=dict(input_size_px=SIZE_PX))
+    cfg = tiny_config(model=dict(input_size_px=SIZE_PX), enhancement=dict(pair_supervision="average"))
     model = build_model(cfg, FakeHandLayer()).eval()  # GroupNorm: no batch coupling between the two halves
     same = dict(batch, image_deoccluded=batch["image"].clone())
     prepared = _prepare(model, same, cfg)

@@ -264,7 +264,7 @@ def test_evaluation_cli_scores_a_checkpoint(tmp_path, datasets, hand_layer, monk
 
 
 def test_train_configs_load_and_round_trip():
-    for name in ("train_demo.yaml", "train_dexycb_gpu.yaml"):
+    for name in ("train_demo.yaml", "train_dexycb_gpu.yaml", "train_ablation.yaml", "train_ablation_gpu.yaml"):
         cfg = TrainConfig.from_yaml(CONFIGS / name)
         assert TrainConfig.from_yaml(cfg.to_yaml()) == cfg
     gpu = TrainConfig.from_yaml(CONFIGS / "train_dexycb_gpu.yaml")

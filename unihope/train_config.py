@@ -88,9 +88,11 @@ class EnhancementConfig(StageConfig):
     # upstream: the hand losses are applied to both images of a pair and averaged (the de-occluded image
     # is a second supervised view); False = the de-occluded pass is a no-grad teacher only
     supervise_deoccluded: bool = True
-    # how a pair's two images share the hand losses: "average" (upstream: 0.5 each, so a paired sample's
-    # occluded image counts half) or "add" (the occluded image keeps weight 1, the de-occluded one adds 0.5)
-    pair_supervision: Literal["average", "add"] = "average"
+    # how a pair's two images share the hand losses: "add" (the occluded image keeps weight 1, the
+    # de-occluded one adds 0.5) or "average" (upstream: 0.5 each, so a paired sample's occluded image counts
+    # half). "add" is the default because the pair ablation measured it: with oracle pairs, "average" cost
+    # +0.65 mm MPJPE [+0.09, +1.21] against no pairs, "add" -0.01 [-0.95, +0.93] (docs/performance/pairs.md)
+    pair_supervision: Literal["average", "add"] = "add"
     form: Literal["upstream", "paper"] = "upstream"  # upstream: L1 on raw tensors; paper: MSE / cosine / KL
     image_weight: float = Field(0.1, ge=0)
     token_weight: float = Field(0.1, ge=0)
