@@ -42,7 +42,7 @@ def run_build_from_cli(
     """`unihope build`: load, resolve and check the config (with `--set` overrides), build, print the summary, optionally train.
 
     Exit codes as in the module docstring. The API server is the build's own
-    (`unihope.prefect_server.OwnedAPIServer`), so it survives the terminal's Ctrl-C long enough to
+    (`unihope.prefect_server.owned_api_server_class`), so it survives the terminal's Ctrl-C long enough to
     record the stop, and never outlives the build.
 
     With `train`, the training runs as the train deployment's does: in `<train_out>/<dataset
