@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from contextvars import copy_context
 from pathlib import Path
 
@@ -74,8 +74,10 @@ def run_build_from_cli(
     previous_handlers = {signum: signal.signal(signum, _on_stop_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_drop_traceback_of_permanent_os_errors)
+    api_server = ExitStack()  # the build's server stays up for --train's flow (Prefect's own would outlive a kill)
     try:
-        with build_lock(out, wait=wait_lock), own_api_server():  # lock first: a refused build starts no server
+        with build_lock(out, wait=wait_lock):  # lock first: a refused build starts no server
+            api_server.enter_context(own_api_server())
             summary = launch.run_build(cfg, out, wait_lock=wait_lock)
     except OutputBusyError as err:
         fail(str(err), code=3)
@@ -90,13 +92,14 @@ def run_build_from_cli(
             signal.signal(signum, handler)
     for line in summary.describe():
         typer.echo(line)
-    if train:
-        from unihope.flows.train import train_flow
+    with api_server:
+        if train:
+            from unihope.flows.train import train_flow
 
-        runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
-        run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
-                             mano_dir=mano_dir_parameter(cfg), overrides=list(train_overrides))
-        typer.echo(f"trained on {out} -> {run_dir}")
+            runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
+            run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
+                                 mano_dir=mano_dir_parameter(cfg), overrides=list(train_overrides))
+            typer.echo(f"trained on {out} -> {run_dir}")
 
 
 def _drop_traceback_of_permanent_os_errors(record: logging.LogRecord) -> bool:
