@@ -59,7 +59,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
 bench: install
-	for b in sources annotate deocclude_quality deocclude_speed loader training_step pipeline tag_lease; do \
+	for b in sources annotate deocclude_quality deocclude_speed loader training_step pipeline tag_lease rerun; do \
 	  PYTHONPATH=. $(PY) bench/$$b.py || exit 1; done
 
 clean:
