@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 
 from unihope.storage.schema import Crop, FrameRecord, GraspLabel, Skip, SkipReason
 from unihope.config import CropConfig
-from unihope.crop import apply_affine, compute_crop
+from unihope.crop import apply_affine, compute_crop, unihope_affine
 from unihope.render.camera import project_points
 from unihope.render.features import box_keypoints
 
@@ -32,7 +32,8 @@ def reference_joint_box(points_px, factor):
     ys = [float(p[1]) for p in points_px]
     centre_x, centre_y = int((max(xs) + min(xs)) / 2), int((max(ys) + min(ys)) / 2)
     half_x, half_y = (max(xs) - min(xs)) * factor / 2, (max(ys) - min(ys)) * factor / 2
-    return [centre_x - half_x, centre_y - half_y, centre_x + half_x, centre_y + half_y]
+    box = [centre_x - half_x, centre_y - half_y, centre_x + half_x, centre_y + half_y]
+    return [float(np.float32(v)) for v in box]  # upstream returns the box as a float32 array
 
 
 def reference_square(boxes, width, height):
@@ -118,6 +119,10 @@ def test_crop_box_equals_upstream_rule(case: str, is_grasping: bool):
         np.testing.assert_allclose(apply_affine(crop.box_xyxy.reshape(2, 2), crop.affine), [[-0.5, -0.5], [127.5] * 2])
         np.testing.assert_allclose(project_points(frame.joints_3d, crop.K), apply_affine(frame.joints_2d, crop.affine),
                                    atol=1e-3)  # fmt: skip
+        # in UniHOPE's convention (get_affine_trans_no_rot(centre, side, 128), float32) the box edge is 0
+        centre, side = (crop.box_xyxy[:2] + crop.box_xyxy[2:]) / 2, crop.box_xyxy[2] - crop.box_xyxy[0]
+        upstream = np.float32([[128 / side, 0, 128 * (-centre[0] / side + 0.5)], [0, 128 / side, 128 * (-centre[1] / side + 0.5)]])
+        np.testing.assert_allclose(unihope_affine(crop.affine), upstream, rtol=1e-6, atol=2e-5)
 
 
 def test_edge_cases_clip_and_truncate_as_upstream():

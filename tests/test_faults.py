@@ -576,3 +576,67 @@ def test_annotation_and_deocclusion_do_not_depend_on_batching_order_or_torch_thr
         assert first.image_deoccluded.tobytes() == again.image_deoccluded.tobytes(), first.sample_key
         assert repr((first.original_score, first.deocclusion_score, first.candidate_scores.tobytes())) == repr(
             (again.original_score, again.deocclusion_score, again.candidate_scores.tobytes()))
+
+
+def _server_port(mark: str, cli_pid: int) -> int | None:
+    """The port of the API server among the marked processes (its uvicorn command line names it)."""
+    for pid in _marked_processes(mark):
+        if pid == cli_pid:
+            continue
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "--port" in args:
+            return int(args[args.index("--port") + 1])
+    return None
+
+
+def _is_listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def shared_prefect_home(tmp_path_factory) -> Path:
+    """One PREFECT_HOME for the kill tests: the server's database is migrated once."""
+    return tmp_path_factory.mktemp("kill-tests")
+
+
+@pytest.mark.parametrize("signum_name", ["SIGTERM", "SIGKILL"])
+def test_killing_the_demo_mid_run_leaves_no_process_and_no_port(signum_name, shared_prefect_home, tmp_path):
+    """`unihope demo` killed while it runs: every process it started ends (for SIGKILL by itself, through
+    the parent-death signal or the watchdog on the parent pid) and the server's port is free."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    env = _build_env(shared_prefect_home, mark)
+    log_path = tmp_path / "demo.log"
+    with open(log_path, "wb") as log:
+        demo = subprocess.Popen([sys.executable, "-m", "unihope.cli", "demo", "--out", str(tmp_path / "demo")],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    port = None
+    try:
+        deadline = time.monotonic() + 240
+        while port is None or not _is_listening(port):  # mid-run: its API server is up and serving
+            assert demo.poll() is None, f"demo exited early:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no API server came up:\n{log_path.read_text()[-3000:]}"
+            port = _server_port(mark, demo.pid)
+            time.sleep(0.2)
+        demo.send_signal(getattr(signal, signum_name))  # the demo alone, not its process group
+        demo.wait(timeout=PROCESS_EXIT_WAIT_S)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    assert demo.returncode == -getattr(signal, signum_name)
+    assert _wait_until_gone(mark) == [], f"processes of the killed demo outlived it:\n{log_path.read_text()[-2000:]}"
+    assert not _is_listening(port)

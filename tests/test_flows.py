@@ -742,3 +742,50 @@ def test_train_flow_publishes_its_metrics_and_applies_set_overrides(reference_bu
     rows = {row["metric"]: row["value"] for row in json.loads(by_key[TRAIN_METRICS_KEY].data)}
     assert rows["train_steps"] == 2 and rows["mpjpe_mm"] == pytest.approx(metrics["mpjpe_mm"])
     assert str(run_dir) in by_key[TRAIN_RUN_KEY].data
+
+
+def test_unchanged_build_is_found_without_a_flow_and_keyed_by_version(reference_build, tmp_path):
+    """The CLI's no-op check: the stored summary when nothing changed; None after a config change, without
+    the report, or when the finalized version is not the output's newest (the report describes another)."""
+    from typer.testing import CliRunner
+
+    from unihope.buildplan.output_items import FINALIZED_VERSION, finalized_marker_path
+    from unihope.buildplan.workdir import make_layout
+    from unihope.cli import app
+    from unihope.storage.versions import current_version
+    from unihope.unchanged_build import unchanged_build_summary
+
+    out, cfg = reference_build["out"], reference_build["cfg"]  # the stage hashes include the output: used in place
+    assert unchanged_build_summary(cfg, str(out)) == reference_build["summary"]
+    version_path = finalized_marker_path(make_layout(cfg, str(out))).with_name(FINALIZED_VERSION)
+    assert version_path.read_text() == current_version(str(out))
+
+    # 1. The CLI prints it and starts nothing: no server, no flow run, no stage item
+    config_path = tmp_path / "build.yaml"
+    config_path.write_text(cfg.to_yaml())
+    before = read_executions(out / "_work")
+    result = CliRunner().invoke(app, ["build", "--config", str(config_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"unchanged: {out} already holds this build" in result.output
+    assert f"{reference_build['summary'].num_samples} samples" in result.output
+    assert "Starting temporary server" not in result.output and "Beginning flow run" not in result.output
+    assert read_executions(out / "_work") == before
+
+    # 2. Any change upstream of the output is work to do
+    changed = cfg.model_copy(update={"deocclusion": cfg.deocclusion.model_copy(update={"keep_rule": "score"})})
+    assert unchanged_build_summary(changed, str(out)) is None
+    # 3. The summary and report describe one version: another newest version makes them stale
+    report_path = out / "report" / "index.html"
+    try:
+        version_path.write_text("v-another")
+        assert unchanged_build_summary(cfg, str(out)) is None
+        version_path.write_text(current_version(str(out)))
+        assert unchanged_build_summary(cfg, str(out)) is not None
+        # 4. No report, no reuse (the build writes one)
+        report_path.rename(tmp_path / "index.html")
+        assert unchanged_build_summary(cfg, str(out)) is None
+        assert unchanged_build_summary(cfg, str(out), write_report=False) is not None
+    finally:  # the module's reference build, as it was
+        version_path.write_text(current_version(str(out)))
+        if not report_path.exists():
+            (tmp_path / "index.html").rename(report_path)

@@ -30,12 +30,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("storage", ("unihope.storage",)),
     ("training", ("unihope.train", "unihope.checkpoint_config", "unihope.distributed", "unihope.metrics",
                   "unihope.run_keys", "unihope.tip_convention")),
-    ("build", ("unihope.preflight", "unihope.progress", "unihope.report", "unihope.export_unihope", "unihope.buildplan")),
+    ("build", ("unihope.preflight", "unihope.progress", "unihope.report", "unihope.export_unihope", "unihope.buildplan",
+               "unihope.unchanged_build")),
     ("tasks", ("unihope.tasks", "unihope.prefect_env", "unihope.prefect_server")),
     ("flows", ("unihope.flows",)),
     ("cli", ("unihope.cli", "unihope.build_cli", "unihope.launch", "unihope.demo", "unihope.inspect_env", "unihope.rich_progress")),
 )
-ROOT_PACKAGE = "unihope"  # its __init__ holds only the docstring and version; it imports nothing
+ROOT_PACKAGE = "unihope"  # its __init__ holds the docstring, version and symlink check; it imports no unihope module
 PREFECT_FREE_BELOW = "tasks"  # stage code never imports Prefect: only tasks/ and flows/ (and the CLI through them)
 
 # Known upward imports waiting for a move another branch makes; each entry must still exist (so the

@@ -71,3 +71,31 @@ def test_importing_the_flows_leaves_the_environment_alone():
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                             env=env, cwd=REPO, timeout=300)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_checkout_without_symlinks_fails_at_once_saying_how_to_fix_it(tmp_path):
+    """git with core.symlinks=false writes each linked folder (unihope/flows -> ../flows) as a text file
+    holding the target: importing the package stops at once with the fix, not with "No module named"."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    package = tmp_path / "unihope"
+    shutil.copytree(REPO / "unihope", package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    linked = [path for path in package.iterdir() if path.is_symlink()]
+    assert {path.name for path in linked} == {"configs", "flows", "model", "storage", "tasks"}
+    for path in linked:  # what git writes without symlink support
+        target = os.readlink(path)
+        path.unlink()
+        path.write_text(target)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    start_s = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "unihope.cli", "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert time.monotonic() - start_s < 10.0  # at once: before any heavy import
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert "this checkout has no symlinks" in last_line and "unihope/flows" in last_line
+    assert "git config core.symlinks true" in last_line

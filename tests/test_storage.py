@@ -633,6 +633,9 @@ def _dexycb_tree(root, keys) -> dict[str, dict]:
             (sequence_dir / "meta.yml").write_text(
                 f"num_frames: {NUM_TOOLKIT_FRAMES}\nserials: {TOOLKIT_SERIALS}\nycb_ids: [4, 5, 12]\n"
                 f"ycb_grasp_ind: 1\nmano_sides: [right]\nmano_calib: [calib_a]\n")
+    mano_dir = root / "calibration" / "mano_calib_a"
+    mano_dir.mkdir(parents=True, exist_ok=True)
+    (mano_dir / "mano.yml").write_text(f"betas: {[0.1 * (i + 1) for i in range(10)]}\n")
     rng = np.random.default_rng(7)
     for key in keys:
         subject, sequence, serial, frame = key.split("/")
@@ -678,15 +681,16 @@ def test_export_unihope_writes_what_the_released_loader_reads(tmp_path):
         for row in rows:
             key = key_of[row["id"]]
             frame = by_key[key]
-            assert row["color_file"] == f"{key.rsplit('/', 1)[0]}/color_{key.rsplit('/', 1)[1]}.jpg"
-            assert row["object_seg_file"] == "object_render/" + row["color_file"].replace(
+            color_file = f"{key.rsplit('/', 1)[0]}/color_{key.rsplit('/', 1)[1]}.jpg"
+            assert row["color_file"] == f"../dexycb/{color_file}"  # relative to the loader's dataset_root
+            assert row["object_seg_file"] == "object_render/" + color_file.replace(
                 "color", "grasp_object_seg").replace("jpg", "png")
             np.testing.assert_allclose(row["K"], frame.frame.K)
             np.testing.assert_array_equal(row["joint_2d"], labels[key]["joint_2d"][0])
             np.testing.assert_array_equal(row["pose_m"], labels[key]["pose_m"][0])
             np.testing.assert_array_equal(row["grasp_object_pose"], labels[key]["pose_y"][1])
             assert row["grasp_object_id"] == 5 and row["mano_side"] == "right"
-            np.testing.assert_array_equal(row["mano_betas"], frame.frame.mano_betas)
+            np.testing.assert_array_equal(row["mano_betas"], np.float32([0.1 * (i + 1) for i in range(10)]))
             assert isinstance(row["gt_grasping"], bool) and row["gt_grasping"] == frame.grasp.is_grasping
             assert row["occ_ratio"] == pytest.approx(frame.visibility) and row["occluded"] == (frame.visibility <= 0.8)
     test_rows = {row["id"]: row for row in _upstream_like_read(out, "s0", "test")}

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from contextvars import copy_context
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import typer
 
 from unihope.buildplan.resolve import mano_dir_parameter, resolve_build_config
 from unihope.config import PipelineConfig
-from unihope.tasks.options import FAIL_ONCE_ENV, PERMANENT_OS_ERRNOS
+from unihope.buildplan.faults import FAIL_ONCE_ENV
 from unihope.buildplan.workdir import local_output_path, resolve_work_dir
 
 EXIT_DRAIN_TIMEOUT_S = 3.0  # an interrupted build waits this long for its last logs to reach the API
@@ -42,7 +42,7 @@ def run_build_from_cli(
     """`unihope build`: load, resolve and check the config (with `--set` overrides), build, print the summary, optionally train.
 
     Exit codes as in the module docstring. The API server is the build's own
-    (`unihope.prefect_server.OwnedAPIServer`), so it survives the terminal's Ctrl-C long enough to
+    (`unihope.prefect_server.owned_api_server_class`), so it survives the terminal's Ctrl-C long enough to
     record the stop, and never outlives the build.
 
     With `train`, the training runs as the train deployment's does: in `<train_out>/<dataset
@@ -53,6 +53,7 @@ def run_build_from_cli(
     from unihope.preflight import check_build, describe_os_error
     from unihope.prefect_server import own_api_server
     from unihope.storage.lock import OutputBusyError, build_lock
+    from unihope.unchanged_build import unchanged_build_summary
 
     def fail(message: str, code: int) -> None:
         typer.secho(message, fg=typer.colors.RED, err=True)
@@ -66,20 +67,31 @@ def run_build_from_cli(
             from unihope.train.run import load_train_config
 
             load_train_config(train_config_path, train_overrides)
-        check_build(cfg, out, local_output_path(out), resolve_work_dir(out, cfg.flow.work_dir))
+        unchanged = None if train else unchanged_build_summary(cfg, out)
+        if unchanged is None:
+            check_build(cfg, out, local_output_path(out), resolve_work_dir(out, cfg.flow.work_dir))
     except ValueError as err:  # ConfigError, PreflightError, a remote --out without flow.work_dir
         fail(str(err), code=2)
+    if unchanged is not None:  # nothing changed: the stored summary, with no server, flow or stage import
+        for line in unchanged.describe():
+            typer.echo(line)
+        typer.echo(f"unchanged: {out} already holds this build (config and version as finalized); nothing to do")
+        return
 
     # 2. Build, with SIGTERM turned into the same clean stop as Ctrl-C, and no traceback for a full disk.
     previous_handlers = {signum: signal.signal(signum, _on_stop_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_drop_traceback_of_permanent_os_errors)
+    api_server = ExitStack()  # the build's server stays up for --train's flow (Prefect's own would outlive a kill)
     try:
-        with build_lock(out, wait=wait_lock), own_api_server():  # lock first: a refused build starts no server
+        with build_lock(out, wait=wait_lock):  # lock first: a refused build starts no server
+            api_server.enter_context(own_api_server())
             summary = launch.run_build(cfg, out, wait_lock=wait_lock)
     except OutputBusyError as err:
         fail(str(err), code=3)
     except OSError as err:
+        from unihope.tasks.options import PERMANENT_OS_ERRNOS
+
         if err.errno not in PERMANENT_OS_ERRNOS:
             raise
         fail(f"build failed: {describe_os_error(err)}; finished batches are kept, the rerun resumes", code=1)
@@ -90,17 +102,20 @@ def run_build_from_cli(
             signal.signal(signum, handler)
     for line in summary.describe():
         typer.echo(line)
-    if train:
-        from unihope.flows.train import train_flow
+    with api_server:
+        if train:
+            from unihope.flows.train import train_flow
 
-        runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
-        run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
-                             mano_dir=mano_dir_parameter(cfg), overrides=list(train_overrides))
-        typer.echo(f"trained on {out} -> {run_dir}")
+            runs_dir = Path(train_out) if train_out is not None else Path("runs") / cfg.name
+            run_dir = train_flow(data_url=out, train_config_path=str(train_config_path), runs_dir=str(runs_dir),
+                                 mano_dir=mano_dir_parameter(cfg), overrides=list(train_overrides))
+            typer.echo(f"trained on {out} -> {run_dir}")
 
 
 def _drop_traceback_of_permanent_os_errors(record: logging.LogRecord) -> bool:
     """Log filter: a full or read-only disk is one line (the CLI says what to do), not a 100-line traceback."""
+    from unihope.tasks.options import PERMANENT_OS_ERRNOS  # loaded with Prefect by then
+
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, OSError) and exc.errno in PERMANENT_OS_ERRNOS:
         record.exc_info, record.exc_text = None, None

@@ -301,7 +301,8 @@ def gc_versions(
 def export_unihope(
     data: str = typer.Option(..., help="Dataset path or URL written by `unihope build` (DexYCB)."),
     split: DexYCBSetup = typer.Option(DexYCBSetup.s0, help="DexYCB setup."),
-    out: Path = typer.Option(..., help="Folder for UniHOPE's dex_ycb_*_data.json, grasp_*.npy, hand_occ_*.npy."),
+    out: Path = typer.Option(..., help="UniHOPE's dataset_root: dex_ycb_*_data.json, grasp_*.npy, hand_occ_*.npy, "
+                                       "object_render/ masks, models/*/points.xyz (the DexYCB root itself works)."),
     dexycb_root: Optional[Path] = typer.Option(None, help="The DexYCB tree (default: the dataset's source.root)."),
     version: Optional[str] = typer.Option(None, help="Dataset version id (default: the newest)."),
 ) -> None:
@@ -311,7 +312,11 @@ def export_unihope(
     with _user_errors("export-unihope"):
         summary = export_unihope_labels(data, split.value, out, dexycb_root=dexycb_root, version=version)
     counts = ", ".join(f"{mode} {count}" for mode, count in summary.num_by_mode.items())
-    typer.echo(f"version {summary.version_id}: {counts} samples -> {summary.out_dir}")
+    typer.echo(f"version {summary.version_id}: {counts} samples -> {summary.out_dir} "
+               f"({summary.num_masks_written} object masks written)")
+    if summary.placeholder_models:
+        typer.echo(f"models/*/points.xyz: one-point placeholders for objects the tree lacks: "
+                   f"{', '.join(summary.placeholder_models)}")
 
 
 if __name__ == "__main__":

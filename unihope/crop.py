@@ -25,6 +25,7 @@ from unihope.render.camera import project_points
 
 STAGE = "annotate"
 MIN_DEPTH_M = 1e-3  # vertices closer to (or behind) the camera plane make a projected box meaningless
+UNIHOPE_CROP_OFFSET_PX = 0.5  # UniHOPE crop px - our crop px (its box edge is 0, ours -0.5)
 
 
 def projected_box_xyxy(points_cam_m: np.ndarray, K: np.ndarray) -> np.ndarray | None:
@@ -68,7 +69,8 @@ def unihope_box_xyxy(points_px: np.ndarray, scale: float) -> np.ndarray:
     """UniHOPE's box of 2D points: min/max box, centre truncated to int, half-size (max - min) * scale / 2.
 
     The centre is truncated toward zero as Python's int() does (upstream casts with int()), so a box
-    shifts by up to 1 px toward the image origin against the exact centre.
+    shifts by up to 1 px toward the image origin against the exact centre; the edges are rounded to
+    float32 as upstream stores them.
 
     Args:
         points_px: (N, 2) points, px.
@@ -80,7 +82,9 @@ def unihope_box_xyxy(points_px: np.ndarray, scale: float) -> np.ndarray:
     tight = tight_box_xyxy(points_px)
     centre = np.trunc((tight[:2] + tight[2:]) / 2.0)
     half = (tight[2:] - tight[:2]) * scale / 2.0
-    return np.concatenate([centre - half, centre + half])
+    # Upstream returns this box as float32; the square's int() centre is taken from those rounded edges,
+    # and a centre at an exact integer (x1 + x2 = 2c) lands 1 px lower about half the time after the rounding.
+    return np.concatenate([centre - half, centre + half]).astype(np.float32).astype(np.float64)
 
 
 def square_around_clipped(box_xyxy: np.ndarray, image_size_wh: tuple[int, int]) -> np.ndarray:
@@ -104,6 +108,26 @@ def crop_affine(box_xyxy: np.ndarray, size_px: int) -> np.ndarray:
     return np.array(
         [[scale, 0.0, -scale * box_xyxy[0] - 0.5], [0.0, scale, -scale * box_xyxy[1] - 0.5]], dtype=np.float64
     )
+
+
+def unihope_affine(affine: np.ndarray) -> np.ndarray:
+    """The crop affine in UniHOPE's convention: (2, 3) float32, the box edge x1 at crop coordinate 0.
+
+    Our affine (`crop_affine`, what cv2.warpAffine takes) puts pixel centres at integer coordinates,
+    so the box edge is crop coordinate -0.5. UniHOPE's loader (`get_affine_trans_no_rot` in
+    `common/utils/dataset_hor_util.py`) maps u to s * (u - x1) with no half-pixel term and hands the
+    matrix on as float32 (it warps with PIL, whose pixel centres sit at +0.5). Labels and images
+    cropped with this matrix line up with the ones the released models were trained on.
+
+    Args:
+        affine: (2, 3) full px -> crop px in our convention (as `crop_affine` returns it).
+
+    Returns:
+        (2, 3) float32, full px -> crop px in UniHOPE's convention.
+    """
+    converted = np.asarray(affine, dtype=np.float64).copy()
+    converted[:, 2] += UNIHOPE_CROP_OFFSET_PX
+    return converted.astype(np.float32)
 
 
 def compute_crop(

@@ -28,28 +28,32 @@ def run_demo(out_dir: Path) -> Path:
     from unihope.flows.train import train_flow
     from unihope.config import PipelineConfig
     from unihope.hand.preview import render_grasp_preview
+    from unihope.prefect_server import own_api_server
 
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start_s = time.perf_counter()
+    # One API server for the build and the training, in its own session and ending with this process
+    # on any signal or error (Prefect's own ephemeral server, in the demo's process group, outlived a kill).
+    with own_api_server():
+        out_dir = Path(out_dir).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        start_s = time.perf_counter()
 
-    # 1. The hand model in use, posed through a short grasp.
-    previews = render_grasp_preview(out_dir / "hand_preview", num_frames=HAND_PREVIEW_FRAMES)
-    print(f"[demo] hand model: {len(previews)} preview frames in {out_dir / 'hand_preview'}")
+        # 1. The hand model in use, posed through a short grasp.
+        previews = render_grasp_preview(out_dir / "hand_preview", num_frames=HAND_PREVIEW_FRAMES)
+        print(f"[demo] hand model: {len(previews)} preview frames in {out_dir / 'hand_preview'}")
 
-    # 2. The build DAG on the synthetic source.
-    data_url = str(out_dir / "dataset")
-    cfg = resolve_build_config(PipelineConfig.from_yaml(DEMO_CONFIG), data_url)
-    summary = run_build(cfg, data_url, write_report=True)
-    for line in summary.describe():
-        print(f"[demo] {line}")
+        # 2. The build DAG on the synthetic source.
+        data_url = str(out_dir / "dataset")
+        cfg = resolve_build_config(PipelineConfig.from_yaml(DEMO_CONFIG), data_url)
+        summary = run_build(cfg, data_url, write_report=True)
+        for line in summary.describe():
+            print(f"[demo] {line}")
 
-    # 3. A short training run on the shards, evaluated on the held-out sequences.
-    train_dir = Path(train_flow(data_url=data_url, train_config_path=str(DEMO_TRAIN_CONFIG),
-                                runs_dir=str(out_dir / "train"), mano_dir=mano_dir_parameter(cfg)))
-    print(f"[demo] training metrics: {train_dir / 'metrics.json'}")
+        # 3. A short training run on the shards, evaluated on the held-out sequences.
+        train_dir = Path(train_flow(data_url=data_url, train_config_path=str(DEMO_TRAIN_CONFIG),
+                                    runs_dir=str(out_dir / "train"), mano_dir=mano_dir_parameter(cfg)))
+        print(f"[demo] training metrics: {train_dir / 'metrics.json'}")
 
-    report_path = Path(summary.report_path) if getattr(summary, "report_path", None) else out_dir / "dataset" / "report"
-    print(f"[demo] finished in {time.perf_counter() - start_s:.0f} s")
-    print(f"[demo] report: {report_path}")
-    return report_path
+        report_path = Path(summary.report_path) if getattr(summary, "report_path", None) else out_dir / "dataset" / "report"
+        print(f"[demo] finished in {time.perf_counter() - start_s:.0f} s")
+        print(f"[demo] report: {report_path}")
+        return report_path

@@ -10,9 +10,24 @@ What the released UniHOPE loader (data_loader/DEX_YCB_HOPE.py) reads, for setup 
   `seg` (joint_3d, joint_2d, pose_m, pose_y as nested lists) and object_seg_file;
 - `grasp_{s}_{m}.npy`: np.save of a dict id -> bool (is grasping), read with np.load(allow_pickle=True).item();
 - `hand_occ_{s}_{m}.npy`: the same for id -> float hand visibility (1.0 = not occluded; the loader
-  calls a sample occluded when it is <= its occ_threshold, 0.8).
+  calls a sample occluded when it is <= its occ_threshold, 0.8);
+- `object_render/<sequence>/<serial>/grasp_object_seg_<frame>.png` (the sample's `object_seg_file`):
+  an 8-bit grey image of the full frame, non-zero on the grasped object (the loader's object mask is
+  `pixel != 0`); written from the label file's `seg` (the object's visible pixels) where absent;
+- `models/<name>/points.xyz` for all 21 YCB objects (the loader reads every one at start-up, and
+  takes each object's 21 box keypoints from their min/max): copied from the tree, or, where the tree
+  has the mesh but no points, the mesh vertices (so the box is the one the build cropped with); an
+  object the tree does not hold at all gets a one-point placeholder at its origin (listed in the
+  summary; no exported sample grasps it).
 Only the dataset's samples are listed (a frame the build skipped has no id), so every listed id has
 a grasp and an occlusion entry. Grasp and visibility are this dataset's regenerated labels.
+
+Paths in the json are relative to `out_dir` (the loader's dataset_root): the DexYCB-relative
+paths upstream writes when `out_dir` is the DexYCB root, `../`-paths into the tree otherwise.
+`mano_betas` are the calibration's float64 values (upstream copies them from mano.yml), not the
+stored float32 column. Each sample also carries its crop in UniHOPE's convention (`crop_center`,
+`crop_scale`, `crop_affine`, as `get_affine_transform(center, scale, res)` returns it; the loader
+ignores keys it does not read): the stored `crop_affine` is cv2's (pixel centres at integers).
 """
 
 from __future__ import annotations
@@ -23,21 +38,28 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+import trimesh
 import yaml
 
+from unihope.crop import unihope_affine
 from unihope.storage.io import write_file_atomic
 from unihope.storage.view import open_dataset
 from unihope.sources.dexycb import COLOR_FORMAT, DEPTH_FORMAT, LABEL_FORMAT, META_FILE, DexYCBSource
 from unihope.sources.splits import dexycb_split
+from unihope.sources.ycb_meshes import MESH_FILE_NAME, POINTS_FILE_NAME, YCB_NAMES
 
 SETUPS = ("s0", "s1", "s2", "s3")
 MODES = ("train", "val", "test")
 BOP_SUBSAMPLE_STRIDE = 4  # dex-ycb-toolkit _BOP_EVAL_SUBSAMPLING_FACTOR: test targets are every 4th frame
 LABEL_KEYS = ("joint_3d", "joint_2d", "pose_m", "pose_y")  # the label file minus `seg`
 _SIDE_BY_CODE = {0: "right", 1: "left"}
-_COLUMNS = ("sample_key", "sequence_key", "serial", "frame_idx", "dataset", "K_full", "hand_side", "mano_betas",
-            "object_id", "grasp", "visibility")
+_COLUMNS = ("sample_key", "sequence_key", "serial", "frame_idx", "dataset", "K_full", "hand_side", "object_id",
+            "grasp", "visibility", "crop_affine", "crop_box_xyxy")
+OBJECT_RENDER_DIR = "object_render"  # upstream's folder of grasped-object masks, under the dataset root
+OBJECT_SEG_VALUE = 255  # any non-zero grey marks the object (the loader masks `pixel != 0`)
+MODELS_DIR = "models"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +69,9 @@ class ExportSummary:
     out_dir: Path
     version_id: str
     num_by_mode: dict[str, int]  # samples listed per mode (modes without samples are not written)
-    files: tuple[Path, ...]
+    files: tuple[Path, ...]  # the json / npy label files
+    num_masks_written: int  # object masks written (existing ones are kept)
+    placeholder_models: tuple[str, ...]  # YCB objects the tree lacks: one-point points.xyz stand-ins
 
 
 def toolkit_indices(dexycb_root: Path, split_name: str) -> dict[str, tuple[int, int, int]]:
@@ -71,13 +95,62 @@ def toolkit_indices(dexycb_root: Path, split_name: str) -> dict[str, tuple[int, 
     return indices
 
 
-def _label_fields(dexycb_root: Path, label_file: str) -> dict:
+def _label_fields(dexycb_root: Path, label_file: str) -> tuple[dict, np.ndarray]:
+    """The label file's fields upstream copies into the json, and its (H, W) segmentation."""
     path = Path(dexycb_root) / label_file
     try:
         with np.load(path, allow_pickle=False) as label:
-            return {key: np.asarray(label[key]).tolist() for key in LABEL_KEYS}
+            return {key: np.asarray(label[key]).tolist() for key in LABEL_KEYS}, np.asarray(label["seg"])
     except (OSError, KeyError, ValueError) as err:
         raise ValueError(f"{path}: cannot read the label file ({err}); create_dataset_dexycb.py copies it") from err
+
+
+def _calibration_betas(dexycb_root: Path, meta: dict) -> list[float]:
+    """The sequence's MANO betas as the calibration file holds them (float64, as upstream exports them)."""
+    path = Path(dexycb_root) / "calibration" / f"mano_{meta['mano_calib'][0]}" / "mano.yml"
+    try:
+        return [float(b) for b in yaml.safe_load(path.read_text())["betas"]]
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read betas ({err})") from err
+
+
+def _write_object_mask(path: Path, seg: np.ndarray, object_id: int) -> bool:
+    """Write the grasped object's full-frame mask unless the file exists; True when written."""
+    if path.exists():
+        return False
+    mask = np.where(seg == object_id, OBJECT_SEG_VALUE, 0).astype(np.uint8)
+    is_ok, encoded = cv2.imencode(".png", mask)
+    if not is_ok:
+        raise ValueError(f"cannot encode the object mask for {path}")
+    write_file_atomic(path, encoded.tobytes())
+    return True
+
+
+def write_model_points(dexycb_root: Path, out_dir: Path) -> tuple[str, ...]:
+    """Make `out_dir/models/<name>/points.xyz` exist for all 21 YCB objects (see the module docstring).
+
+    Returns:
+        The names that got a one-point placeholder (the tree has neither points nor mesh for them).
+    """
+    placeholders = []
+    for name in YCB_NAMES:
+        target = Path(out_dir) / MODELS_DIR / name / POINTS_FILE_NAME
+        if target.exists():
+            continue
+        source_points = Path(dexycb_root) / MODELS_DIR / name / POINTS_FILE_NAME
+        mesh_path = Path(dexycb_root) / MODELS_DIR / name / MESH_FILE_NAME
+        if source_points.is_file():
+            write_file_atomic(target, source_points.read_bytes())
+            continue
+        if mesh_path.is_file():
+            vertices = np.asarray(trimesh.load(mesh_path, force="mesh", process=False, skip_materials=True).vertices)
+        else:
+            vertices = np.zeros((1, 3))
+            placeholders.append(name)
+        # repr precision: the loader's parse gives back the very vertices, so the box keypoints match
+        text = "".join(f"{x!r} {y!r} {z!r}\n" for x, y, z in vertices.astype(np.float64).tolist())
+        write_file_atomic(target, text.encode())
+    return tuple(placeholders)
 
 
 def _sequence_meta(dexycb_root: Path, sequence_key: str, cache: dict) -> dict:
@@ -137,11 +210,12 @@ def export_unihope_labels(
                              f"from this DexYCB tree?")
         placed[modes[0]].append((enumerations[modes[0]][key][0], row))
 
-    # 3. One json and two dicts per mode that has samples
+    # 3. One json and two dicts per mode that has samples, and each sample's object mask
     out_dir = Path(out_dir)
     files: list[Path] = []
     meta_cache: dict = {}
     counts: dict[str, int] = {}
+    num_masks = 0
     for mode, entries in placed.items():
         if not entries:
             continue
@@ -153,24 +227,32 @@ def export_unihope_labels(
             folder = f"{sequence_key}/{serial}"
             meta = _sequence_meta(dexycb_root, sequence_key, meta_cache)
             K = np.asarray(columns["K_full"][row], dtype=np.float64)
+            color_file = f"{folder}/{COLOR_FORMAT.format(frame_idx)}"  # relative to the DexYCB root
+            box = np.asarray(columns["crop_box_xyxy"][row], dtype=np.float64)
             sample = {
-                "color_file": f"{folder}/{COLOR_FORMAT.format(frame_idx)}",
-                "depth_file": f"{folder}/{DEPTH_FORMAT.format(frame_idx)}",
-                "label_file": f"{folder}/{LABEL_FORMAT.format(frame_idx)}",
+                "color_file": _from_out(dexycb_root, out_dir, color_file),
+                "depth_file": _from_out(dexycb_root, out_dir, f"{folder}/{DEPTH_FORMAT.format(frame_idx)}"),
+                "label_file": _from_out(dexycb_root, out_dir, f"{folder}/{LABEL_FORMAT.format(frame_idx)}"),
                 "intrinsics": {"fx": float(K[0, 0]), "fy": float(K[1, 1]), "ppx": float(K[0, 2]), "ppy": float(K[1, 2])},
                 "ycb_ids": [int(i) for i in meta["ycb_ids"]],
                 "ycb_grasp_ind": int(meta["ycb_grasp_ind"]),
                 "mano_side": _SIDE_BY_CODE[int(columns["hand_side"][row])],
-                "mano_betas": [float(b) for b in columns["mano_betas"][row]],
+                "mano_betas": _calibration_betas(dexycb_root, meta),
+                "crop_center": [float(round(c)) for c in (box[:2] + box[2:]) / 2.0],  # upstream: int centre
+                "crop_scale": float(box[2] - box[0]),
+                "crop_affine": unihope_affine(columns["crop_affine"][row]).tolist(),
             }
             if mode == "test":
                 _, frame, num_frames = enumerations[mode][keys[row]]
                 is_bop = frame % BOP_SUBSAMPLE_STRIDE == 0
                 sample["is_bop_target"] = bool(is_bop)
                 sample["is_grasp_target"] = bool(is_bop and frame + BOP_SUBSAMPLE_STRIDE >= num_frames)
-            sample.update(_label_fields(dexycb_root, sample["label_file"]))
-            sample["object_seg_file"] = "object_render/" + sample["color_file"].replace(
+            fields, seg = _label_fields(dexycb_root, f"{folder}/{LABEL_FORMAT.format(frame_idx)}")
+            sample.update(fields)
+            sample["object_seg_file"] = f"{OBJECT_RENDER_DIR}/" + color_file.replace(
                 "color", "grasp_object_seg").replace("jpg", "png")
+            grasped_id = int(meta["ycb_ids"][int(meta["ycb_grasp_ind"])])
+            num_masks += _write_object_mask(out_dir / sample["object_seg_file"], seg, grasped_id)
             samples[sample_id] = sample
             grasp[sample_id] = bool(columns["grasp"][row])
             occlusion[sample_id] = float(columns["visibility"][row])
@@ -184,4 +266,13 @@ def export_unihope_labels(
         files.append(json_path)
         counts[mode] = len(samples)
     view.close()
-    return ExportSummary(out_dir=out_dir, version_id=view.version_id, num_by_mode=counts, files=tuple(files))
+
+    # 4. The object point files the loader reads at start-up
+    placeholders = write_model_points(dexycb_root, out_dir)
+    return ExportSummary(out_dir=out_dir, version_id=view.version_id, num_by_mode=counts, files=tuple(files),
+                         num_masks_written=num_masks, placeholder_models=placeholders)
+
+
+def _from_out(dexycb_root: Path, out_dir: Path, relative_to_root: str) -> str:
+    """A DexYCB-relative path re-expressed relative to out_dir (unchanged when out_dir is the root)."""
+    return Path(os.path.relpath(Path(dexycb_root) / relative_to_root, out_dir)).as_posix()

@@ -9,10 +9,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
-
-import prefect
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import get_current_settings
+from functools import lru_cache
 
 from unihope.config import FlowConfig
 
@@ -42,38 +39,50 @@ uvicorn.main.main()
 """
 
 
-class OwnedAPIServer(SubprocessASGIServer):
-    """Prefect's temporary API server, started so that it never outlives the build.
+@lru_cache(maxsize=1)
+def owned_api_server_class() -> type:
+    """`OwnedAPIServer`, made on first use: Prefect's server module takes ~4 s to import, and a build
+    that reports to a running server (PREFECT_API_URL) never needs it."""
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
 
-    Prefect's own ephemeral server runs in the build's process group, so Ctrl-C (SIGINT to the
-    terminal's group) kills it under the build, which then retries the dead API for minutes; and a
-    SIGKILLed or SIGTERMed build leaves it running (~230 MB). This one runs in its own session
-    (the terminal's Ctrl-C does not reach it; the build stops it) and exits when its parent dies.
-    """
+    class OwnedAPIServer(SubprocessASGIServer):
+        """Prefect's temporary API server, started so that it never outlives the build.
 
-    _instances: dict = {}  # its own singleton table: never handed out as Prefect's ephemeral server
+        Prefect's own ephemeral server runs in the build's process group, so Ctrl-C (SIGINT to the
+        terminal's group) kills it under the build, which then retries the dead API for minutes; and a
+        SIGKILLed or SIGTERMed build leaves it running (~230 MB). This one runs in its own session
+        (the terminal's Ctrl-C does not reach it; the build stops it) and exits when its parent dies.
+        """
 
-    def _run_uvicorn_command(self) -> subprocess.Popen:
-        server_env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        args = [
-            sys.executable, "-c", _SERVER_WATCHDOG, str(os.getpid()),
-            "--app-dir", str(prefect.__module_path__.parent), "--factory", "prefect.server.api.server:create_app",
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
-        ]
-        env = {**os.environ, **server_env, **get_current_settings().to_environment_variables(exclude_unset=True)}
-        return subprocess.Popen(args, env=env, start_new_session=True)
+        _instances: dict = {}  # its own singleton table: never handed out as Prefect's ephemeral server
+
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            server_env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+            args = [
+                sys.executable, "-c", _SERVER_WATCHDOG, str(os.getpid()),
+                "--app-dir", str(prefect.__module_path__.parent), "--factory", "prefect.server.api.server:create_app",
+                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
+            ]
+            env = {**os.environ, **server_env, **get_current_settings().to_environment_variables(exclude_unset=True)}
+            return subprocess.Popen(args, env=env, start_new_session=True)
+
+    return OwnedAPIServer
 
 
-def start_owned_api_server() -> OwnedAPIServer:
-    """Start (once per process) the build's own API server; see `OwnedAPIServer`."""
-    server = OwnedAPIServer()
+def start_owned_api_server():
+    """Start (once per process) the build's own API server; see `owned_api_server_class`."""
+    server = owned_api_server_class()()
     server.start()
     return server
 
 
 def stop_owned_api_servers() -> None:
     """Stop every server this process started (an interrupted build, before it exits)."""
-    for server in list(OwnedAPIServer._instances.values()):
+    if owned_api_server_class.cache_info().currsize == 0:
+        return  # none was ever made
+    for server in list(owned_api_server_class()._instances.values()):
         server.stop()
 
 

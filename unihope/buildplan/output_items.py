@@ -13,11 +13,13 @@ from pathlib import Path
 
 from unihope.buildplan.plan import ShardSpec
 from unihope.buildplan.workdir import WorkLayout
+from unihope.storage.io import write_file_atomic
 from unihope.buildplan.workfiles import StageResult, atomic_write_json, load_grasp_part, load_results, read_skips
 from unihope.config import FlowConfig, PipelineConfig, StorageConfig
 from unihope.storage.schema import DatasetAttrs, Skip, StageSummary
 
 FINALIZED_MARKER = "finalized.json"
+FINALIZED_VERSION = "finalized_version.txt"  # the dataset version the marker's summary and report describe
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,11 +136,18 @@ def reuse_finalized(layout: WorkLayout, url: str, report_dir: str | None):
     from unihope.storage.io import locate, read_bytes
     from unihope.storage.manifest import MANIFEST_NAME
 
+    from unihope.storage.versions import newest_version_id
+
     marker = finalized_marker_path(layout)
+    version_path = marker.with_name(FINALIZED_VERSION)
     is_report_present = report_dir is None or (Path(report_dir) / "index.html").is_file()
-    if marker.is_file() and is_report_present and read_bytes(locate(url), MANIFEST_NAME) is not None:
-        return DatasetSummary.from_json(json.loads(marker.read_text()))
-    return None
+    if not (marker.is_file() and version_path.is_file() and is_report_present):
+        return None
+    loc = locate(url)
+    # keyed by version: a summary and report of another version than the output's newest are stale
+    if read_bytes(loc, MANIFEST_NAME) is None or newest_version_id(loc) != version_path.read_text().strip():
+        return None
+    return DatasetSummary.from_json(json.loads(marker.read_text()))
 
 
 def finalize_item(
@@ -151,6 +160,7 @@ def finalize_item(
         A result whose value is the `unihope.report.DatasetSummary` of the finished dataset.
     """
     from unihope.report import summarize_dataset, write_report
+    from unihope.storage.versions import current_version
     from unihope.storage.writer import finalize
 
     # 1. Gather the build's skips and drop shards an earlier, larger build left behind.
@@ -163,8 +173,14 @@ def finalize_item(
     if report_dir is not None:
         index_path = write_report(data_url=url, out_dir=Path(report_dir))
         summary = dataclasses.replace(summary, report_path=str(index_path))
-    return StageResult(summary, summary.num_samples,
-                       save=lambda: atomic_write_json(finalized_marker_path(layout), summary.to_json()))
+    version_id = current_version(url)
+
+    def save() -> None:
+        marker = finalized_marker_path(layout)
+        write_file_atomic(marker.with_name(FINALIZED_VERSION), version_id.encode())
+        atomic_write_json(marker, summary.to_json())
+
+    return StageResult(summary, summary.num_samples, save=save)
 
 
 # ----------------------------------------------------------------------------------------------

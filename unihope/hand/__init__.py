@@ -13,14 +13,7 @@ from unihope.hand.constants import (
     tip_vertex_ids,
 )
 from unihope.hand.convert import convert_official_mano
-from unihope.hand.layer import (
-    HandLayer,
-    HandOutput,
-    axis_angle_to_pca,
-    load_mano_arrays,
-    pca_to_axis_angle,
-    vertex_finger_labels,
-)
+from unihope.hand.mano_arrays import axis_angle_to_pca, load_mano_arrays, pca_to_axis_angle, vertex_finger_labels
 from unihope.hand.preview import render_grasp_preview
 from unihope.hand.procedural import PROCEDURAL_MODEL_VERSION, build_procedural_mano, curl_pose, mirror_mano
 
@@ -49,3 +42,14 @@ __all__ = [
     "tip_vertex_ids",
     "vertex_finger_labels",
 ]
+
+# The torch layer is imported on first use: readers, listing and an unchanged rerun never need torch.
+_LAZY_FROM_LAYER = ("HandLayer", "HandOutput")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_FROM_LAYER:
+        from unihope.hand import layer
+
+        return getattr(layer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

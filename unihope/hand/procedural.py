@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.optimize
 import scipy.sparse
 
 from unihope.hand.constants import (
@@ -615,6 +614,8 @@ def _joint_regressor(verts_m: np.ndarray, joints_m: np.ndarray) -> scipy.sparse.
     the weights close to uniform while matching the joint position (as MANO's own regressor, the
     joints then follow the surface under shape blend shapes).
     """
+    from scipy.optimize import nnls  # 1 s to import; only building a procedural model needs it
+
     rows, cols, vals = [], [], []
     uniform_pull = 1e-3
     for joint_idx, joint in enumerate(joints_m):
@@ -622,7 +623,7 @@ def _joint_regressor(verts_m: np.ndarray, joints_m: np.ndarray) -> scipy.sparse.
         num = len(nearest)
         system = np.vstack([verts_m[nearest].T, np.ones((1, num)), uniform_pull * np.eye(num)])
         target = np.concatenate([joint, [1.0], uniform_pull * np.full(num, 1.0 / num)])
-        weights, _ = scipy.optimize.nnls(system, target)
+        weights, _ = nnls(system, target)
         weights /= weights.sum()
         rows += [joint_idx] * num
         cols += list(nearest)

@@ -50,11 +50,11 @@ def _synthetic_root(cfg: SourceConfig) -> Path:
 
 def _open_synthetic(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
     """Read the synthetic dataset `prepare_source` wrote into `cfg.root`; writes nothing."""
-    # The synthetic module's own check of its folder (complete and of this config, or free).
-    from unihope.sources.synthetic import _check_output_dir
+    # The synthetic dataset's own check of its folder (complete and of this config, or free).
+    from unihope.sources.synthetic_marker import check_output_dir
 
     root = _synthetic_root(cfg)
-    if _check_output_dir(root, cfg.synthetic.config_hash()) is None:
+    if check_output_dir(root, cfg.synthetic.config_hash()) is None:
         raise ValueError(
             f"source.root={root} holds no synthetic dataset yet, and opening a source only reads: write it first "
             "with unihope.sources.prepare_source(cfg.source, cfg.hand) (`unihope build --source synthetic` does)"
@@ -106,9 +106,13 @@ def prepare_source(cfg: SourceConfig, hand_cfg: HandModelConfig) -> Path | None:
     """
     if cfg.kind != "synthetic":
         return None if cfg.root is None else Path(cfg.root)
-    from unihope.sources.synthetic import write_synthetic_dataset
+    from unihope.sources.synthetic_marker import check_output_dir
 
     root = _synthetic_root(cfg)
+    if check_output_dir(root, cfg.synthetic.config_hash()) is not None:
+        return root  # complete: the generator (torch, trimesh, the renderer) is not even imported
+    from unihope.sources.synthetic import write_synthetic_dataset
+
     write_synthetic_dataset(root, cfg.synthetic, hand_cfg)
     return root
 

@@ -38,6 +38,7 @@ from unihope.config import TIP_CONVENTION_OF_LAYOUT, DeocclusionConfig, GraspCon
 from unihope.hand import HandLayer, axis_angle_to_pca, curl_pose, load_mano_arrays, vertex_finger_labels
 from unihope.hand.constants import MANO_FINGER_JOINTS, MANO_TO_DEXYCB_JOINTS, NUM_BETAS
 from unihope.hand.mirror import mirror_axis_angle
+from unihope.sources.synthetic_marker import COMPLETE_MARKER, GENERATOR_VERSION, check_output_dir
 from unihope.render.camera import project_points
 from unihope.rotations import axis_angle_from_matrix, matrix_from_axis_angle
 from unihope.sources.common import hand_model_path, transform_mano_global
@@ -54,8 +55,6 @@ from unihope.sources.ycb_meshes import (
     write_ycb_points,
 )
 
-GENERATOR_VERSION = 2  # bump when the written data changes (v2: the layout's tip convention)
-COMPLETE_MARKER = ".synthetic_complete.json"
 TRUTH_DIR = "truth"
 JPEG_QUALITY = 92
 BASE_IMAGE_WIDTH_PX = 640  # the intrinsics below are DexYCB's scale at 640 x 480
@@ -265,27 +264,6 @@ def _rigid(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 def _mirror_pose_for_side(pose45: np.ndarray, side: str) -> np.ndarray:
     """The procedural curl poses are right-hand poses; the left hand mirrors them (a0, -a1, -a2)."""
     return pose45 if side == "right" else mirror_axis_angle(pose45)
-
-
-def _check_output_dir(out_dir: Path, cfg_hash: str) -> dict | None:
-    """The stored summary when `out_dir` already holds this exact dataset; None when it is free.
-
-    Raises:
-        ValueError: when the folder holds something else.
-    """
-    marker = out_dir / COMPLETE_MARKER
-    if marker.is_file():
-        stored = json.loads(marker.read_text())
-        if stored.get("config_hash") == cfg_hash and stored.get("generator_version") == GENERATOR_VERSION:
-            return stored["summary"]
-        raise ValueError(
-            f"{out_dir} holds a synthetic dataset made with another configuration "
-            f"(hash {stored.get('config_hash')}, generator v{stored.get('generator_version')}); "
-            "choose another folder or delete it"
-        )
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{out_dir} exists and is not an empty folder; choose a new folder for the synthetic dataset")
-    return None
 
 
 # --- scene setup --------------------------------------------------------------------------------
@@ -884,7 +862,7 @@ def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandM
     start_s = time.perf_counter()
     out_dir = Path(out_dir)
     cfg_hash = cfg.config_hash()
-    stored = _check_output_dir(out_dir, cfg_hash)
+    stored = check_output_dir(out_dir, cfg_hash)
     if stored is not None:
         return SynthSummary(**{**stored, "sequence_keys": tuple(stored["sequence_keys"])})
     work_dir = out_dir.with_name(out_dir.name + ".incomplete")
