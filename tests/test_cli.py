@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 
 import pytest
@@ -222,7 +223,7 @@ def test_enumerated_options_show_and_validate_their_choices(tmp_path):
     [
         (["synth", "--out", "{tmp}/s", "--sequences", "0"], "synth: invalid configuration: num_sequences"),
         (["report", "--data", "{tmp}/missing", "--out", "{tmp}/r"], "report: no finished dataset at"),
-        (["ls-versions", "--data", "{tmp}/missing"], "no committed dataset version"),
+        (["ls-versions", "--data", "{tmp}/missing"], "no dataset at"),
         (["gc", "--data", "{tmp}/missing", "--keep", "0"], "gc: keep must be >= 1"),
         (["deploy", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/d"], "deploy: config file not found"),
         (["convert-mano", "{tmp}/missing.pkl", "{tmp}/out.pkl"], "convert-mano:"),
@@ -309,3 +310,36 @@ def test_cli_forwards_stage_loggers_to_prefect_unless_set(monkeypatch, tmp_path)
     monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "mine")
     runner.invoke(app, ["ls-versions", "--data", str(tmp_path / "missing")])
     assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "mine"
+
+
+def test_cli_conventions_short_help_switches_without_type_and_typed_values():
+    for args in (["-h"], ["build", "-h"], ["gc", "-h"]):
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "Usage:" in result.output, (args, result.output)
+    build_help = runner.invoke(app, ["build", "-h"], env={"COLUMNS": "200"}).output
+    assert "<bool>" not in build_help and "<list[str]>" not in build_help
+    assert re.search(r"--train\s+Train on the dataset", build_help)  # a switch: its name, no value
+    assert re.search(r"--set\s+KEY=VALUE", build_help) and re.search(r"--out\s+<str>", build_help)
+    assert "--dry-run" in runner.invoke(app, ["gc", "-h"], env={"COLUMNS": "200"}).output
+
+
+def test_gc_dry_run_lists_what_would_go_and_removes_nothing(tmp_path):
+    from storage_fixtures import STORAGE_ATTRS, make_batch
+    from unihope.config import StorageConfig
+    from unihope.storage.versions import list_versions
+    from unihope.storage.writer import finalize, write_shard
+
+    url = str(tmp_path / "ds")
+    for build in range(3):  # three versions, each with its own shard folder
+        annotated, results = make_batch([f"20200709-subject-01/20200709_1{build:05d}/836212060125/000000"])
+        write_shard(url, 0, annotated, results, STORAGE_ATTRS, StorageConfig(shard_size=4))
+        finalize(url, STORAGE_ATTRS, [])
+    versions = [row.version_id for row in list_versions(url)]  # newest first
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "ds").rglob("*"))
+    result = runner.invoke(app, ["gc", "--data", url, "--keep", "1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"would remove 2 version(s) {versions[1:]}" in result.output
+    assert result.output.count("  would remove shards/") == 2
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "ds").rglob("*")) == before
+    real = runner.invoke(app, ["gc", "--data", url, "--keep", "1"])
+    assert "removed 2 version(s)" in real.output and [r.version_id for r in list_versions(url)] == versions[:1]
