@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from unihope.sources.splits import DEXYCB_SPLITS, DEXYCB_SUBJECTS, HO3D_SPLITS, dexycb_split
-from unihope.sources.dexycb import SEQUENCE_DIR_PATTERN
 
 HELD_OUT_SPLITS = ("all", "train", "val")
 # Official splits keep their upstream names; HO3D's carry a prefix because "train" is the held-out one.
@@ -131,6 +130,8 @@ def _dexycb_sequence_index(sequence_keys: list[str], source_config: dict) -> dic
     subjects = sorted({key.split("/", 1)[0] for key in sequence_keys})
     folders: dict[str, list[str]] = {}
     if root and Path(root).is_dir():
+        from unihope.sources.dexycb import SEQUENCE_DIR_PATTERN  # the reader's folder rule (a slow import: meshes)
+
         for subject in subjects:
             subject_dir = Path(root) / subject
             names = sorted(p.name for p in subject_dir.iterdir() if p.is_dir() and SEQUENCE_DIR_PATTERN.match(p.name)) \

@@ -200,6 +200,22 @@ def test_official_dexycb_splits_by_name(dexycb_store):
         load_dataset(dexycb_store, split="s4_train")
 
 
+def test_official_dexycb_split_indices_come_from_the_source_tree_when_present(tmp_path):
+    """A build that kept two of a subject's five sequences: only the tree knows that the second is index 4."""
+    from unihope.api import load_dataset
+
+    tree = tmp_path / "DexYCB"
+    for seq in range(5):
+        (tree / SUBJECT_01 / f"20200709_1{seq:05d}").mkdir(parents=True)
+    keys = [f"{SUBJECT_01}/20200709_1{seq:05d}/{SERIAL_0}/000000" for seq in (1, 4)]
+    _write(tmp_path / "with-tree", keys, {"kind": "dexycb", "root": str(tree), "split": "all"})
+    assert load_dataset(tmp_path / "with-tree", split="s0_val").column("sample_key").tolist() == keys[1:]
+    # without the tree, a build of part of DexYCB cannot place its sequences: refused, not guessed
+    _write(tmp_path / "part", keys, {"kind": "dexycb", "root": str(tmp_path / "gone"), "split": "s1_train"})
+    with pytest.raises(ValueError, match="the build read split 's1_train' of .*gone, which is not on this machine"):
+        load_dataset(tmp_path / "part", split="s0_val")
+
+
 def test_official_ho3d_splits_by_name(tmp_path):
     from unihope.api import load_dataset
 
