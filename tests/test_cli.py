@@ -343,3 +343,71 @@ def test_gc_dry_run_lists_what_would_go_and_removes_nothing(tmp_path):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "ds").rglob("*")) == before
     real = runner.invoke(app, ["gc", "--data", url, "--keep", "1"])
     assert "removed 2 version(s)" in real.output and [r.version_id for r in list_versions(url)] == versions[:1]
+
+
+def test_log_lines_print_above_the_bars_in_a_narrow_terminal(monkeypatch):
+    """A handler made before the bars (as Prefect's is) writes through the display, not across the bars."""
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from unihope.progress import BuildProgress
+    from unihope.rich_progress import terminal_progress
+
+    real_stderr, screen = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", real_stderr)
+    handler = logging.StreamHandler(real_stderr)  # holds the terminal's stream, like Prefect's console handler
+    logger = logging.getLogger("unihope.test_bars")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with terminal_progress(enabled=True, console=Console(file=screen, force_terminal=True, width=40)):
+            progress = BuildProgress(emit=logger.warning, min_interval_s=1e9)
+            progress.add_stage("annotate", 4)
+            progress.advance("annotate", 4)
+        assert handler.stream is real_stderr  # given back
+    finally:
+        logger.removeHandler(handler)
+    assert real_stderr.getvalue() == ""  # nothing written under the live display's feet
+    drawn = screen.getvalue()
+    assert len(re.findall(r"annotate +4/4 +frames 100.0%", drawn)) == 1  # the log line, once, above the bar
+    shown = [line.split("\r")[-1] for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn).splitlines() if line.strip()]
+    assert shown[-1].startswith("annotate") and "4/4 frames" in shown[-1]  # the bar, last, complete
+    assert max(len(line) for line in shown) <= 40  # wrapped to the narrow terminal
+
+
+def test_an_unchanged_rebuild_says_nothing_to_do(tmp_path, monkeypatch):
+    """The build's summary says "nothing to do" exactly when no stage item was computed (executions.jsonl)."""
+    from contextlib import nullcontext
+
+    import unihope.launch
+    import unihope.prefect_server
+    from unihope.buildplan.workfiles import read_executions
+    from unihope.report import DatasetSummary
+
+    out = tmp_path / "d"
+    summary = DatasetSummary(url=str(out), num_frames_seen=8, num_samples=8, num_pairs_kept=6, skips_by_reason={},
+                             skips_by_stage={}, deocclusion_reasons={}, visibility_counts=(8,),
+                             occlusion_bin_counts=(0, 0, 8, 0), beta_counts=(0,), version_id="abc123",
+                             report_path=str(out / "report" / "index.html"))
+    computes = iter([True, False])  # the first build computes an item, the rebuild reuses everything
+
+    def build(cfg, out_url, wait_lock=False):
+        if next(computes):
+            work = out / "_work"
+            work.mkdir(parents=True, exist_ok=True)
+            with (work / "executions.jsonl").open("a") as log:
+                log.write('{"stage": "annotate", "item": 0, "num_frames": 8}\n')
+        return summary
+
+    monkeypatch.setattr(unihope.launch, "run_build", build)
+    monkeypatch.setattr(unihope.prefect_server, "own_api_server", nullcontext)
+    first = runner.invoke(app, ["build", "--out", str(out)])
+    second = runner.invoke(app, ["build", "--out", str(out)])
+    assert first.exit_code == second.exit_code == 0, (first.output, second.output)
+    assert len(read_executions(out / "_work")) == 1
+    assert "nothing to do" not in first.output
+    assert second.output.startswith(f"nothing to do: {out} is up to date")
+    for output in (first.output, second.output):  # the end summary names the version and the report
+        assert f"dataset {out} version abc123: 8 samples" in output and f"report: {out}/report/index.html" in output

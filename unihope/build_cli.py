@@ -22,6 +22,7 @@ from unihope.buildplan.resolve import mano_dir_parameter, resolve_build_config
 from unihope.config import PipelineConfig
 from unihope.tasks.options import FAIL_ONCE_ENV, PERMANENT_OS_ERRNOS
 from unihope.buildplan.workdir import local_output_path, resolve_work_dir
+from unihope.buildplan.workfiles import read_executions
 
 EXIT_DRAIN_TIMEOUT_S = 3.0  # an interrupted build waits this long for its last logs to reach the API
 # After Ctrl-C / SIGTERM, Prefect's own exit path gets this long to record the stop. It joins the task
@@ -74,6 +75,8 @@ def run_build_from_cli(
     previous_handlers = {signum: signal.signal(signum, _on_stop_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_drop_traceback_of_permanent_os_errors)
+    work_root = resolve_work_dir(out, cfg.flow.work_dir)
+    num_computed_before = len(read_executions(work_root))
     try:
         with build_lock(out, wait=wait_lock), own_api_server():  # lock first: a refused build starts no server
             summary = launch.run_build(cfg, out, wait_lock=wait_lock)
@@ -88,6 +91,8 @@ def run_build_from_cli(
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
+    if len(read_executions(work_root)) == num_computed_before:  # every stage item was reused
+        typer.echo(f"nothing to do: {out} is up to date with this config (every stage item was already built)")
     for line in summary.describe():
         typer.echo(line)
     if train:

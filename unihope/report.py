@@ -99,6 +99,9 @@ class DatasetSummary:
                      "beta_bin_edges"):
             if name in values:
                 values[name] = tuple(values[name])
+        if "pairs_by_rule" in values:  # JSON written with sorted keys: back to the rules' own order
+            order = {rule: i for i, rule in enumerate(KEEP_RULE_TEXT)}
+            values["pairs_by_rule"] = dict(sorted(values["pairs_by_rule"].items(), key=lambda kv: order.get(kv[0], 99)))
         if "grasp_counts_by_bin" in values:
             values["grasp_counts_by_bin"] = tuple(tuple(pair) for pair in values["grasp_counts_by_bin"])
         return cls(**values)
