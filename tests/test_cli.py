@@ -411,3 +411,41 @@ def test_an_unchanged_rebuild_says_nothing_to_do(tmp_path, monkeypatch):
     assert second.output.startswith(f"nothing to do: {out} is up to date")
     for output in (first.output, second.output):  # the end summary names the version and the report
         assert f"dataset {out} version abc123: 8 samples" in output and f"report: {out}/report/index.html" in output
+
+
+def test_artifact_keys_are_per_dataset_and_valid_prefect_keys():
+    from unihope.tasks.artifacts import BUILD_SUMMARY_KEY, artifact_key
+
+    a, b = artifact_key(BUILD_SUMMARY_KEY, "/data/night_A/"), artifact_key(BUILD_SUMMARY_KEY, "s3://bucket/night_A")
+    assert a.startswith("build-summary-night-a-") and b.startswith("build-summary-night-a-") and a != b
+    assert artifact_key(BUILD_SUMMARY_KEY, "/data/night_A") == a  # a trailing slash names the same dataset
+    assert all(re.fullmatch(r"[a-z0-9-]+", key) for key in (a, b, artifact_key("train-run", "memory://")))
+
+
+def test_deploy_set_reaches_both_deployments_and_a_bad_one_fails_before_serving(tmp_path, monkeypatch):
+    import unihope.flows.deploy as deploy
+    from unihope.demo import DEMO_CONFIG, DEMO_TRAIN_CONFIG
+
+    build, train = deploy.make_deployments(DEMO_CONFIG, str(tmp_path / "d"), None, DEMO_TRAIN_CONFIG, tmp_path / "runs",
+                                           overrides=("grasp.rte_threshold_m=0.02",),
+                                           train_overrides=("optim.max_steps=3",))
+    assert build.parameters["overrides"] == ["grasp.rte_threshold_m=0.02"]
+    assert train.parameters["overrides"] == ["optim.max_steps=3"]
+    served = []
+    monkeypatch.setattr(deploy, "serve", lambda *args, **kwargs: served.append(args))
+    monkeypatch.setattr(deploy, "ensure_gpu_concurrency_limit", lambda *args: served.append(args))
+    for flag, bad in (("--set", "grasp.rte_threshold=0.02"), ("--train-set", "optim.max_stepz=3")):
+        result = runner.invoke(app, ["deploy", "--out", str(tmp_path / "d"), flag, bad])
+        _assert_one_line_failure(result, "deploy:")
+        assert bad.split("=")[0] in result.output
+    assert served == []  # refused before the API was touched
+
+
+def test_scheduled_build_applies_the_deployment_overrides(tmp_path, monkeypatch):
+    import unihope.flows.build as build_flows
+    from unihope.demo import DEMO_CONFIG
+
+    built = []
+    monkeypatch.setattr(build_flows, "build_flow_for", lambda flow_cfg: lambda config, out, write_report: built.append(config))
+    build_flows.scheduled_build.fn(str(DEMO_CONFIG), str(tmp_path / "d"), overrides=["grasp.rte_threshold_m=0.02"])
+    assert built[0].grasp.rte_threshold_m == 0.02

@@ -266,12 +266,17 @@ def deploy(
     train_config: Path = typer.Option(DEMO_TRAIN_CONFIG, help="Training config."),
     train_out: Path = typer.Option(Path("runs/scheduled"), help="Root of the triggered trainings' run folders "
                                    "(<dataset version>-<config digest>/ per build)."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                        help=SET_HELP + " Applies to every scheduled build's pipeline config."),
+    train_overrides: list[str] = typer.Option([], "--train-set", metavar="KEY=VALUE",
+                                              help="As --set, for the triggered trainings' config."),
 ) -> None:
     """Serve the build-dataset (cron) and train (triggered on build completion) deployments."""
     from unihope.flows.deploy import serve_deployments
 
     with _user_errors("deploy"):
-        serve_deployments(config_path=config, out=out, cron=cron, train_config_path=train_config, train_out=train_out)
+        serve_deployments(config_path=config, out=out, cron=cron, train_config_path=train_config, train_out=train_out,
+                          overrides=tuple(overrides), train_overrides=tuple(train_overrides))
 
 
 @app.command(cls=_Command)
