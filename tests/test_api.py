@@ -159,6 +159,8 @@ def test_load_dataset_view_reads_like_the_training_reader(dexycb_store):
     grasping = ds.filter(grasp=True)
     assert 0 < len(grasping) < len(ds) and all(bool(s["grasp"]) for s in grasping)
     assert [s["sample_key"] for s in ds.select([2, 0])] == [keys[2], keys[0]]
+    # a version by its id or a unique prefix of it
+    assert unihope.load_dataset(dexycb_store, version=ds.version_id[:6]).version_id == ds.version_id
     # the torch form is the training reader over exactly the filtered samples
     as_torch = occluded.with_format("torch")
     assert isinstance(as_torch, torch.utils.data.Dataset) and len(as_torch) == len(occluded)

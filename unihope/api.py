@@ -8,7 +8,6 @@ dataset's own `DatasetView`; `with_format("torch")` hands back the PairedDataset
 from __future__ import annotations
 
 import os
-import textwrap
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -110,8 +109,13 @@ class Dataset:
         return len(self._pairs)
 
     def __repr__(self) -> str:
-        arrays = ", ".join(f"{name}: {dtype}{list(shape)}" for name, (dtype, shape) in self.features.items())
-        lines = textwrap.wrap(arrays, width=_REPR_WIDTH, initial_indent=" " * 8, subsequent_indent=" " * 8)
+        entries = [f"{name}: {dtype}{list(shape) if shape else ''}" for name, (dtype, shape) in self.features.items()]
+        lines = [""]
+        for entry in entries:  # whole entries per line (textwrap would split "name: dtype[...]" at its spaces)
+            if lines[-1] and len(lines[-1]) + len(entry) + 2 > _REPR_WIDTH:
+                lines.append("")
+            lines[-1] += f"{entry}, " if entry != entries[-1] else entry
+        lines = [" " * 8 + line.rstrip() for line in lines]
         return "\n".join([
             f"unihope.Dataset(url={self.url!r}, version={self.version_id or '(build in progress)'!r}, "
             f"split={self.split!r}, num_samples={len(self)},",
