@@ -21,7 +21,8 @@ def train_and_evaluate(data_url: str, train_config_path: str, runs_dir: str, man
     """Train on the dataset version now at `data_url`, then evaluate on its held-out split.
 
     No retries and no cache: a run folder resumes from its own checkpoints (`unihope.train.checkpoints`),
-    which a Prefect retry or cache would only duplicate.
+    which a Prefect retry or cache would only duplicate. Not a work-folder item (the run folder is
+    the training's own), so it is one plain call, like claim-output.
 
     Args:
         data_url: dataset path or URL.
@@ -33,9 +34,13 @@ def train_and_evaluate(data_url: str, train_config_path: str, runs_dir: str, man
     Returns:
         `unihope.train.loop.TrainResult` of the run.
     """
+    return _run_training(data_url, train_config_path, runs_dir, mano_dir, overrides, log=get_run_logger().info)
+
+
+def _run_training(data_url: str, train_config_path: str, runs_dir: str, mano_dir: str | None,
+                  overrides: tuple[str, ...], log):
+    # imported here: torch and the model load only when a training runs, not when a deployment is served
     from unihope.train.run import run_training_in_runs_dir
 
-    logger = get_run_logger()
     return run_training_in_runs_dir(config_path=Path(train_config_path), data_url=data_url, runs_dir=Path(runs_dir),
-                                    mano_dir=Path(mano_dir) if mano_dir else None, overrides=tuple(overrides),
-                                    log=logger.info)
+                                    mano_dir=Path(mano_dir) if mano_dir else None, overrides=tuple(overrides), log=log)
