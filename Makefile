@@ -15,8 +15,9 @@ export PYOPENGL_PLATFORM ?= egl
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
-# Debian packages for headless OpenGL (EGL through Mesa's llvmpipe; OSMesa as the fallback).
-SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libosmesa6 libglu1-mesa
+# Debian packages for headless OpenGL (EGL through Mesa's llvmpipe; OSMesa as the fallback), and
+# chromium: the report test opens the HTML report in a real headless browser (tests/test_report.py).
+SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libosmesa6 libglu1-mesa chromium
 
 .PHONY: install system-deps demo test test-fast test-slow bench clean
 

@@ -24,6 +24,7 @@ from unihope.tasks.pack import claim_output, dataset_attrs, pack_shard, plan_sha
 from unihope.tasks.source import index_source
 from unihope.buildplan.workdir import make_layout
 from unihope.config import FlowConfig, PipelineConfig
+from unihope.overrides import apply_overrides
 from unihope.progress import BuildProgress
 
 from unihope.flows.runners import make_task_runner
@@ -76,7 +77,7 @@ def build_dataset(config: PipelineConfig, out: str, write_report: bool = True):
     plan = index_task(config, layout, str(layout.index_path), fail_once)
     logger.info("source: %d frames -> %d grasp parts, %d batches", plan.num_frames, len(plan.part_sizes),
                 len(plan.batches))
-    progress = BuildProgress(emit=logger.info, observers=(ProgressArtifacts(),))
+    progress = BuildProgress(emit=logger.info, observers=(ProgressArtifacts(out),))
     for stage in ("grasp", "annotate", "deocclude"):
         progress.add_stage(stage, plan.num_frames)
 
@@ -139,14 +140,17 @@ def ping() -> bool:
 
 
 @flow(name="scheduled-build", persist_result=False)
-def scheduled_build(config_path: str, out: str, source: str | None = None, write_report: bool = True):
+def scheduled_build(config_path: str, out: str, source: str | None = None, write_report: bool = True,
+                    overrides: list[str] | None = None):
     """Deployment entry: read the YAML at run time (edits apply to the next scheduled run), then build.
+
+    `overrides` are `unihope deploy --set key=value` overrides, applied to the YAML each run.
 
     Returns:
         The summary of the dataset; the `train` deployment's trigger fires when this run completes.
     """
-    cfg = resolve_build_config(PipelineConfig.from_yaml(Path(config_path)), out, source,
-                               fail_once_env=os.environ.get(FAIL_ONCE_ENV))
+    cfg = resolve_build_config(apply_overrides(PipelineConfig.from_yaml(Path(config_path)), overrides or ()), out,
+                               source, fail_once_env=os.environ.get(FAIL_ONCE_ENV))
     with build_lock(out):  # a scheduled run never writes over a build that is still running
         return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
 

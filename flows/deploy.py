@@ -11,6 +11,7 @@ from prefect.events import DeploymentEventTrigger
 from unihope.flows.build import scheduled_build
 from unihope.flows.train import train_flow
 from unihope.config import PipelineConfig
+from unihope.overrides import apply_overrides
 
 BUILD_DEPLOYMENT = "build-dataset"
 TRAIN_DEPLOYMENT = "train"
@@ -37,6 +38,7 @@ def build_completed_trigger(build_deployment: str = BUILD_DEPLOYMENT) -> Deploym
 
 def make_deployments(
     config_path: Path, out: str, cron: str | None, train_config_path: Path, train_out: Path,
+    overrides: tuple[str, ...] = (), train_overrides: tuple[str, ...] = (),
 ) -> tuple[RunnerDeployment, RunnerDeployment]:
     """The two deployments `serve_deployments` serves (tests serve them the same way).
 
@@ -47,21 +49,28 @@ def make_deployments(
         train_config_path: training config.
         train_out: root of the triggered trainings' run folders (one `<dataset version>-<config digest>/`
             per build, so a new night's build trains from scratch instead of resuming last night's run).
+        overrides: `--set key=value` overrides of the pipeline config (the build's `overrides` parameter).
+        train_overrides: `--train-set` overrides of the training config (the train run's `overrides`).
 
     Raises:
-        ConfigError: when the pipeline config does not load (checked now, not at 3 a.m.).
+        ConfigError: when the pipeline config, the training config or an override does not load
+            (checked now, not at 3 a.m.).
     """
-    PipelineConfig.from_yaml(Path(config_path))
+    from unihope.train.run import load_train_config
+
+    apply_overrides(PipelineConfig.from_yaml(Path(config_path)), overrides)
+    load_train_config(Path(train_config_path), tuple(train_overrides))
     build = scheduled_build.to_deployment(
         name=BUILD_DEPLOYMENT, cron=cron,
-        parameters={"config_path": str(Path(config_path).resolve()), "out": out},
+        parameters={"config_path": str(Path(config_path).resolve()), "out": out, "overrides": list(overrides)},
         description="Build the paired UniHOPE dataset (source -> grasp -> annotate -> de-occlude -> pack).",
         tags=["unihope", "build"],
     )
     train = train_flow.to_deployment(
         name=TRAIN_DEPLOYMENT,
         parameters={"data_url": out, "train_config_path": str(Path(train_config_path).resolve()),
-                    "runs_dir": str(Path(train_out).resolve())},  # MANO files: the build's (recorded in the data)
+                    "runs_dir": str(Path(train_out).resolve()),  # MANO files: the build's (recorded in the data)
+                    "overrides": list(train_overrides)},
         triggers=[build_completed_trigger()],
         description="Train UniHOPE on the dataset a completed build-dataset run wrote.",
         tags=["unihope", "train"],
@@ -79,13 +88,14 @@ def ensure_gpu_concurrency_limit(tag: str, limit: int) -> None:
 
 def serve_deployments(
     config_path: Path, out: str, cron: str, train_config_path: Path, train_out: Path, limit: int | None = None,
+    overrides: tuple[str, ...] = (), train_overrides: tuple[str, ...] = (),
 ) -> None:
     """`unihope deploy`: set the GPU tag limit, then serve both deployments until interrupted.
 
     Uses the Prefect API the environment points at (PREFECT_API_URL); runs execute in
     subprocesses of this process.
     """
-    cfg = PipelineConfig.from_yaml(Path(config_path))
+    cfg = apply_overrides(PipelineConfig.from_yaml(Path(config_path)), overrides)
+    build, train = make_deployments(config_path, out, cron, train_config_path, train_out, overrides, train_overrides)
     ensure_gpu_concurrency_limit(cfg.flow.gpu_tag, cfg.flow.gpu_concurrency)
-    build, train = make_deployments(config_path, out, cron, train_config_path, train_out)
     serve(build, train, limit=limit)

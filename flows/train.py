@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from unihope.tasks.artifacts import publish_train_artifacts
+from unihope.tasks.train import train_and_evaluate
 
 
 @flow(name="train")
@@ -24,13 +24,9 @@ def train_flow(data_url: str, train_config_path: str, runs_dir: str, mano_dir: s
     Returns:
         The run folder.
     """
-    from unihope.train.run import run_training_in_runs_dir
-
     logger = get_run_logger()
     logger.info("training on %s with %s -> %s/<version>-<config>", data_url, train_config_path, runs_dir)
-    result = run_training_in_runs_dir(config_path=Path(train_config_path), data_url=data_url, runs_dir=Path(runs_dir),
-                                      mano_dir=Path(mano_dir) if mano_dir else None,
-                                      overrides=tuple(overrides or ()), log=logger.info)
+    result = train_and_evaluate(data_url, train_config_path, runs_dir, mano_dir, tuple(overrides or ()))
     logger.info("trained %d steps in %s", result.metrics["train_steps"], result.out_dir)
-    publish_train_artifacts(result)
+    publish_train_artifacts(result, data_url)
     return str(result.out_dir)

@@ -2,19 +2,23 @@
 
 Every shard group is a plain Zarr v3 group (core data types, `dimension_names` on every array), so
 zarr-python, tensorstore's zarr3 driver and xarray read each directly; a version is the ordered
-list of its groups, concatenated along "sample". xarray is imported only when asked for (a test
-extra, not a dependency of the pipeline).
+list of its groups, concatenated along "sample", with `sample_key` as its coordinate and strings
+decoded. xarray is imported only when asked for (a test extra, not a dependency of the pipeline).
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
+from unihope.storage.codes import decode_utf8_fixed
 from unihope.storage.io import locate
-from unihope.storage.schema import SAMPLE_DIM, SCHEMA_VERSION
+from unihope.storage.schema import ARRAYS_BY_NAME, SAMPLE_DIM, SCHEMA_VERSION
 from unihope.storage.versions import current_version, load_version, resolve_version
 
 GROUP_ATTRS_KEY = "unihope"
+SAMPLE_KEY_COORD = "sample_key"  # the coordinate that names each sample in open_xarray's table
 
 
 def shard_group_urls(url: str | os.PathLike, version: str | None = None,
@@ -40,8 +44,10 @@ def open_xarray(url: str | os.PathLike, version: str | None = None, storage_opti
     """One `xarray.Dataset` holding every sample of a version (lazy, dask-backed).
 
     Each shard group is opened with `xr.open_zarr(group, consolidated=False)` and the groups are
-    concatenated along "sample". String fields stay uint8 code units (decode a column with
-    `unihope.storage.codes.decode_utf8_fixed(ds[name].values)`).
+    concatenated along "sample". `sample_key` becomes the indexed coordinate of "sample" (so
+    `table.sel(sample_key=key)` finds a sample), and every other string field is decoded to str
+    lazily, per chunk (the stored uint8 code units are a storage detail; the root itself is no
+    Zarr group of the shards, so `xr.open_zarr(root)` cannot see them and this is the one-line open).
 
     Raises:
         StoreError: when there is no such version or its manifest is damaged.
@@ -59,6 +65,40 @@ def open_xarray(url: str | os.PathLike, version: str | None = None, storage_opti
     table = xr.concat(parts, dim=SAMPLE_DIM, data_vars="all", coords="minimal", compat="override",
                       combine_attrs="drop")
     dataset_attrs = parts[0].attrs.get(GROUP_ATTRS_KEY, {}).get("dataset", {})
+    table = _decode_strings(table)
     table.attrs[GROUP_ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "version_id": version_id,
                                     "dataset": dataset_attrs}
     return table
+
+
+def _decode_strings(table):
+    """`table` with its uint8 string fields as str: `sample_key` an indexed coordinate, the rest lazy."""
+    import dask.array
+
+    for name, spec in ARRAYS_BY_NAME.items():
+        if spec.dtype != "str" or name not in table.variables:
+            continue
+        codes = table[name]
+        if name == SAMPLE_KEY_COORD:
+            keys = np.array(decode_utf8_fixed(codes.values).tolist(), dtype=str)  # small (128 bytes a sample); an index needs it now
+            table = table.drop_vars(name).assign_coords({name: (SAMPLE_DIM, keys)}).set_xindex(name)
+            continue
+        data = codes.data
+        if isinstance(data, dask.array.Array):  # one task per chunk of samples, run when read
+            decoded = data.rechunk({1: -1}).map_blocks(_decode_block, drop_axis=1, dtype=object)
+        else:
+            decoded = _decode_block(np.asarray(data))
+        table[name] = _xr_variable(decoded, codes.attrs)
+    return table
+
+
+def _decode_block(codes: np.ndarray) -> np.ndarray:
+    """(n, W) uint8 code units -> (n,) object array of str (what xarray and pandas show as text)."""
+    return decode_utf8_fixed(codes).astype(object)
+
+
+def _xr_variable(values, attrs: dict):
+    """A 1-D variable along "sample" (the width dimension of the stored code units dropped)."""
+    import xarray as xr
+
+    return xr.Variable((SAMPLE_DIM,), values, attrs=dict(attrs))

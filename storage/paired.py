@@ -8,6 +8,7 @@ one float conversion per batch, and the batch crosses the worker queue as one sh
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from unihope.storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sa
 from unihope.storage.batch_buffer import SharedBatch
 from unihope.storage.manifest import StoreError, shard_stem
 from unihope.storage.schema import SAMPLE_KEYS
-from unihope.storage.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits
+from unihope.storage.splits import DEFAULT_VAL_FRACTION, check_split_name, split_mask
 from unihope.storage.view import DatasetView, open_dataset
 
 # what PairedDataset reads per sample
@@ -74,7 +75,9 @@ class PairedDataset(torch.utils.data.Dataset):
 
         Args:
             url: dataset root (path or fsspec URL).
-            split: "all", "train" or "val" (by a hash of the sequence key).
+            split: "all", "train" or "val" (the held-out split, by a hash of the sequence key), or an
+                official split of the source (unihope.storage.splits.SPLITS: DexYCB "s0_train" ..
+                "s3_test", HO3D "ho3d_train" / "ho3d_evaluation").
             keep_only: only samples whose de-occluded pair was kept.
             max_visibility: only samples with visibility <= this (occluded ones), None = all.
             augment: random augmentation ranges, None = no augmentation.
@@ -91,8 +94,7 @@ class PairedDataset(torch.utils.data.Dataset):
             StoreError: on a missing version or a damaged store.
         """
         # 1. Check inputs
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_split_name(split)
         if max_visibility is not None and not 0.0 <= max_visibility <= 1.0:
             raise ValueError(f"max_visibility must be in [0, 1] or None, got {max_visibility}")
         self.url = os.fspath(url)
@@ -114,9 +116,8 @@ class PairedDataset(torch.utils.data.Dataset):
         if max_visibility is not None:
             selected &= view.column("visibility") <= max_visibility
         if split != "all":
-            sequences = view.column("sequence_key").tolist()
-            split_by_sequence = assign_splits(sequences, val_fraction)
-            selected &= np.array([split_by_sequence[seq] == split for seq in sequences], dtype=bool)
+            source_config = dict(view.manifest.attrs.config.get("source") or {}) if view.manifest is not None else {}
+            selected &= split_mask(split, view.column, source_config, val_fraction)
         self._selection = _Selection(np.flatnonzero(selected).astype(np.int64))
         # workers re-read the commit records; (index, digest) pins them to the shards filtered here
         self._shard_ids = tuple((commit.shard_idx, commit.digest_sha256) for commit in view.shards)
@@ -133,6 +134,28 @@ class PairedDataset(torch.utils.data.Dataset):
             return view.column("keep").astype(bool)[self._selection.indices]
         finally:
             view.close()
+
+    @property
+    def global_indices(self) -> np.ndarray:
+        """(N,) int64: the version's sample index of every item of this dataset (a copy)."""
+        return self._selection.indices.copy()
+
+    def subset(self, positions: Sequence[int] | np.ndarray) -> "PairedDataset":
+        """The items at `positions` of this dataset, in that order: same version, shards and augmentation.
+
+        Raises:
+            IndexError: on a position out of range.
+        """
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if positions.size and not (0 <= positions.min() and positions.max() < len(self)):
+            raise IndexError(f"positions must be in [0, {len(self)}), got {positions.min()}..{positions.max()}")
+        out = copy.copy(self)  # shares the open view in this process; pickles without it like any instance
+        out._selection = _Selection(self._selection.indices[positions])
+        return out
+
+    def open_view(self) -> DatasetView:
+        """The DatasetView this dataset reads (opened on first use in each process; see `_open_view`)."""
+        return self._open_view()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

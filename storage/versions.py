@@ -246,10 +246,15 @@ def _version_seq(loc: Location, version_id: str) -> int:
         return 0
 
 
-def referenced_folders(loc: Location) -> set[str]:
-    """Shard data folders that a version or a current commit record references (never to be deleted)."""
+def referenced_folders(loc: Location, ignoring: frozenset[str] = frozenset()) -> set[str]:
+    """Shard data folders that a version or a current commit record references (never to be deleted).
+
+    `ignoring`: version ids counted as gone (what `gc(dry_run=True)` would remove).
+    """
     folders = {commit.data_path for commit in list_commits(loc)}
     for version_id in _version_ids(loc):
+        if version_id in ignoring:
+            continue
         payload = read_bytes(loc, version_path(version_id))
         if payload is None:
             continue
@@ -425,9 +430,12 @@ def list_versions(url: str | os.PathLike, storage_options: dict | None = None) -
     """Every committed version, newest first.
 
     Raises:
-        StoreError: on a damaged version manifest.
+        StoreError: when `url` holds no dataset, or on a damaged version manifest.
     """
     loc = locate(url, storage_options)
+    from unihope.storage.presence import require_dataset  # presence imports this module
+
+    require_dataset(loc)
     current = newest_version_id(loc)
     now = time.time()
     live = [record for record in list_pins(loc) if record.is_live(now)]
@@ -450,8 +458,8 @@ class GcResult:
     removed_pins: tuple[str, ...]  # stale pin files (expired, or their process is gone)
 
 
-def gc(url: str | os.PathLike, keep: int, storage_options: dict | None = None) -> GcResult:
-    """Remove old versions and the shard folders only they referenced.
+def gc(url: str | os.PathLike, keep: int, storage_options: dict | None = None, dry_run: bool = False) -> GcResult:
+    """Remove old versions and the shard folders only they referenced (or, with `dry_run`, only say which).
 
     Never removes the newest `keep` versions, the version the pointer names, or a pinned version.
     Run it when no build is writing into `url` (a build's own commit records are respected anyway).
@@ -460,28 +468,31 @@ def gc(url: str | os.PathLike, keep: int, storage_options: dict | None = None) -
         url: dataset root.
         keep: how many of the newest versions to keep (>= 1).
         storage_options: fsspec options for URLs.
+        dry_run: delete nothing; the result lists what a real run would remove now.
 
     Returns:
         GcResult.
 
     Raises:
         ValueError: when keep < 1.
+        StoreError: when `url` holds no dataset (a typo must not look like a clean collection).
     """
     # 1. Check inputs; stale pins go first
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the newest version always stays), got {keep}")
     loc = locate(url, storage_options)
+    from unihope.storage.presence import require_dataset  # presence imports this module
+
+    require_dataset(loc)
     now = time.time()
     stale = [record for record in list_pins(loc) if not record.is_live(now)]
+    if dry_run:
+        return _gc_plan(loc, keep, stale, now)
     for record in stale:
         loc.fs.rm(loc.path(record.relative_path))
 
     # 2. Choose what goes
-    current = newest_version_id(loc)
-    seqs = {vid: _version_seq(loc, vid) for vid in _version_ids(loc)}
-    newest_first = sorted(seqs, key=lambda vid: seqs[vid], reverse=True)
-    pinned = {record.version_id for record in list_pins(loc) if record.is_live(now)}
-    candidates = [vid for vid in newest_first[keep:] if vid != current and vid not in pinned]
+    newest_first, candidates = _gc_candidates(loc, keep, now)
 
     # 3. Delete each version file, then look at pins again: a pin taken meanwhile restores it
     removed: list[str] = []
@@ -505,3 +516,25 @@ def gc(url: str | os.PathLike, keep: int, storage_options: dict | None = None) -
         remove_tree(loc, relative)
     kept = tuple(vid for vid in newest_first if vid not in removed)
     return GcResult(tuple(removed), kept, tuple(removed_folders), tuple(r.relative_path for r in stale))
+
+
+def _gc_plan(loc: Location, keep: int, stale: list[PinRecord], now: float) -> GcResult:
+    """What `gc` would remove now (the same choice as its step 2), deleting nothing."""
+    newest_first, removed = _gc_candidates(loc, keep, now)
+    released: set[str] = set()
+    for version_id in removed:
+        payload = read_bytes(loc, version_path(version_id))
+        if payload is not None:
+            released.update(str(shard["data_path"]) for shard in json.loads(payload)["shards"])
+    folders = sorted(released - referenced_folders(loc, ignoring=frozenset(removed)))
+    kept = tuple(vid for vid in newest_first if vid not in removed)
+    return GcResult(tuple(removed), kept, tuple(folders), tuple(r.relative_path for r in stale))
+
+
+def _gc_candidates(loc: Location, keep: int, now: float) -> tuple[list[str], list[str]]:
+    """(every version id newest first, the ones gc removes: beyond the newest `keep`, not current, not pinned)."""
+    current = newest_version_id(loc)
+    seqs = {vid: _version_seq(loc, vid) for vid in _version_ids(loc)}
+    newest_first = sorted(seqs, key=lambda vid: seqs[vid], reverse=True)
+    pinned = {record.version_id for record in list_pins(loc) if record.is_live(now)}
+    return newest_first, [vid for vid in newest_first[keep:] if vid != current and vid not in pinned]

@@ -9,6 +9,7 @@ import numpy as np
 
 from unihope.storage.io import Location, locate
 from unihope.storage.manifest import check_schema_version, commit_path, list_commits
+from unihope.storage.presence import require_dataset
 from unihope.storage.schema import (
     ARRAYS,
     ARRAYS_BY_NAME,
@@ -193,7 +194,8 @@ def open_dataset(
 
     Raises:
         ValueError: on an unknown verify mode.
-        StoreError: on an unknown schema version, a missing version, a version manifest that is
+        StoreError: on a path that holds no dataset (missing, a file, a folder no build wrote), an
+            unknown schema version, a missing version, a version manifest that is
             doubled, dropped or altered, a corrupt shard (eager), or a missing field (eager).
     """
     if verify not in VERIFY_MODES:
@@ -212,6 +214,8 @@ def open_dataset(
     else:
         manifest = None
         shards = tuple(list_commits(loc))
+        if not shards:
+            require_dataset(loc)  # an empty view only for a build in progress, never for a wrong path
         for commit in shards:
             check_schema_version(commit.schema_version, f"{loc.url}/{commit_path(commit.shard_idx)}")
     view = DatasetView(loc, shards, manifest, verify)

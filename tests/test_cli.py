@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 
 import pytest
@@ -222,7 +223,7 @@ def test_enumerated_options_show_and_validate_their_choices(tmp_path):
     [
         (["synth", "--out", "{tmp}/s", "--sequences", "0"], "synth: invalid configuration: num_sequences"),
         (["report", "--data", "{tmp}/missing", "--out", "{tmp}/r"], "report: no finished dataset at"),
-        (["ls-versions", "--data", "{tmp}/missing"], "no committed dataset version"),
+        (["ls-versions", "--data", "{tmp}/missing"], "no dataset at"),
         (["gc", "--data", "{tmp}/missing", "--keep", "0"], "gc: keep must be >= 1"),
         (["deploy", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/d"], "deploy: config file not found"),
         (["convert-mano", "{tmp}/missing.pkl", "{tmp}/out.pkl"], "convert-mano:"),
@@ -309,3 +310,142 @@ def test_cli_forwards_stage_loggers_to_prefect_unless_set(monkeypatch, tmp_path)
     monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "mine")
     runner.invoke(app, ["ls-versions", "--data", str(tmp_path / "missing")])
     assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "mine"
+
+
+def test_cli_conventions_short_help_switches_without_type_and_typed_values():
+    for args in (["-h"], ["build", "-h"], ["gc", "-h"]):
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "Usage:" in result.output, (args, result.output)
+    build_help = runner.invoke(app, ["build", "-h"], env={"COLUMNS": "200"}).output
+    assert "<bool>" not in build_help and "<list[str]>" not in build_help
+    assert re.search(r"--train\s+Train on the dataset", build_help)  # a switch: its name, no value
+    assert re.search(r"--set\s+KEY=VALUE", build_help) and re.search(r"--out\s+<str>", build_help)
+    assert "--dry-run" in runner.invoke(app, ["gc", "-h"], env={"COLUMNS": "200"}).output
+
+
+def test_gc_dry_run_lists_what_would_go_and_removes_nothing(tmp_path):
+    from storage_fixtures import STORAGE_ATTRS, make_batch
+    from unihope.config import StorageConfig
+    from unihope.storage.versions import list_versions
+    from unihope.storage.writer import finalize, write_shard
+
+    url = str(tmp_path / "ds")
+    for build in range(3):  # three versions, each with its own shard folder
+        annotated, results = make_batch([f"20200709-subject-01/20200709_1{build:05d}/836212060125/000000"])
+        write_shard(url, 0, annotated, results, STORAGE_ATTRS, StorageConfig(shard_size=4))
+        finalize(url, STORAGE_ATTRS, [])
+    versions = [row.version_id for row in list_versions(url)]  # newest first
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "ds").rglob("*"))
+    result = runner.invoke(app, ["gc", "--data", url, "--keep", "1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"would remove 2 version(s) {versions[1:]}" in result.output
+    assert result.output.count("  would remove shards/") == 2
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "ds").rglob("*")) == before
+    real = runner.invoke(app, ["gc", "--data", url, "--keep", "1"])
+    assert "removed 2 version(s)" in real.output and [r.version_id for r in list_versions(url)] == versions[:1]
+
+
+def test_log_lines_print_above_the_bars_in_a_narrow_terminal(monkeypatch):
+    """A handler made before the bars (as Prefect's is) writes through the display, not across the bars."""
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from unihope.progress import BuildProgress
+    from unihope.rich_progress import terminal_progress
+
+    real_stderr, screen = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", real_stderr)
+    handler = logging.StreamHandler(real_stderr)  # holds the terminal's stream, like Prefect's console handler
+    logger = logging.getLogger("unihope.test_bars")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with terminal_progress(enabled=True, console=Console(file=screen, force_terminal=True, width=40)):
+            progress = BuildProgress(emit=logger.warning, min_interval_s=1e9)
+            progress.add_stage("annotate", 4)
+            progress.advance("annotate", 4)
+        assert handler.stream is real_stderr  # given back
+    finally:
+        logger.removeHandler(handler)
+    assert real_stderr.getvalue() == ""  # nothing written under the live display's feet
+    drawn = screen.getvalue()
+    assert len(re.findall(r"annotate +4/4 +frames 100.0%", drawn)) == 1  # the log line, once, above the bar
+    shown = [line.split("\r")[-1] for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn).splitlines() if line.strip()]
+    assert shown[-1].startswith("annotate") and "4/4 frames" in shown[-1]  # the bar, last, complete
+    assert max(len(line) for line in shown) <= 40  # wrapped to the narrow terminal
+
+
+def test_an_unchanged_rebuild_says_nothing_to_do(tmp_path, monkeypatch):
+    """The build's summary says "nothing to do" exactly when no stage item was computed (executions.jsonl)."""
+    from contextlib import nullcontext
+
+    import unihope.launch
+    import unihope.prefect_server
+    from unihope.buildplan.workfiles import read_executions
+    from unihope.report import DatasetSummary
+
+    out = tmp_path / "d"
+    summary = DatasetSummary(url=str(out), num_frames_seen=8, num_samples=8, num_pairs_kept=6, skips_by_reason={},
+                             skips_by_stage={}, deocclusion_reasons={}, visibility_counts=(8,),
+                             occlusion_bin_counts=(0, 0, 8, 0), beta_counts=(0,), version_id="abc123",
+                             report_path=str(out / "report" / "index.html"))
+    computes = iter([True, False])  # the first build computes an item, the rebuild reuses everything
+
+    def build(cfg, out_url, wait_lock=False):
+        if next(computes):
+            work = out / "_work"
+            work.mkdir(parents=True, exist_ok=True)
+            with (work / "executions.jsonl").open("a") as log:
+                log.write('{"stage": "annotate", "item": 0, "num_frames": 8}\n')
+        return summary
+
+    monkeypatch.setattr(unihope.launch, "run_build", build)
+    monkeypatch.setattr(unihope.prefect_server, "own_api_server", nullcontext)
+    first = runner.invoke(app, ["build", "--out", str(out)])
+    second = runner.invoke(app, ["build", "--out", str(out)])
+    assert first.exit_code == second.exit_code == 0, (first.output, second.output)
+    assert len(read_executions(out / "_work")) == 1
+    assert "nothing to do" not in first.output
+    assert second.output.startswith(f"nothing to do: {out} is up to date")
+    for output in (first.output, second.output):  # the end summary names the version and the report
+        assert f"dataset {out} version abc123: 8 samples" in output and f"report: {out}/report/index.html" in output
+
+
+def test_artifact_keys_are_per_dataset_and_valid_prefect_keys():
+    from unihope.tasks.artifacts import BUILD_SUMMARY_KEY, artifact_key
+
+    a, b = artifact_key(BUILD_SUMMARY_KEY, "/data/night_A/"), artifact_key(BUILD_SUMMARY_KEY, "s3://bucket/night_A")
+    assert a.startswith("build-summary-night-a-") and b.startswith("build-summary-night-a-") and a != b
+    assert artifact_key(BUILD_SUMMARY_KEY, "/data/night_A") == a  # a trailing slash names the same dataset
+    assert all(re.fullmatch(r"[a-z0-9-]+", key) for key in (a, b, artifact_key("train-run", "memory://")))
+
+
+def test_deploy_set_reaches_both_deployments_and_a_bad_one_fails_before_serving(tmp_path, monkeypatch):
+    import unihope.flows.deploy as deploy
+    from unihope.demo import DEMO_CONFIG, DEMO_TRAIN_CONFIG
+
+    build, train = deploy.make_deployments(DEMO_CONFIG, str(tmp_path / "d"), None, DEMO_TRAIN_CONFIG, tmp_path / "runs",
+                                           overrides=("grasp.rte_threshold_m=0.02",),
+                                           train_overrides=("optim.max_steps=3",))
+    assert build.parameters["overrides"] == ["grasp.rte_threshold_m=0.02"]
+    assert train.parameters["overrides"] == ["optim.max_steps=3"]
+    served = []
+    monkeypatch.setattr(deploy, "serve", lambda *args, **kwargs: served.append(args))
+    monkeypatch.setattr(deploy, "ensure_gpu_concurrency_limit", lambda *args: served.append(args))
+    for flag, bad in (("--set", "grasp.rte_threshold=0.02"), ("--train-set", "optim.max_stepz=3")):
+        result = runner.invoke(app, ["deploy", "--out", str(tmp_path / "d"), flag, bad])
+        _assert_one_line_failure(result, "deploy:")
+        assert bad.split("=")[0] in result.output
+    assert served == []  # refused before the API was touched
+
+
+def test_scheduled_build_applies_the_deployment_overrides(tmp_path, monkeypatch):
+    import unihope.flows.build as build_flows
+    from unihope.demo import DEMO_CONFIG
+
+    built = []
+    monkeypatch.setattr(build_flows, "build_flow_for", lambda flow_cfg: lambda config, out, write_report: built.append(config))
+    build_flows.scheduled_build.fn(str(DEMO_CONFIG), str(tmp_path / "d"), overrides=["grasp.rte_threshold_m=0.02"])
+    assert built[0].grasp.rte_threshold_m == 0.02

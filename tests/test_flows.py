@@ -682,6 +682,7 @@ def test_build_publishes_summary_skip_deocclusion_report_and_progress_artifacts(
 
     from unihope.tasks.artifacts import (
         BUILD_DEOCCLUSION_KEY, BUILD_PROGRESS_KEY_PREFIX, BUILD_REPORT_KEY, BUILD_SKIPS_KEY, BUILD_SUMMARY_KEY,
+        artifact_key,
     )
 
     flow_run_id = reference_build["state"].state_details.flow_run_id
@@ -690,10 +691,15 @@ def test_build_publishes_summary_skip_deocclusion_report_and_progress_artifacts(
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    by_key = {a.key: a for a in artifacts if a.key}
+    # keys per dataset: <prefix>-<folder name>-<hash of the URL>
+    stored = {a.key: a for a in artifacts if a.key}
+    prefixes = (BUILD_SUMMARY_KEY, BUILD_SKIPS_KEY, BUILD_DEOCCLUSION_KEY, BUILD_REPORT_KEY,
+                *(BUILD_PROGRESS_KEY_PREFIX + stage for stage in ("grasp", "annotate", "deocclude", "pack")))
+    by_key = {prefix: stored[artifact_key(prefix, str(out))] for prefix in prefixes}
+    assert by_key[BUILD_SUMMARY_KEY].key.startswith("build-summary-data-")
     assert {by_key[k].type for k in (BUILD_SUMMARY_KEY,)} == {"markdown"}
     assert by_key[BUILD_SKIPS_KEY].type == by_key[BUILD_DEOCCLUSION_KEY].type == "table"
-    assert by_key[BUILD_REPORT_KEY].type == "markdown"  # Prefect stores a link artifact as a markdown link
+    assert by_key[BUILD_REPORT_KEY].type == "table"  # paths to copy, not a file:// link the UI cannot open
     # the summary artifact carries the summary's own lines
     for line in summary.describe()[:2]:
         assert line in by_key[BUILD_SUMMARY_KEY].data
@@ -707,7 +713,9 @@ def test_build_publishes_summary_skip_deocclusion_report_and_progress_artifacts(
     deocclusion_rows = json.loads(by_key[BUILD_DEOCCLUSION_KEY].data)
     outcomes = {row["name"]: row["samples"] for row in deocclusion_rows if row["kind"] == "outcome"}
     assert outcomes == summary.deocclusion_reasons and sum(outcomes.values()) == summary.num_samples
-    assert (out / "report" / "index.html").resolve().as_uri() in by_key[BUILD_REPORT_KEY].data
+    report_files = {row["file"]: row["path"] for row in json.loads(by_key[BUILD_REPORT_KEY].data)}
+    assert report_files["index.html"] == str((out / "report" / "index.html").resolve())
+    assert "file://" not in by_key[BUILD_REPORT_KEY].data
     # one progress artifact per stage, ending at 100%
     for stage in ("grasp", "annotate", "deocclude", "pack"):
         progress = by_key[BUILD_PROGRESS_KEY_PREFIX + stage]
@@ -722,10 +730,10 @@ def test_build_publishes_summary_skip_deocclusion_report_and_progress_artifacts(
 
 def test_train_flow_publishes_its_metrics_and_applies_set_overrides(reference_build, tmp_path):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
     from unihope.flows.train import train_flow
-    from unihope.tasks.artifacts import TRAIN_METRICS_KEY, TRAIN_RUN_KEY
+    from unihope.tasks.artifacts import TRAIN_METRICS_KEY, TRAIN_RUN_KEY, artifact_key
 
     overrides = ["optim.max_steps=2", "optim.batch_size=4", "data.val_fraction=0.0", "data.eval_split=train",
                  "data.max_train_samples=8", "data.max_eval_samples=4", "eval_batch_size=4"]
@@ -737,11 +745,17 @@ def test_train_flow_publishes_its_metrics_and_applies_set_overrides(reference_bu
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     by_key = {a.key: a for a in artifacts}
-    assert by_key[TRAIN_METRICS_KEY].type == "table" and by_key[TRAIN_RUN_KEY].type == "markdown"
-    rows = {row["metric"]: row["value"] for row in json.loads(by_key[TRAIN_METRICS_KEY].data)}
+    metrics_key, run_key = (artifact_key(k, str(reference_build["out"])) for k in (TRAIN_METRICS_KEY, TRAIN_RUN_KEY))
+    assert by_key[metrics_key].type == "table" and by_key[run_key].type == "markdown"
+    rows = {row["metric"]: row["value"] for row in json.loads(by_key[metrics_key].data)}
     assert rows["train_steps"] == 2 and rows["mpjpe_mm"] == pytest.approx(metrics["mpjpe_mm"])
-    assert str(run_dir) in by_key[TRAIN_RUN_KEY].data
+    assert str(run_dir) in by_key[run_key].data
+    # the flow run's graph holds the work: a task run for the training and its evaluation
+    assert [run.name for run in runs] == [f"train-{reference_build['out'].name}"]
+    assert runs[0].state.is_completed()
 
 
 def test_unchanged_build_is_found_without_a_flow_and_keyed_by_version(reference_build, tmp_path):

@@ -351,3 +351,14 @@ def test_vertex_finger_labels_cover_every_digit(right_arrays: dict) -> None:
     assert labels.dtype == np.int8 and labels.shape == (778,)
     counts = np.bincount(labels, minlength=6)
     assert counts[0] > 150 and (counts[1:] > 80).all()
+
+
+def test_building_a_hand_layer_prints_nothing_and_logs_smplx_notice(right_path: Path, capsys, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="unihope.hand.layer"):
+        HandLayer("right", model_path=right_path)
+        HandLayer("right", model_path=right_path)
+    assert capsys.readouterr().out == ""  # smplx's print no longer reaches the console (or a progress display)
+    notices = [r for r in caplog.records if "only 10 shape coefficients" in r.getMessage()]
+    assert len(notices) == 2 and {r.levelno for r in notices} == {logging.DEBUG}

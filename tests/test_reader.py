@@ -216,11 +216,12 @@ def test_loader_with_spawned_workers(tmp_path):
 
 
 def test_small_datasets_always_get_a_held_out_sequence():
-    from unihope.storage.splits import assign_splits
+    from unihope.storage.splits import SplitWarning, assign_splits
 
     keys = ["20200709-subject-01/20200709_141754", "20200709-subject-01/20200709_141841"]
     for fraction in (0.01, 0.1):
-        splits = assign_splits(keys, fraction)
+        with pytest.warns(SplitWarning, match="fell in 'val'"):
+            splits = assign_splits(keys, fraction)
         assert sorted(splits.values()) == ["train", "val"]
     assert set(assign_splits(keys, 0.0).values()) == {"train"}
     assert assign_splits(keys[:1], 0.1) == {keys[0]: split_of_sequence(keys[0], 0.1)}

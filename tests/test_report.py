@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -100,10 +102,66 @@ def test_report_writes_page_figures_and_skip_table(dataset_url, tmp_path):
     page = index.read_text()
     assert index == tmp_path / "report" / "index.html"
     for needle in ("contact_sheet.png", "histograms.png", "hand_outside_image", "missing_file",
-                   "s/a/1/000101 (annotate: box 3% inside)", "<td>kept pairs</td><td>4</td>",
-                   "<td>pairs the keep rule &#x27;occ&#x27; would keep (in use)</td><td>9</td>"):
+                   "s/a/1/000101 (annotate: box 3% inside)", "<th>kept pairs</th><td>4</td>",
+                   "<td>occ (in use)</td><td>keeps a pair whose hand is occluded enough (visibility &lt;= "
+                   "max_visibility)</td><td>9</td>",
+                   "<td>[0, .25]</td>", "<th>version</th>", "<summary>the build's resolved config"):
         assert needle in page, needle
+    assert "<tr><th></th><th></th></tr>" not in page and "<th></th><th>value</th>" not in page  # no empty header
     sheet = matplotlib.image.imread(tmp_path / "report" / "contact_sheet.png")
     assert sheet.shape[0] == round(2.1 * 10 * 80)  # one 2.1-inch row per sample at 80 dpi
     assert matplotlib.image.imread(tmp_path / "report" / "histograms.png").shape[:2] == (240, 960)
     assert json.loads((tmp_path / "report" / "summary.json").read_text())["num_pairs_kept"] == 4
+
+
+def test_summary_names_version_grasps_and_report(dataset_url):
+    from unihope.storage.view import open_dataset
+
+    summary = summarize_dataset(dataset_url)
+    view = open_dataset(dataset_url)
+    grasp, bins = view.column("grasp").astype(bool), view.column("occlusion_bin")
+    assert summary.version_id == view.version_id != ""
+    assert summary.grasp_counts_by_bin == tuple((int(((bins == b) & ~grasp).sum()), int(((bins == b) & grasp).sum()))
+                                                for b in range(4))
+    assert 0 < sum(g for _, g in summary.grasp_counts_by_bin) < summary.num_samples  # both kinds in the fixture
+    lines = dataclasses.replace(summary, report_path="/r/index.html").describe()
+    assert lines[0].startswith(f"dataset {dataset_url} version {summary.version_id}: 10 samples")
+    assert lines[-1] == "report: /r/index.html"
+
+
+def test_report_without_beta_explains_the_missing_plot(dataset_url, tmp_path):
+    import matplotlib.image
+    from unihope.report import _save_histograms
+
+    summary = dataclasses.replace(summarize_dataset(dataset_url), beta_counts=(0,) * (len(BETA_BIN_EDGES) - 1),
+                                  deocclusion_backend="inpaint")
+    _save_histograms(summary, tmp_path / "h.png")
+    assert matplotlib.image.imread(tmp_path / "h.png").shape[:2] == (240, 640)  # two panels: no beta panel
+
+
+def test_report_renders_in_a_headless_browser(dataset_url, tmp_path):
+    """Chromium draws the page: its screenshot holds both figures pixel for pixel, and the contact sheet shows
+    the joints (yellow skeleton) and a depth colour bar."""
+    import cv2
+
+    assert shutil.which("chromium"), "Debian's chromium is missing: `make system-deps` installs it"
+
+    index = write_report(data_url=dataset_url, out_dir=tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--force-device-scale-factor=1", f"--screenshot={shot}", "--window-size=1100,3200",
+                    index.as_uri()], check=True, capture_output=True, timeout=120)
+    page = cv2.imread(str(shot))
+    assert page is not None and page.shape[:2] == (3200, 1100)
+    tops = {}
+    for name in ("histograms.png", "contact_sheet.png"):
+        figure = cv2.imread(str(tmp_path / "report" / name))
+        score, _, top_left, _ = cv2.minMaxLoc(cv2.matchTemplate(page, figure[:200], cv2.TM_SQDIFF_NORMED))
+        assert score < 0.01, (name, score)  # drawn at its own size: the browser loaded and showed it
+        tops[name] = top_left[1]
+    assert tops["histograms.png"] < tops["contact_sheet.png"]  # sections in the page's order
+    sheet = cv2.imread(str(tmp_path / "report" / "contact_sheet.png"))
+    yellow = (sheet[..., 2] > 200) & (sheet[..., 1] > 200) & (sheet[..., 0] < 80)
+    assert yellow[:, : sheet.shape[1] // 2].sum() > 100  # the skeleton over the two image columns
+    viridis_end = np.abs(sheet.astype(int) - (36, 231, 253)).sum(axis=2) < 40  # a colour bar's yellow end (BGR)
+    assert viridis_end[:, 3 * sheet.shape[1] // 4:].sum() > 20

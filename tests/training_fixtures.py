@@ -1,7 +1,7 @@
 """Small stored datasets for training tests: a direct (Prefect-free) build, and a stand-in MANO model.
 
 `write_stand_in_mano`: a MANO-format model that differs from the procedural default (another skeleton),
-standing in for the official MANO files. `build_small_dataset`: synthetic DexYCB-layout frames rendered,
+standing in for the official MANO files. `build_small_dataset`: synthetic DexYCB- (or HO3D-) layout frames rendered,
 annotated, de-occluded (render backend) and packed with the real stage functions into one URL.
 """
 
@@ -33,10 +33,12 @@ def write_stand_in_mano(mano_dir: Path) -> Path:
     return mano_dir
 
 
-def build_small_dataset(work: Path, url: str, hand_cfg: HandModelConfig, num_sequences: int) -> PipelineConfig:
+def build_small_dataset(work: Path, url: str, hand_cfg: HandModelConfig, num_sequences: int,
+                        layout: str = "dexycb") -> PipelineConfig:
     """Render `num_sequences` x 4 frames (one camera) with `hand_cfg`'s hand and pack them into `url` (finalized).
 
-    The synthetic frames live in `work/src-<n>`; a second call with more sequences rewrites `url`
+    `layout` is the synthetic source's on-disk layout ("dexycb" or "ho3d"), read by that layout's reader.
+    The synthetic frames live in `work/src-<n>` (`work/src-<layout>-<n>` for HO3D); a second call with more sequences rewrites `url`
     with one more sequence (a new dataset version at the same location).
     """
     from unihope.storage.schema import AnnotatedFrame, FrameRecord
@@ -49,12 +51,12 @@ def build_small_dataset(work: Path, url: str, hand_cfg: HandModelConfig, num_seq
     from unihope.sources import open_source
     from unihope.sources.synthetic import write_synthetic_dataset
 
-    src = work / f"src-{num_sequences}"
-    synthetic = SyntheticConfig(format="dexycb", num_sequences=num_sequences,
+    src = work / (f"src-{num_sequences}" if layout == "dexycb" else f"src-{layout}-{num_sequences}")
+    synthetic = SyntheticConfig(format=layout, num_sequences=num_sequences,
                                 frames_per_sequence=SMALL_FRAMES_PER_SEQUENCE, num_cameras=1, seed=0)
     on_render_thread(write_synthetic_dataset, src, synthetic, hand_cfg)
     cfg = PipelineConfig.model_validate({
-        "name": "small", "source": {"kind": "dexycb", "root": str(src)}, "hand": hand_cfg.model_dump(mode="json"),
+        "name": "small", "source": {"kind": layout, "root": str(src)}, "hand": hand_cfg.model_dump(mode="json"),
         "crop": {"size_px": 64}, "deocclusion": {"backend": "render"}, "storage": {"shard_size": 64},
     })
     source = on_render_thread(open_source, cfg.source, cfg.hand)

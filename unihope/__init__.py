@@ -15,3 +15,16 @@ if _unlinked:
         f"(git core.symlinks=false), not links to the top-level folders; run `git config core.symlinks true "
         f"&& git checkout -- unihope` in the clone (or clone with `git clone -c core.symlinks=true`)"
     )
+
+# The public Python API (unihope.api), imported on first use: `import unihope` stays cheap and changes
+# nothing (no torch, no Prefect) for the CLI and the worker processes that import submodules only.
+_PUBLIC_API = ("load_dataset", "open_xarray", "Dataset")
+__all__ = ["__version__", *_PUBLIC_API]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC_API:
+        from unihope import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'unihope' has no attribute {name!r}")

@@ -22,6 +22,7 @@ from unihope.buildplan.resolve import mano_dir_parameter, resolve_build_config
 from unihope.config import PipelineConfig
 from unihope.buildplan.faults import FAIL_ONCE_ENV
 from unihope.buildplan.workdir import local_output_path, resolve_work_dir
+from unihope.buildplan.workfiles import read_executions
 
 EXIT_DRAIN_TIMEOUT_S = 3.0  # an interrupted build waits this long for its last logs to reach the API
 # After Ctrl-C / SIGTERM, Prefect's own exit path gets this long to record the stop. It joins the task
@@ -83,6 +84,8 @@ def run_build_from_cli(
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_drop_traceback_of_permanent_os_errors)
     api_server = ExitStack()  # the build's server stays up for --train's flow (Prefect's own would outlive a kill)
+    work_root = resolve_work_dir(out, cfg.flow.work_dir)
+    num_computed_before = len(read_executions(work_root))
     try:
         with build_lock(out, wait=wait_lock):  # lock first: a refused build starts no server
             api_server.enter_context(own_api_server())
@@ -100,6 +103,8 @@ def run_build_from_cli(
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
+    if len(read_executions(work_root)) == num_computed_before:  # every stage item was reused
+        typer.echo(f"nothing to do: {out} is up to date with this config (every stage item was already built)")
     for line in summary.describe():
         typer.echo(line)
     with api_server:

@@ -12,7 +12,26 @@ import typer
 
 from unihope.demo import DEMO_CONFIG, DEMO_TRAIN_CONFIG
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniHOPE data generation and training.")
+# -h as well as --help, on the command and on every subcommand (click's context setting, inherited)
+class _Command(typer.core.TyperCommand):
+    """A subcommand whose switches (flags) show no type in --help: typer writes `<bool>` there, which
+    reads as if the switch took a value (`--train <bool>`); a switch's name says all."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # typer shows the metavar instead of the type; empty = nothing
+        return params
+
+
+class _Group(typer.core.TyperGroup, _Command):
+    """The `unihope` group itself: -h and --version without a type column, like every subcommand."""
+
+
+# -h as well as --help, on the command and on every subcommand (click's context setting, inherited)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniHOPE data generation and training.",
+                  context_settings={"help_option_names": ["-h", "--help"]}, cls=_Group)
 
 DISTRIBUTION = "unihope-datagen"
 SET_HELP = "Override a config field: --set section.field=value (YAML scalar; repeatable; validated by the config)."
@@ -83,7 +102,7 @@ def main(
     apply_prefect_env_defaults()  # before any command imports Prefect; the user's own settings win
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
     mano_dir: Optional[Path] = typer.Option(None, help="Folder with the official MANO_RIGHT.pkl / MANO_LEFT.pkl."),
     render_platform: RenderPlatform = typer.Option(RenderPlatform.egl, help="Offscreen OpenGL platform."),
@@ -102,7 +121,7 @@ def inspect(
         typer.echo(line)
 
 
-@app.command("convert-mano")
+@app.command("convert-mano", cls=_Command)
 def convert_mano(src: Path, dst: Path) -> None:
     """Convert an official chumpy-based MANO pickle to plain numpy (no chumpy needed)."""
     import pickle
@@ -117,7 +136,7 @@ def convert_mano(src: Path, dst: Path) -> None:
     typer.echo(f"wrote {dst}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def synth(
     out: Path = typer.Option(..., help="Output folder for the synthetic dataset."),
     format: LayoutFormat = typer.Option(LayoutFormat.dexycb, help="On-disk layout to write."),
@@ -145,7 +164,7 @@ def synth(
     typer.echo(summary.describe())
 
 
-@app.command()
+@app.command(cls=_Command)
 def build(
     config: Path = typer.Option(DEMO_CONFIG, help="Pipeline config (YAML)."),
     source: Optional[str] = typer.Option(None, help="synthetic | dexycb:PATH | ho3d:PATH (overrides the config)."),
@@ -155,8 +174,8 @@ def build(
     train_out: Optional[Path] = typer.Option(
         None, help="Root of --train's run folders (<dataset version>-<config digest>/ each); default runs/<name>."),
     wait_lock: bool = typer.Option(False, "--wait-lock", help="Wait for another build of --out to finish instead of refusing."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP + " Applies to the pipeline config."),
-    train_overrides: list[str] = typer.Option([], "--train-set", help="As --set, for --train's training config."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP + " Applies to the pipeline config."),
+    train_overrides: list[str] = typer.Option([], "--train-set", metavar="KEY=VALUE", help="As --set, for --train's training config."),
 ) -> None:
     """Run the build_dataset flow: source -> grasp -> annotate -> de-occlude -> pack -> finalize."""
     from unihope.build_cli import run_build_from_cli
@@ -168,7 +187,7 @@ def build(
                            train_overrides=tuple(train_overrides))
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     config: Path = typer.Option(DEMO_TRAIN_CONFIG, help="Training config (YAML)."),
     data: str = typer.Option(..., help="Dataset path or URL written by `unihope build`."),
@@ -177,7 +196,7 @@ def train(
         None, help="Instead of --out: train in <runs-dir>/<dataset version>-<config digest>/ (as `build --train`)."),
     mano_dir: Optional[Path] = typer.Option(
         None, help="Folder with the MANO_RIGHT.pkl / MANO_LEFT.pkl the dataset was built with (overrides hand.mano_dir)."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP),
 ) -> None:
     """Train the UniHOPE model from the shards; evaluates on the held-out split at the end."""
     from unihope.storage.manifest import StoreError
@@ -199,7 +218,7 @@ def train(
         _fail(str(err))
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def evaluate(
     checkpoint: Path = typer.Option(..., help="A checkpoint written by `unihope train`."),
     data: str = typer.Option(..., help="Dataset path or URL."),
@@ -222,7 +241,7 @@ def evaluate(
         _fail(str(err))
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     data: str = typer.Option(..., help="Dataset path or URL."),
     out: Path = typer.Option(..., help="Folder for index.html and PNGs."),
@@ -239,7 +258,7 @@ def report(
     typer.echo(f"report: {path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def deploy(
     config: Path = typer.Option(DEMO_CONFIG, help="Pipeline config for the build deployment."),
     out: str = typer.Option(..., help="Dataset path or URL the scheduled builds write."),
@@ -247,15 +266,20 @@ def deploy(
     train_config: Path = typer.Option(DEMO_TRAIN_CONFIG, help="Training config."),
     train_out: Path = typer.Option(Path("runs/scheduled"), help="Root of the triggered trainings' run folders "
                                    "(<dataset version>-<config digest>/ per build)."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                        help=SET_HELP + " Applies to every scheduled build's pipeline config."),
+    train_overrides: list[str] = typer.Option([], "--train-set", metavar="KEY=VALUE",
+                                              help="As --set, for the triggered trainings' config."),
 ) -> None:
     """Serve the build-dataset (cron) and train (triggered on build completion) deployments."""
     from unihope.flows.deploy import serve_deployments
 
     with _user_errors("deploy"):
-        serve_deployments(config_path=config, out=out, cron=cron, train_config_path=train_config, train_out=train_out)
+        serve_deployments(config_path=config, out=out, cron=cron, train_config_path=train_config, train_out=train_out,
+                          overrides=tuple(overrides), train_overrides=tuple(train_overrides))
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(out: Path = typer.Option(Path("demo_out"), help="Folder for everything the demo writes.")) -> None:
     """The whole DAG on the synthetic source, then a short training run and the report."""
     from unihope.demo import run_demo
@@ -266,7 +290,7 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Folder for everything 
         run_demo(out_dir=out)
 
 
-@app.command("ls-versions")
+@app.command("ls-versions", cls=_Command)
 def ls_versions(data: str = typer.Option(..., help="Dataset path or URL.")) -> None:
     """List the dataset's committed versions, newest first: id, created, samples, shards, pins."""
     from unihope.storage.versions import list_versions
@@ -282,22 +306,27 @@ def ls_versions(data: str = typer.Option(..., help="Dataset path or URL.")) -> N
                    f"{row.num_shards:>8}  {', '.join(row.pinned_by) or '-'}")
 
 
-@app.command("gc")
+@app.command("gc", cls=_Command)
 def gc_versions(
     data: str = typer.Option(..., help="Dataset path or URL."),
     keep: int = typer.Option(2, help="Keep this many of the newest versions (pinned ones are always kept)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
 ) -> None:
     """Remove old dataset versions and the shard folders only they referenced."""
     from unihope.storage.versions import gc
 
     with _user_errors("gc"):
-        result = gc(data, keep=keep)
-    typer.echo(f"removed {len(result.removed_versions)} version(s) {list(result.removed_versions)}, "
+        result = gc(data, keep=keep, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} {len(result.removed_versions)} version(s) {list(result.removed_versions)}, "
                f"{len(result.removed_folders)} shard folder(s), {len(result.removed_pins)} stale pin(s); "
-               f"kept {list(result.kept_versions)}")
+               f"{'would keep' if dry_run else 'kept'} {list(result.kept_versions)}")
+    if dry_run:
+        for folder in result.removed_folders:
+            typer.echo(f"  would remove {folder}")
 
 
-@app.command("export-unihope")
+@app.command("export-unihope", cls=_Command)
 def export_unihope(
     data: str = typer.Option(..., help="Dataset path or URL written by `unihope build` (DexYCB)."),
     split: DexYCBSetup = typer.Option(DexYCBSetup.s0, help="DexYCB setup."),

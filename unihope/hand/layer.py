@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,9 @@ from unihope.hand.constants import (
     tip_vertex_ids,
 )
 from unihope.hand.mano_arrays import axis_angle_to_pca, load_mano_arrays, pca_to_axis_angle, vertex_finger_labels
+
+LOGGER = logging.getLogger(__name__)
+SMPLX_TEN_BETAS_NOTICE = "with only 10 shape coefficients"  # smplx's print for every MANO model
 
 __all__ = [
     "FINGER_NAMES",
@@ -81,10 +87,17 @@ class HandLayer(torch.nn.Module):
         self.model_path = path
         self.tip_convention = tip_convention
         # smplx takes the side from a file name containing RIGHT; is_rhand matters for folders only.
-        self.mano = smplx.MANO(
-            model_path=str(path), is_rhand=side == "right", use_pca=False, flat_hand_mean=True,
-            num_pca_comps=NUM_HAND_POSE_DIMS, batch_size=1,
-        )
+        # smplx print()s "WARNING: You are using a MANO model, with only 10 shape coefficients." for every
+        # MANO file (MANO has 10 by design): caught and sent to logging, so it neither repeats per layer on
+        # the console nor tears a progress display
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            self.mano = smplx.MANO(
+                model_path=str(path), is_rhand=side == "right", use_pca=False, flat_hand_mean=True,
+                num_pca_comps=NUM_HAND_POSE_DIMS, batch_size=1,
+            )
+        for line in filter(None, (text.strip() for text in printed.getvalue().splitlines())):
+            LOGGER.log(logging.DEBUG if SMPLX_TEN_BETAS_NOTICE in line else logging.INFO, "smplx: %s", line)
         self.register_buffer("tip_vertex_idx", torch.tensor(tip_ids, dtype=torch.long))
         self.register_buffer("dexycb_order", torch.tensor(MANO_TO_DEXYCB_JOINTS, dtype=torch.long))
 

@@ -12,6 +12,10 @@ def open_paired_dataset(data_url: str, split: str, cfg: TrainConfig, max_samples
     """The shards' split through `unihope.storage.paired.PairedDataset` (capped to `max_samples`; augmented when asked).
 
     `version` is a dataset version id (unihope.storage.versions); None = the newest.
+
+    Raises:
+        ValueError: when the split holds no sample, naming the sequence counts and `data.val_fraction`
+            (a run must stop before it starts, not fail later on an empty loader or evaluation).
     """
     from unihope.storage.augment import AugmentConfig
     from unihope.storage.paired import PairedDataset
@@ -19,9 +23,30 @@ def open_paired_dataset(data_url: str, split: str, cfg: TrainConfig, max_samples
     augment = AugmentConfig() if (augment_on and cfg.data.augment) else None
     dataset = PairedDataset(data_url, split=split, augment=augment, seed=cfg.seed, val_fraction=cfg.data.val_fraction,
                             version=version)
+    if len(dataset) == 0:
+        raise ValueError(_empty_split_message(data_url, split, cfg, version))
     if max_samples is not None and len(dataset) > max_samples:
         dataset = FirstSamples(dataset, max_samples)
     return dataset
+
+
+def _empty_split_message(data_url: str, split: str, cfg: TrainConfig, version: str | None) -> str:
+    """Why `split` came out empty: the dataset's sequence counts per side at `data.val_fraction`."""
+    from unihope.storage.splits import assign_splits, count_splits
+    from unihope.storage.view import open_dataset
+
+    view = open_dataset(data_url, verify="none", version=version)
+    try:
+        sequences = view.column("sequence_key").tolist() if len(view) else []
+    finally:
+        view.close()
+    counts = count_splits(assign_splits(sequences, cfg.data.val_fraction))
+    if len(set(sequences)) < 2 and cfg.data.val_fraction > 0:
+        fix = "build more sequences (training and evaluation each need at least one)"
+    else:
+        fix = f"change data.val_fraction or data.{'train' if split == cfg.data.train_split else 'eval'}_split"
+    return (f"the {split!r} split of {data_url} holds no sample ({counts} at data.val_fraction="
+            f"{cfg.data.val_fraction}); {fix}")
 
 
 class FirstSamples(torch.utils.data.Dataset):
