@@ -1,4 +1,4 @@
-"""What every task wrapper shares: the one stage-item skeleton (`run_stage_item`) and the render thread."""
+"""What every task wrapper shares: a stage item's bookkeeping (`begin_item`, `finish_item`) and the render thread."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from unihope.buildplan.workdir import WorkLayout
-from unihope.buildplan.workfiles import StageResult, record_execution, reuse_summary, write_summary
+from unihope.buildplan.workfiles import record_execution
 from unihope.tasks.options import maybe_fail_once
 from unihope.tasks.timeouts import StageTimeout, call_with_timeout
 
@@ -75,7 +75,7 @@ def set_torch_threads(num_threads: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The stage-item skeleton
+# A stage item's bookkeeping: what a task body calls around its load -> stage -> save
 # ----------------------------------------------------------------------------------------------
 
 
@@ -89,7 +89,6 @@ class StageItem:
         item_idx: which part / batch / shard (0 for one-per-build items).
         out_path: the item's output; its existence marks the item complete.
         fail_once: the fault injection list (`flow.fail_once`).
-        fault_name: the item's name in `fail_once` when not its stage (the source task is `index`).
     """
 
     layout: WorkLayout
@@ -97,37 +96,19 @@ class StageItem:
     item_idx: int
     out_path: str
     fail_once: tuple[str, ...] = ()
-    fault_name: str | None = None
 
 
-def run_stage_item(
-    item: StageItem, compute: Callable[[], StageResult[R]], reuse: Callable[[], R | None] | None = None,
-) -> R:
-    """The one skeleton of every stage task: reuse, fault injection, timed compute, summary, save, execution log.
-
-    1. Reuse: a complete earlier output answers without computing; by default its summary sidecar
-       (`reuse_summary(out_path)`), else `reuse()` (the index, shard markers, finalize).
-    2. Fault injection: the first attempt of a listed item fails (`flow.fail_once`).
-    3. `compute()`: the stage call, returning the value, the frames it took and how to save it.
-    4. Save: the summary sidecar first (default reuse only), then `result.save()`, whose last file
-       marks the item complete: a crash before it leaves the item to be redone, never half-reused.
-    5. Record in `executions.jsonl` that the item was computed (a failed attempt records nothing).
-
-    The work folder is the build's only cache (no Prefect cache, `unihope.tasks.options.configure_task`),
-    so reruns, retries and resumes all go through step 1.
-
-    Returns:
-        The value the stage item returns (a summary, the plan).
+def begin_item(item: StageItem) -> float:
+    """Start computing an item the reuse check did not answer: fault injection (the first attempt of a
+    listed item fails, `flow.fail_once`), then the start time `finish_item` measures from.
     """
-    reused = reuse() if reuse is not None else reuse_summary(item.out_path)
-    if reused is not None:
-        return reused
-    maybe_fail_once(item.fault_name or item.stage, item.item_idx, item.fail_once)
-    start_s = time.perf_counter()
-    result = compute()
-    if reuse is None:
-        write_summary(result.value)
-    result.save()
-    record_execution(item.layout, item.stage, item.item_idx, result.num_frames, time.perf_counter() - start_s)
-    return result.value
+    maybe_fail_once(item.stage, item.item_idx, item.fail_once)
+    return time.perf_counter()
 
+
+def finish_item(item: StageItem, started_s: float, num_frames: int, value: R) -> R:
+    """Record in `executions.jsonl` that the item was computed (after its save: a failed attempt records
+    nothing) and hand back `value`, the task's return value.
+    """
+    record_execution(item.layout, item.stage, item.item_idx, num_frames, time.perf_counter() - started_s)
+    return value

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import nullcontext
-from functools import partial
 
 from prefect import task
 
-from unihope.buildplan.batch_items import deocclude_batch_item
+from unihope.buildplan.batch_items import load_annotated, save_deocclude_output
 from unihope.buildplan.workdir import WorkLayout
+from unihope.buildplan.workfiles import reuse_summary
 from unihope.config import DeocclusionConfig, PipelineConfig
 from unihope.storage.schema import StageSummary
-from unihope.tasks.common import StageItem, run_stage_item, set_torch_threads
+from unihope.tasks.common import StageItem, begin_item, finish_item, set_torch_threads
 from unihope.tasks.device_pool import device_slot
 from unihope.tasks.options import injected_hang_s, run_with_oom_halving
 from unihope.tasks.timeouts import StageTimeout, call_with_timeout
@@ -124,5 +124,10 @@ def deocclude_batch(
         StageTimeout: when the batch takes longer than `timeout_s` (retried).
     """
     item = StageItem(layout, "deocclude", batch_idx, out_path, fail_once)
-    deocclude = partial(_deocclude_on_device, cfg, batch_idx, fail_once, torch_threads, timeout_s)
-    return run_stage_item(item, lambda: deocclude_batch_item(in_path, out_path, deocclude))
+    if (reused := reuse_summary(out_path)) is not None:
+        return reused
+    started_s = begin_item(item)
+    annotated = load_annotated(in_path)
+    results = _deocclude_on_device(cfg, batch_idx, fail_once, torch_threads, timeout_s, annotated)
+    summary = save_deocclude_output(out_path, len(annotated), results)
+    return finish_item(item, started_s, len(annotated), summary)

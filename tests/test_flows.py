@@ -82,7 +82,7 @@ def test_stage_hashes_change_only_downstream():
     base = PipelineConfig()
     h0 = stage_hashes(base, "/data/out")
     h_deocc = stage_hashes(base.model_copy(update={"deocclusion": DeocclusionConfig(beta_fixed=0.6)}), "/data/out")
-    assert (h_deocc.source, h_deocc.grasp, h_deocc.annotate) == (h0.source, h0.grasp, h0.annotate)
+    assert (h_deocc.index, h_deocc.grasp, h_deocc.annotate) == (h0.index, h0.grasp, h0.annotate)
     assert h_deocc.deocclude != h0.deocclude and h_deocc.pack != h0.pack
     h_store = stage_hashes(base.model_copy(update={"storage": StorageConfig(shard_size=7)}), "/data/out")
     assert h_store.deocclude == h0.deocclude and h_store.pack != h0.pack
@@ -317,7 +317,7 @@ def test_build_end_to_end_counts_every_frame(reference_build):
     assert sum(summary.skips_by_reason.values()) == len(skipped)
     # each stage item computed exactly once (the failed attempt records nothing)
     executions = reference_build["executions"]
-    assert executions["source"] == [0]
+    assert executions["index"] == [0]
     assert executions["grasp"] == list(range(NUM_PARTS))
     assert executions["annotate"] == list(range(NUM_BATCHES))
     assert executions["deocclude"] == list(range(NUM_BATCHES))
@@ -388,7 +388,7 @@ def test_a_build_leaves_no_pickled_prefect_results_and_a_rerun_reuses_every_stag
     storage = Path(PREFECT_LOCAL_STORAGE_PATH.value()).expanduser()
     stored_before = sorted(storage.rglob("*")) if storage.is_dir() else []
     before = read_executions(out / "_work")
-    assert {entry["stage"] for entry in before} == {"source", "grasp", "annotate", "deocclude", "pack", "finalize"}
+    assert {entry["stage"] for entry in before} == {"index", "grasp", "annotate", "deocclude", "pack", "finalize"}
     summary = build_dataset(config=reference_build["cfg"], out=str(out))
     assert read_executions(out / "_work") == before  # nothing computed: every stage item reused
     assert summary == reference_build["summary"]
@@ -495,7 +495,7 @@ def test_sigkill_mid_build_then_rerun_gives_the_uninterrupted_dataset(reference_
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "frames seen 24" in rerun.stdout
     after = executions_by_stage(out)
-    for stage in ("source", "grasp", "annotate", "deocclude", "pack"):
+    for stage in ("index", "grasp", "annotate", "deocclude", "pack"):
         assert after[stage] == sorted(set(after[stage])), f"{stage} item computed twice: {after[stage]}"
     assert 0 in done_before["pack"] and 1 in after["pack"]
     assert dataset_digest(out) == reference_build["digest"]
