@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from prefect import task
 
 from unihope.buildplan.batch_items import load_annotate_inputs, save_annotate_output
@@ -10,25 +12,25 @@ from unihope.buildplan.workdir import WorkLayout
 from unihope.buildplan.workfiles import reuse_summary
 from unihope.config import PipelineConfig
 from unihope.storage.schema import StageSummary
-from unihope.tasks.common import (
-    StageItem, begin_item, finish_item, on_render_thread, on_render_thread_within, set_torch_threads,
-)
+from unihope.tasks.common import StageItem, begin_item, finish_item, set_torch_threads
 from unihope.tasks.options import injected_hang_s
+from unihope.tasks.resources import WorkerResources, worker_resources
 
 
-def _annotate_on_render_thread(cfg: PipelineConfig, batch_idx: int, fail_once: tuple[str, ...], torch_threads: int,
-                               records: list, grasps: list) -> list:
-    """`annotate_frames` on the render thread, with the worker's torch threads, under the annotate watchdog.
+def _annotate_on_render_thread(resources: WorkerResources, cfg: PipelineConfig, batch_idx: int,
+                               fail_once: tuple[str, ...], torch_threads: int, records: list, grasps: list) -> list:
+    """`annotate_frames` with the worker's renderers, on its render thread, with its torch threads, under the watchdog.
 
     Raises:
         StageTimeout: when rendering takes longer than `cfg.flow.annotate_timeout_s` (retried).
     """
     from unihope.render.annotate import annotate_frames
 
-    on_render_thread(set_torch_threads, torch_threads)  # the hand layer runs there (OpenMP settings are per thread)
+    resources.on_render_thread(set_torch_threads, torch_threads)  # the hand layer runs there (OpenMP settings are per thread)
     timeout_s = cfg.flow.annotate_timeout_s
-    return on_render_thread_within(
-        timeout_s, f"annotate batch {batch_idx}", annotate_frames, records, grasps, cfg.crop, cfg.render, cfg.hand,
+    annotate = partial(annotate_frames, resources=resources.annotation)
+    return resources.on_render_thread_within(
+        timeout_s, f"annotate batch {batch_idx}", annotate, records, grasps, cfg.crop, cfg.render, cfg.hand,
         cfg.source.resolved_tip_convention(), hang_s=injected_hang_s("annotate", batch_idx, fail_once, timeout_s),
     )
 
@@ -62,6 +64,7 @@ def annotate_batch(
         return reused
     started_s = begin_item(item)
     records, grasps = load_annotate_inputs(batch, index_path, part_path)
-    outputs = _annotate_on_render_thread(cfg, batch.batch_idx, fail_once, torch_threads, records, grasps)
+    outputs = _annotate_on_render_thread(worker_resources(), cfg, batch.batch_idx, fail_once, torch_threads, records,
+                                         grasps)
     summary = save_annotate_output(out_path, skips_path, len(records), outputs)
     return finish_item(item, started_s, len(records), summary)

@@ -1,65 +1,22 @@
-"""What every task wrapper shares: a stage item's bookkeeping (`begin_item`, `finish_item`) and the render thread."""
+"""What every task wrapper shares: a stage item's bookkeeping (`begin_item`, `finish_item`), the render thread, torch threads."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from unihope.buildplan.workdir import WorkLayout
 from unihope.buildplan.workfiles import record_execution
 from unihope.tasks.options import maybe_fail_once
-from unihope.tasks.timeouts import StageTimeout, call_with_timeout
+from unihope.tasks.resources import worker_resources
 
 R = TypeVar("R")
 
-# An EGL/OpenGL context works only on the thread that created it, and renderers are cached per
-# process (unihope.render.annotate.get_renderer, the synthetic generator's renderer). Task runners
-# call tasks from varying threads (ThreadPoolTaskRunner, Dask workers), so everything that renders
-# runs on this one thread of the process.
-_RENDER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unihope-render")
-
-
-_RENDER_THREAD_LOCK = threading.Lock()
-
-
 def on_render_thread(fn: Callable[..., R], *args: Any) -> R:
-    """Call `fn(*args)` on the process's render thread and return its result (exceptions propagate)."""
-    return _RENDER_THREAD.submit(fn, *args).result()
-
-
-def on_render_thread_within(timeout_s: float, what: str, fn: Callable[..., R], *args: Any, hang_s: float = 0.0) -> R:
-    """`on_render_thread` that gives up after `timeout_s` (a stuck EGL/driver call) with `StageTimeout`.
-
-    On a timeout the stuck render thread is abandoned: a new one takes its place and the cached
-    renderers are forgotten (their GL contexts belong to the stuck thread), so the retry renders on
-    fresh state.
-
-    Args:
-        timeout_s: seconds to wait.
-        what: names the work in the error.
-        fn, args: the call.
-        hang_s: fault injection (`unihope.tasks.timeouts.call_with_timeout`).
-
-    Raises:
-        StageTimeout: on expiry.
-    """
-    global _RENDER_THREAD
-    executor = _RENDER_THREAD
-    try:
-        return call_with_timeout(fn, *args, timeout_s=timeout_s, what=what, hang_s=hang_s, executor=executor)
-    except StageTimeout:
-        from unihope.render.annotate import forget_renderers
-
-        with _RENDER_THREAD_LOCK:
-            if _RENDER_THREAD is executor:  # another task may have replaced it already
-                _RENDER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unihope-render")
-                executor.shutdown(wait=False, cancel_futures=True)
-                forget_renderers()
-        raise
+    """Call `fn(*args)` on this process's render thread (`unihope.tasks.resources.WorkerResources`)."""
+    return worker_resources().on_render_thread(fn, *args)
 
 
 def set_torch_threads(num_threads: int) -> None:

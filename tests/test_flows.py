@@ -427,12 +427,14 @@ def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(refer
 def test_deocclude_task_halves_its_chunks_on_cuda_oom(reference_build, tmp_path, monkeypatch):
     """A de-occluder that runs out of memory above 2 frames still yields the reference results."""
     import unihope.tasks.deocclude as deocclude_tasks
+    import unihope.tasks.resources as resources
     from unihope.buildplan.workdir import make_layout
     from unihope.buildplan.workfiles import load_results
 
     cfg, out = reference_build["cfg"], reference_build["out"]
     layout = make_layout(cfg, str(out))
-    real = deocclude_tasks.get_deoccluder(cfg.deocclusion)
+    worker = resources.WorkerResources()
+    real = worker.deoccluder(cfg.deocclusion)
     chunk_sizes: list[int] = []
 
     class SmallGpu:
@@ -442,7 +444,8 @@ def test_deocclude_task_halves_its_chunks_on_cuda_oom(reference_build, tmp_path,
                 raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB")
             return real.run(frames)
 
-    monkeypatch.setattr(deocclude_tasks, "get_deoccluder", lambda _cfg: SmallGpu())
+    monkeypatch.setattr(worker, "deoccluder", lambda _cfg: SmallGpu())
+    monkeypatch.setattr(resources, "_WORKER", worker)
     summary = deocclude_tasks.deocclude_batch.fn(
         cfg.deocclusion, layout.__class__(root=tmp_path, hashes=layout.hashes), 0,
         str(layout.annotate_batch_path(0)), str(tmp_path / "results.npz"))
@@ -572,14 +575,14 @@ def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, mo
     import shutil
     import threading
 
-    import unihope.tasks.deocclude as deocclude_tasks
-    import unihope.tasks.device_pool as device_pool
+    import unihope.tasks.resources as resources
     from unihope.flows.build import build_flow_for
 
     out = tmp_path / "data"
     shutil.copytree(reference_build["out"], out)
     cfg = reference_build["cfg"]
-    real = deocclude_tasks.get_deoccluder(cfg.deocclusion)
+    worker = resources.WorkerResources(visible_devices=("cuda:0", "cuda:1"))
+    real = worker.deoccluder(cfg.deocclusion)
     running: dict[str, int] = {}
     peaks: dict[str, int] = {}
     lock = threading.Lock()
@@ -598,9 +601,8 @@ def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, mo
                 running[self.device] -= 1
             return real.run(frames)
 
-    monkeypatch.setattr(device_pool, "visible_cuda_devices", lambda: ("cuda:0", "cuda:1"))
-    monkeypatch.setattr(device_pool, "_POOL", None)
-    monkeypatch.setattr(deocclude_tasks, "get_deoccluder", lambda c: FakeGpu(c.controlnet.device))
+    monkeypatch.setattr(worker, "deoccluder", lambda c: FakeGpu(c.controlnet.device))
+    monkeypatch.setattr(resources, "_WORKER", worker)
     gpu_cfg = PipelineConfig.model_validate({
         **cfg.model_dump(mode="json"),
         "deocclusion": {**cfg.deocclusion.model_dump(mode="json"), "backend": "controlnet"},

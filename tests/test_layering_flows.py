@@ -158,3 +158,33 @@ def test_build_planning_is_plain_python_outside_tasks():
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=REPO,
                             timeout=300)
     assert result.stdout.strip() == "False"
+
+
+# The one owner of per-process state in a build worker (render thread, renderers, de-occluders, GPU slots).
+RESOURCES_MODULE = "resources.py"
+
+
+def _is_empty_container(node: ast.expr | None) -> bool:
+    return (isinstance(node, (ast.Dict, ast.List, ast.Set)) and not getattr(node, "keys", getattr(node, "elts", None))) \
+        or (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("dict", "list", "set")
+            and not node.args)
+
+
+def test_stages_and_tasks_keep_no_hidden_process_state():
+    """No module-level cache (an empty dict / list / set filled at run time) and no `global` rebinding in the
+    stage modules or tasks/: what a worker reuses lives in one `WorkerResources` (tasks/resources.py) that
+    the tasks pass into the stages (`annotate_frames(..., resources=...)`, the de-occluder, the device slot).
+    """
+    paths = [*sorted((REPO / "unihope" / "render").glob("*.py")), *sorted((REPO / "unihope" / "deocclude").glob("*.py")),
+             REPO / "unihope" / "grasp.py", REPO / "unihope" / "crop.py",
+             *[p for p in _modules("tasks") if p.name != RESOURCES_MODULE]]
+    offenders = []
+    for path in paths:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for stmt in tree.body:
+            value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
+            if _is_empty_container(value):
+                offenders.append(f"{path.name}:{stmt.lineno} module-level container {ast.unparse(stmt)[:60]!r}")
+        offenders += [f"{path.name}:{node.lineno} global {', '.join(node.names)}"
+                      for node in ast.walk(tree) if isinstance(node, ast.Global)]
+    assert not offenders, offenders
