@@ -51,10 +51,10 @@ def _synthetic_root(cfg: SourceConfig) -> Path:
 def _open_synthetic(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
     """Read the synthetic dataset `prepare_source` wrote into `cfg.root`; writes nothing."""
     # The synthetic module's own check of its folder (complete and of this config, or free).
-    from unihope.sources.synthetic import _check_output_dir
+    from unihope.sources.synthetic import check_output_dir
 
     root = _synthetic_root(cfg)
-    if _check_output_dir(root, cfg.synthetic.config_hash()) is None:
+    if check_output_dir(root, cfg.synthetic.config_hash()) is None:
         raise ValueError(
             f"source.root={root} holds no synthetic dataset yet, and opening a source only reads: write it first "
             "with unihope.sources.prepare_source(cfg.source, cfg.hand) (`unihope build --source synthetic` does)"
