@@ -32,11 +32,23 @@ from bench.timing import best_time_s  # noqa: E402
 
 PROFILE_GROUPS = {  # label -> function names (pstats keys end with these) whose cumulative time counts
     "hand forward (batched, torch)": ("_hand_vertices_by_frame",),
-    "object asset lookup + crop": ("load_object_asset", "compute_crop"),
+    "object asset lookup + crop": ("object_asset", "compute_crop"),
     "image read + warp": ("read_crop_image",),
     "render: mesh swap + 4 passes": ("render",),
     "masks, visibility, feature maps": ("_build_record",),
 }
+
+
+_RESOURCES: list = []  # the one AnnotationResources of this run (made after the GL platform is chosen)
+
+
+def annotation_resources():
+    """This run's renderers, hand layers and object meshes, shared by every annotation it times."""
+    from unihope.render.annotate import AnnotationResources
+
+    if not _RESOURCES:
+        _RESOURCES.append(AnnotationResources())
+    return _RESOURCES[0]
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,7 +98,8 @@ def run_optimised(frames, size_px: int):
     from unihope.render.annotate import annotate_frames
 
     grasps = label_grasps(frames, GraspConfig())
-    return annotate_frames(frames, grasps, CropConfig(size_px=size_px), RenderConfig(), HandModelConfig())
+    return annotate_frames(frames, grasps, CropConfig(size_px=size_px), RenderConfig(), HandModelConfig(),
+                           resources=annotation_resources())
 
 
 class NaiveAnnotator:
@@ -97,14 +110,13 @@ class NaiveAnnotator:
         import numpy as np
 
         from unihope.config import HandModelConfig
-        from unihope.render.annotate import get_hand_layer, load_object_asset
         from unihope.render.gl import import_pyrender
 
         self.np = np
         self.pyrender = import_pyrender("egl")
         self.hand_cfg = HandModelConfig()
-        self.get_hand_layer = get_hand_layer
-        self.load_object_asset = load_object_asset
+        self.get_hand_layer = annotation_resources().hand_layer
+        self.load_object_asset = annotation_resources().object_asset
         self.reuse_renderer = reuse_renderer
         self._renderers: dict[tuple[int, int], object] = {}
 

@@ -54,7 +54,7 @@ from bench.truth import truth_crop as truth_crop_of_key  # noqa: E402
 def annotated_synthetic_frames(root: Path, synth_cfg: SyntheticConfig) -> list[AnnotatedFrame]:
     """Write (or reuse) the synthetic dataset at root and annotate every frame as the build does."""
     from unihope.grasp import label_grasps
-    from unihope.render.annotate import annotate_frames
+    from unihope.render.annotate import AnnotationResources, annotate_frames
     from unihope.sources import open_source
     from unihope.sources.synthetic import write_synthetic_dataset
 
@@ -62,7 +62,8 @@ def annotated_synthetic_frames(root: Path, synth_cfg: SyntheticConfig) -> list[A
     write_synthetic_dataset(root, synth_cfg, hand_cfg)
     source = open_source(SourceConfig(kind="dexycb", root=root), hand_cfg)
     frames = [f for f in source.load(source.index()) if not isinstance(f, Skip)]
-    annotated = annotate_frames(frames, label_grasps(frames, GraspConfig()), CropConfig(), RenderConfig(), hand_cfg)
+    annotated = annotate_frames(frames, label_grasps(frames, GraspConfig()), CropConfig(), RenderConfig(), hand_cfg,
+                                resources=AnnotationResources())
     return [a for a in annotated if isinstance(a, AnnotatedFrame)]
 
 

@@ -3,7 +3,7 @@
     python bench/deocclude_speed.py                 # 16 crops of 128 px, tiny ControlNet at 64 px, 2 steps
     python bench/deocclude_speed.py --threads 2     # let torch use 2 threads (default 1: 2 shared cores)
 
-Crops come from the constructed scenes of `unihope.deocclude.testing` (occluded, 128 px); throughput does not
+Crops come from the constructed scenes of `tests/capsule_scenes.py` (occluded, 128 px); throughput does not
 depend on their content. Figures, all measured in this process (best of --repeats):
 
 1. frames/s of `render`, `inpaint` and `controlnet` (tiny random models: mechanics, not real cost);
@@ -37,7 +37,7 @@ from unihope.config import ControlNetConfig, DeocclusionConfig  # noqa: E402
 from unihope.deocclude import build_deoccluder  # noqa: E402
 from unihope.deocclude.base import Deoccluder  # noqa: E402
 from unihope.deocclude.controlnet_backend import ControlNetDeoccluder  # noqa: E402
-from unihope.deocclude.testing import SceneBuilder  # noqa: E402
+from tests.capsule_scenes import SceneBuilder  # noqa: E402
 
 
 

@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
     from unihope.storage.schema import AnnotatedFrame, FrameRecord
     from unihope.storage.writer import finalize, write_shard
     from unihope.tasks.common import on_render_thread, set_torch_threads
+    from unihope.tasks.resources import worker_resources
     from unihope.buildplan.output_items import dataset_attrs
     from unihope.buildplan.plan import plan_parts
     from unihope.deocclude import build_deoccluder
@@ -94,7 +96,8 @@ def run_direct(cfg, out: Path) -> tuple[float, int, dict[str, float]]:
         lap("source")
         grasps = label_grasps(records, cfg.grasp)
         lap("grasp")
-        outputs = on_render_thread(annotate_frames, records, grasps, cfg.crop, cfg.render, cfg.hand)
+        outputs = on_render_thread(partial(annotate_frames, resources=worker_resources().annotation), records, grasps,
+                                   cfg.crop, cfg.render, cfg.hand)
         batch = [x for x in outputs if isinstance(x, AnnotatedFrame)]
         skips += [x for x in outputs if not isinstance(x, AnnotatedFrame)]
         annotated += batch

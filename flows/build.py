@@ -15,13 +15,14 @@ from prefect.futures import PrefectFuture, as_completed
 
 from unihope.buildplan.resolve import default_report_dir, resolve_build_config
 from unihope.storage.lock import build_lock
-from unihope.tasks.annotate import annotate_batch, label_grasp_part
+from unihope.tasks.annotate import annotate_batch
 from unihope.tasks.artifacts import ProgressArtifacts, publish_build_artifacts
 from unihope.tasks.deocclude import deocclude_batch, deocclude_tags
 from unihope.tasks.finalize import finalize_dataset
 from unihope.tasks.options import FAIL_ONCE_ENV, configure_task
 from unihope.tasks.pack import claim_output, dataset_attrs, pack_shard, plan_shards_task
-from unihope.tasks.source import index_source
+from unihope.tasks.grasp import label_grasp_part
+from unihope.tasks.index import index_source
 from unihope.buildplan.workdir import make_layout
 from unihope.config import FlowConfig, PipelineConfig
 from unihope.overrides import apply_overrides

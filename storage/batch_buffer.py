@@ -42,8 +42,16 @@ class SharedBatch(dict):
         return batch, {name: tensor.numpy() for name, tensor in batch.items()}
 
     def finish(self, key_order: tuple[str, ...], **extra) -> SharedBatch:
-        """Add the non-tensor fields and put the keys in `key_order`."""
+        """Add the non-tensor fields and put the keys in `key_order`.
+
+        Raises:
+            KeyError: when the batch's keys and `key_order` differ (a field would vanish or be missing).
+        """
         items = {**self, **extra}
+        if set(items) != set(key_order):
+            raise KeyError(f"batch fields and their declared keys differ: not declared {sorted(set(items) - set(key_order))}, "
+                           f"declared but missing {sorted(set(key_order) - set(items))} "
+                           f"(unihope.storage.schema.SAMPLE_FIELDS comes from the schema's `train` entries)")
         self.clear()
         self.update((key, items[key]) for key in key_order)
         return self

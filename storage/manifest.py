@@ -8,7 +8,7 @@ import re
 from datetime import datetime, timezone
 
 from unihope.storage.io import Location, read_bytes
-from unihope.storage.schema import SCHEMA_VERSION, DatasetAttrs, Manifest, ShardCommit
+from unihope.storage.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, DatasetAttrs, Manifest, ShardCommit
 
 SHARDS_DIR = "shards"
 MANIFEST_NAME = "manifest.json"  # the newest-version pointer (unihope.storage.versions)
@@ -108,14 +108,16 @@ def list_commits(loc: Location) -> list[ShardCommit]:
 
 
 def check_schema_version(version: int, where: str) -> None:
-    """Refuse data written with another schema version.
+    """Refuse data written with a schema version this reader does not read (it reads READABLE_SCHEMA_VERSIONS:
+    arrays added since an older shard's version read as their documented fill values).
 
     Raises:
         StoreError: naming `where` and both versions.
     """
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         raise StoreError(
-            f"{where}: schema version {version} is not supported by this reader (expects {SCHEMA_VERSION}); "
+            f"{where}: schema version {version} is not supported by this reader (reads "
+            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; writes {SCHEMA_VERSION}); "
             f"rebuild the dataset with this code version or read it with the matching one"
         )
 

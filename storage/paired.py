@@ -20,29 +20,59 @@ from unihope.seeding import numpy_generator
 from unihope.storage.augment import IDENTITY, AugmentConfig, augment_pair_u8, sample_params
 from unihope.storage.batch_buffer import SharedBatch
 from unihope.storage.manifest import StoreError, shard_stem
-from unihope.storage.schema import SAMPLE_KEYS
+from unihope.storage.schema import CHUNKING_SAMPLE, SCHEMA, RecordSchema
 from unihope.storage.splits import DEFAULT_VAL_FRACTION, check_split_name, split_mask
 from unihope.storage.view import DatasetView, open_dataset
 
-# what PairedDataset reads per sample
+# The per-pixel arrays a batch holds are the ones augment_pair_u8 warps (a new per-pixel training
+# array needs its warp there first); every other `train` array of the schema is a per-sample label.
 _PAIR_SAMPLE_ARRAYS = ("image", "image_deoccluded", "mask_hand", "mask_object")
-_PAIR_COLUMNS = ("joints_2d", "joints_3d", "mano_pose", "mano_betas", "mano_trans", "hand_side", "grasp",
-                 "object_keypoints_2d", "object_pose", "object_id", "K", "visibility", "keep", "sample_key")
-# per-sample labels of a training batch: name -> (dtype, shape); all samples' values are stacked per name
-_PAIR_LABELS: dict[str, tuple[type, tuple[int, ...]]] = {
-    "has_pair": (np.bool_, ()), "joints_2d": (np.float32, (21, 2)), "joints_3d": (np.float32, (21, 3)),
-    "mano_pose": (np.float32, (48,)), "mano_betas": (np.float32, (10,)), "mano_trans": (np.float32, (3,)),
-    "hand_side": (np.int64, ()), "grasp": (np.int64, ()), "object_keypoints_2d": (np.float32, (21, 2)),
-    "object_pose": (np.float32, (3, 4)), "object_id": (np.int64, ()), "K": (np.float32, (3, 3)),
-    "visibility": (np.float32, ()), "hand_box_xyxy": (np.float32, (4,)), "object_box_xyxy": (np.float32, (4,)),
-    "index": (np.int64, ()),
+_BATCH_DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
+# the keys computed per batch (unihope.storage.schema.COMPUTED_SAMPLE_FIELDS): dtype, per-sample shape
+_COMPUTED_LAYOUT: dict[str, tuple[type, tuple[int, ...]]] = {
+    "hand_box_xyxy": (np.float32, (4,)), "object_box_xyxy": (np.float32, (4,)), "index": (np.int64, ()),
 }
 _U8_FULL_SCALE = 255.0  # stored uint8 colour / this -> [0, 1]
 
 
 @dataclass(frozen=True, slots=True)
+class _BatchLayout:
+    """What a batch reads and holds, derived from the schema's `train` entries."""
+
+    columns: tuple[str, ...]  # column arrays read per sample
+    labels: dict[str, tuple[str, type, tuple[int, ...]]]  # batch key -> (array, numpy dtype, per-sample shape)
+    strings: dict[str, str]  # batch key -> array, collated to a list of str
+    key_order: tuple[str, ...]  # the batch's keys (unihope.storage.schema.SAMPLE_FIELDS of the schema)
 
 
+def batch_layout(schema: RecordSchema) -> _BatchLayout:
+    """The batch a PairedDataset builds for `schema`.
+
+    Raises:
+        ValueError: for a per-pixel training array the augmentation does not warp, or an unknown batch dtype.
+    """
+    train = [spec for spec in schema.arrays if spec.train is not None]
+    maps = tuple(spec.name for spec in train if spec.chunking == CHUNKING_SAMPLE)
+    if maps != _PAIR_SAMPLE_ARRAYS:
+        raise ValueError(f"training reads the per-pixel arrays {_PAIR_SAMPLE_ARRAYS} (warped by "
+                         f"unihope.storage.augment.augment_pair_u8), the schema marks {maps}")
+    labels, strings = {}, {}
+    for spec in train:
+        key = spec.train.key or spec.name
+        if spec.chunking == CHUNKING_SAMPLE:
+            continue
+        if spec.train.dtype == "str":
+            strings[key] = spec.name
+        elif spec.train.dtype in _BATCH_DTYPES:
+            labels[key] = (spec.name, _BATCH_DTYPES[spec.train.dtype], spec.sample_shape(0, 0))
+        else:
+            raise ValueError(f"array {spec.name!r}: batch dtype {spec.train.dtype!r} is not one of "
+                             f"{sorted(_BATCH_DTYPES)} or 'str'")
+    columns = tuple(spec.name for spec in train if spec.chunking != CHUNKING_SAMPLE)
+    return _BatchLayout(columns, labels, strings, tuple(schema.sample_fields))
+
+
+@dataclass(frozen=True, slots=True)
 class _Selection:
     """What a PairedDataset shows: global indices into the view, and their shard offsets."""
 
@@ -50,7 +80,7 @@ class _Selection:
 
 
 class PairedDataset(torch.utils.data.Dataset):
-    """Occluded / de-occluded pairs with identical augmentation, as dicts of tensors (unihope.storage.schema.SAMPLE_KEYS).
+    """Occluded / de-occluded pairs with identical augmentation, as dicts of tensors (the schema's SAMPLE_FIELDS).
 
     Pickles small (url, options and the selected indices) and opens the store lazily in each worker.
     Augmentation is seeded per sample from (seed, epoch, sample_key); `make_loader` passes the epoch.
@@ -70,6 +100,7 @@ class PairedDataset(torch.utils.data.Dataset):
         storage_options: dict | None = None,
         verify: str = "lazy",
         version: str | None = None,
+        schema: RecordSchema = SCHEMA,
     ) -> None:
         """Select samples of one version of a dataset.
 
@@ -88,9 +119,11 @@ class PairedDataset(torch.utils.data.Dataset):
             verify: checksum mode for shard reads (see open_dataset).
             version: dataset version id (or unique prefix); None = the newest. Every process
                 (DataLoader workers too, whenever they start) reads this version.
+            schema: the stored arrays and which of them a batch holds (`ArraySpec.train`).
 
         Raises:
-            ValueError: on an unknown split or out-of-range fractions.
+            ValueError: on an unknown split or out-of-range fractions, or a schema whose training arrays
+                a batch cannot hold.
             StoreError: on a missing version or a damaged store.
         """
         # 1. Check inputs
@@ -103,9 +136,11 @@ class PairedDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.verify = verify
         self.epoch = 0
+        self.schema = schema
+        self._layout = batch_layout(schema)
 
         # 2. Filters from the small columns (read once here, never pickled)
-        view = open_dataset(self.url, self.storage_options, verify=verify, version=version)
+        view = open_dataset(self.url, self.storage_options, verify=verify, version=version, schema=schema)
         self.version_id = view.version_id
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -129,7 +164,8 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def pair_flags(self) -> np.ndarray:
         """(N,) bool: which selected samples have a kept de-occluded pair (the batch's `has_pair`)."""
-        view = open_dataset(self.url, self.storage_options, verify="none", version=self.version_id or None)
+        view = open_dataset(self.url, self.storage_options, verify="none", version=self.version_id or None,
+                            schema=self.schema)
         try:
             return view.column("keep").astype(bool)[self._selection.indices]
         finally:
@@ -169,7 +205,8 @@ class PairedDataset(torch.utils.data.Dataset):
             StoreError: when a shard was rewritten or removed since this dataset was created.
         """
         if self._view is None:
-            view = open_dataset(self.url, self.storage_options, verify="none", version=self.version_id or None)
+            view = open_dataset(self.url, self.storage_options, verify="none", version=self.version_id or None,
+                                schema=self.schema)
             by_idx = {commit.shard_idx: commit for commit in view.shards}
             shards = []
             for shard_idx, digest in self._shard_ids:
@@ -178,7 +215,7 @@ class PairedDataset(torch.utils.data.Dataset):
                     raise StoreError(f"{self.url}: {shard_stem(shard_idx)} changed or vanished since this "
                                      f"PairedDataset was created; create it again")
                 shards.append(commit)
-            self._view = DatasetView(view.loc, tuple(shards), view.manifest, self.verify)
+            self._view = DatasetView(view.loc, tuple(shards), view.manifest, self.verify, self.schema)
         return self._view
 
     def __getitem__(self, item: int | tuple[int, int] | list) -> dict:
@@ -220,24 +257,25 @@ class PairedDataset(torch.utils.data.Dataset):
                 raise IndexError(f"index {index} out of range for a PairedDataset of {len(self)} samples")
         num_samples = len(pairs)
         view = self._open_view()
+        layout = self._layout
 
         # 2. Columns of every shard the batch touches, fetched once
         global_idx = self._selection.indices[np.array([index for index, _ in pairs], dtype=np.int64)]
         positions = np.searchsorted(view.offsets, global_idx, side="right") - 1
         local_idx = global_idx - view.offsets[positions]
         for position in np.unique(positions).tolist():
-            view.shard(position).load_columns(_PAIR_COLUMNS)
+            view.shard(position).load_columns(layout.columns)
 
         # 3. Per sample: read, draw, augment in uint8 (the same per-sample math whatever the batch), labels
         #    written straight into the batch buffer
         batch: SharedBatch | None = None
         out: dict[str, np.ndarray] = {}  # numpy views of the batch's tensors, written in place
         pairs_u8 = masks = None  # (B, 2, S, S, 3) uint8 occluded / de-occluded, (B, 2, S, S) bool hand / object
-        sample_keys: list[str] = []
+        strings: dict[str, list[str]] = {key: [] for key in layout.strings}
         for row, ((index, epoch), position, local) in enumerate(zip(pairs, positions.tolist(), local_idx.tolist())):
             shard = view.shard(position)
             raw = {name: shard.sample_array(name, local) for name in _PAIR_SAMPLE_ARRAYS}
-            raw.update({name: shard.column(name)[local] for name in _PAIR_COLUMNS})
+            raw.update({name: shard.column(name)[local] for name in layout.columns})
             raw["sample_key"] = str(raw["sample_key"])
             S = raw["image"].shape[0]
             if batch is None:
@@ -246,7 +284,8 @@ class PairedDataset(torch.utils.data.Dataset):
                     "image_deoccluded": (np.float32, (num_samples, 3, S, S)),
                     "mask_hand": (np.float32, (num_samples, S, S)),
                     "mask_object": (np.float32, (num_samples, S, S)),
-                    **{name: (dtype, (num_samples, *shape)) for name, (dtype, shape) in _PAIR_LABELS.items()},
+                    **{key: (dtype, (num_samples, *shape)) for key, (_, dtype, shape) in layout.labels.items()},
+                    **{key: (dtype, (num_samples, *shape)) for key, (dtype, shape) in _COMPUTED_LAYOUT.items()},
                 })
                 pairs_u8 = np.empty((num_samples, 2, S, S, 3), np.uint8)
                 masks = np.empty((num_samples, 2, S, S), bool)
@@ -261,17 +300,11 @@ class PairedDataset(torch.utils.data.Dataset):
             aug = augment_pair_u8(raw, params)
             pairs_u8[row] = aug["pair"]
             masks[row, 0], masks[row, 1] = aug["mask_hand"], aug["mask_object"]
-            for name in ("joints_2d", "joints_3d", "mano_pose", "mano_trans", "object_keypoints_2d", "object_pose",
-                         "K"):
-                out[name][row] = aug[name]  # float64 -> float32 rounds like np.asarray(x, np.float32)
-            out["mano_betas"][row] = raw["mano_betas"]
-            out["has_pair"][row] = bool(raw["keep"])
-            out["hand_side"][row] = int(raw["hand_side"])
-            out["grasp"][row] = int(bool(raw["grasp"]))
-            out["object_id"][row] = int(raw["object_id"])
-            out["visibility"][row] = float(raw["visibility"])
+            for key, (name, _, _) in layout.labels.items():
+                out[key][row] = aug[name]  # augmented or passed through; float64 -> float32 rounds like np.asarray
+            for key, name in layout.strings.items():
+                strings[key].append(str(raw[name]))
             out["index"][row] = index
-            sample_keys.append(raw["sample_key"])
 
         # 4. Batch-wide: boxes, and float32 images and masks made once for the batch
         for box, points in (("hand_box_xyxy", "joints_2d"), ("object_box_xyxy", "object_keypoints_2d")):
@@ -283,4 +316,4 @@ class PairedDataset(torch.utils.data.Dataset):
         np.divide(images_chw[1], np.float32(_U8_FULL_SCALE), out=out["image_deoccluded"], dtype=np.float32)
         np.copyto(out["mask_hand"], masks[:, 0])
         np.copyto(out["mask_object"], masks[:, 1])
-        return batch.finish(key_order=SAMPLE_KEYS, sample_key=sample_keys)
+        return batch.finish(key_order=layout.key_order, **strings)

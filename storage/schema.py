@@ -215,21 +215,59 @@ class StageSummary:
 # kept in memory by readers.
 # ---------------------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 2  # 2: strings as uint8 UTF-8 code units, dimension_names, versions/
+SCHEMA_VERSION = 3  # 3: num_unet_evals, original_pose_error, deoccluded_pose_error; 2: strings as uint8 UTF-8, dimension_names, versions/
+READABLE_SCHEMA_VERSIONS = (2, 3)  # a schema-2 shard reads with the fill value of every array added since (ArraySpec.since)
 
 CHUNKING_SAMPLE = "sample"  # sharding codec, inner chunk = 1 sample, blosc/zstd
 CHUNKING_COLUMN = "column"  # one chunk per shard group, zstd
 MAX_BETA_CANDIDATES = 16  # candidate_betas / candidate_scores are padded with NaN to this length
 HAND_SIDE_CODES = {"right": 0, "left": 1}
+SAMPLE_DIM = "sample"
+PATH_WIDTH_BYTES = 1024
+
+# How a record value becomes a stored value and back (unihope.storage.records does both).
+CODEC_PLAIN = "plain"  # stored as is (cast to the array's dtype); read back cast to the record field's type
+CODEC_HAND_SIDE = "hand_side"  # "right" / "left" <-> HAND_SIDE_CODES
+CODEC_PADDED = "padded"  # a vector of up to MAX_BETA_CANDIDATES values, NaN-padded; read back cut to its `count` array
+CODEC_LENGTH = "length"  # the length of a vector field (what a CODEC_PADDED array's `count` names)
+CODEC_PRESENT = "present"  # True when the optional record (`result`) exists; read back: None when False
+CODECS = (CODEC_PLAIN, CODEC_HAND_SIDE, CODEC_PADDED, CODEC_LENGTH, CODEC_PRESENT)
+
+
+@dataclass(frozen=True, slots=True)
+class SameAs:
+    """Fill value of an array that repeats another array of the same sample (e.g. image_deoccluded = image)."""
+
+    array: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrainField:
+    """How a stored array enters a training batch (unihope.storage.paired.PairedDataset).
+
+    `key` is the batch key ("" = the array's name), `dtype` the batch dtype ("str": a python str,
+    collated to a list), `shape` the documented per-sample batch shape ("" = the stored one).
+    """
+
+    dtype: str
+    meaning: str
+    key: str = ""
+    shape: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ArraySpec:
-    """One Zarr array of a shard group: per-sample shape, dtype, chunking and units.
+    """One Zarr array of a shard group, and the record field it stores.
 
     `shape` entries are ints or the symbols "S" (crop size, px) and "F" (feature-map size,
-    S // render.feature_downsample, px). `dtype` is a numpy dtype name, or "str" for UTF-8
-    strings (stored as fixed-width uint8 code units, STRING_WIDTH_BYTES).
+    S // render.feature_downsample, px); `dims` names those axes (Zarr `dimension_names` after
+    "sample"). `dtype` is a numpy dtype name, or "str" for UTF-8 strings (stored as `width_bytes`
+    uint8 code units). `field` is the record field, a dotted path from AnnotatedFrame
+    (`image`, `grasp.rre_deg`, `frame.K`, `crop.K`) or `result.<name>` for the DeocclusionResult
+    (`result` alone: whether there is one); `codec` says how its value is stored (CODECS). `fill`
+    is stored for a `result.*` field when the sample has no result (a scalar broadcast to the
+    sample shape, or SameAs), and read for a shard older than `since` (schema version that added it).
+    `train` puts the array into training batches.
     """
 
     name: str
@@ -238,150 +276,250 @@ class ArraySpec:
     chunking: str  # CHUNKING_SAMPLE | CHUNKING_COLUMN
     units: str
     description: str
+    field: str
+    dims: tuple[str, ...] = ()
+    codec: str = CODEC_PLAIN
+    fill: object = None
+    width_bytes: int = 0  # "str" arrays only
+    count: str = ""  # CODEC_PADDED arrays only: the CODEC_LENGTH array that holds the vector's length
+    since: int = 2
+    train: TrainField | None = None
 
     def sample_shape(self, crop_size_px: int, feature_size_px: int) -> tuple[int, ...]:
         """Concrete per-sample shape for a crop of `crop_size_px` and maps of `feature_size_px`."""
         sizes = {"S": crop_size_px, "F": feature_size_px}
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
 
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """Zarr `dimension_names`: "sample", then the per-sample axes (`<name>_utf8` for strings)."""
+        return (SAMPLE_DIM, f"{self.name}_utf8") if self.dtype == "str" else (SAMPLE_DIM, *self.dims)
+
 
 _S, _F = "S", "F"
+_NAN = float("nan")
+_CROP = ("y", "x")
+_FEAT = ("feature_y", "feature_x")
+_A = ArraySpec
+_T = TrainField
 ARRAYS: tuple[ArraySpec, ...] = (
     # -- images and per-pixel maps (sharded, one inner chunk per sample) --------------------------
-    ArraySpec("image", "uint8", (_S, _S, 3), CHUNKING_SAMPLE, "RGB 0-255", "occluded crop (the input image)"),
-    ArraySpec("image_deoccluded", "uint8", (_S, _S, 3), CHUNKING_SAMPLE, "RGB 0-255",
-              "de-occluded crop; equals `image` when there is no de-occlusion result"),
-    ArraySpec("inpaint_mask", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "region the de-occluder regenerated"),
-    ArraySpec("mask_hand", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "full hand silhouette (hand rendered alone)"),
-    ArraySpec("mask_hand_visible", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "hand pixels not hidden by the object"),
-    ArraySpec("mask_object", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "visible object pixels"),
-    ArraySpec("depth_hand", "float32", (_S, _S), CHUNKING_SAMPLE, "m", "hand-alone depth, 0 = background"),
-    ArraySpec("depth_scene", "float32", (_S, _S), CHUNKING_SAMPLE, "m", "hand + object depth, 0 = background"),
-    ArraySpec("hand_parts", "uint8", (_S, _S), CHUNKING_SAMPLE, "label",
-              "0 none, 1 palm, 2..6 thumb..little (full silhouette)"),
-    ArraySpec("seg_map", "uint8", (_F, _F), CHUNKING_SAMPLE, "label", "Song et al.: 0 background, 1 hand, 2 object"),
-    ArraySpec("dense_map", "float32", (_F, _F, 3), CHUNKING_SAMPLE, "[0, 1]",
-              "Song et al.: object NOC / hand vertex embedding"),
-    ArraySpec("relative_depth_map", "float32", (_F, _F), CHUNKING_SAMPLE, "[-1, 1]",
-              "Song et al.: depth minus object-centre depth, scaled; 0 = background"),
+    _A("image", "uint8", (_S, _S, 3), CHUNKING_SAMPLE, "RGB 0-255", "occluded crop (the input image)",
+       "image", (*_CROP, "rgb"), train=_T("float32", "occluded crop, RGB in [0, 1], augmented", shape="(3, S, S)")),
+    _A("image_deoccluded", "uint8", (_S, _S, 3), CHUNKING_SAMPLE, "RGB 0-255",
+       "de-occluded crop; equals `image` when there is no de-occlusion result", "result.image_deoccluded",
+       (*_CROP, "rgb"), fill=SameAs("image"),
+       train=_T("float32", "de-occluded crop (= image when has_pair is False), same augmentation", shape="(3, S, S)")),
+    _A("inpaint_mask", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "region the de-occluder regenerated",
+       "result.inpaint_mask", _CROP, fill=False),
+    _A("mask_hand", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "full hand silhouette (hand rendered alone)",
+       "mask_hand", _CROP, train=_T("float32", "full hand silhouette, 0/1")),
+    _A("mask_hand_visible", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "hand pixels not hidden by the object",
+       "mask_hand_visible", _CROP),
+    _A("mask_object", "bool", (_S, _S), CHUNKING_SAMPLE, "-", "visible object pixels", "mask_object", _CROP,
+       train=_T("float32", "visible object pixels, 0/1")),
+    _A("depth_hand", "float32", (_S, _S), CHUNKING_SAMPLE, "m", "hand-alone depth, 0 = background", "depth_hand", _CROP),
+    _A("depth_scene", "float32", (_S, _S), CHUNKING_SAMPLE, "m", "hand + object depth, 0 = background",
+       "depth_scene", _CROP),
+    _A("hand_parts", "uint8", (_S, _S), CHUNKING_SAMPLE, "label", "0 none, 1 palm, 2..6 thumb..little (full silhouette)",
+       "hand_parts", _CROP),
+    _A("seg_map", "uint8", (_F, _F), CHUNKING_SAMPLE, "label", "Song et al.: 0 background, 1 hand, 2 object",
+       "seg_map", _FEAT),
+    _A("dense_map", "float32", (_F, _F, 3), CHUNKING_SAMPLE, "[0, 1]", "Song et al.: object NOC / hand vertex embedding",
+       "dense_map", (*_FEAT, "dense_channel")),
+    _A("relative_depth_map", "float32", (_F, _F), CHUNKING_SAMPLE, "[-1, 1]",
+       "Song et al.: depth minus object-centre depth, scaled; 0 = background", "relative_depth_map", _FEAT),
     # -- occlusion ------------------------------------------------------------------------------
-    ArraySpec("visibility", "float64", (), CHUNKING_COLUMN, "fraction", "visible / full hand pixels, 1 = unoccluded"),
-    ArraySpec("occlusion_ratio", "float64", (), CHUNKING_COLUMN, "fraction", "1 - visibility"),
-    ArraySpec("occlusion_bin", "uint8", (), CHUNKING_COLUMN, "bin", "0..3 on visibility: [0,.25], (.25,.5], (.5,.75], (.75,1]"),
-    ArraySpec("finger_visibility", "float32", (5,), CHUNKING_COLUMN, "fraction", "thumb..little"),
+    _A("visibility", "float64", (), CHUNKING_COLUMN, "fraction", "visible / full hand pixels, 1 = unoccluded",
+       "visibility", train=_T("float32", "visible / full hand pixels")),
+    _A("occlusion_ratio", "float64", (), CHUNKING_COLUMN, "fraction", "1 - visibility", "occlusion_ratio"),
+    _A("occlusion_bin", "uint8", (), CHUNKING_COLUMN, "bin", "0..3 on visibility: [0,.25], (.25,.5], (.5,.75], (.75,1]",
+       "occlusion_bin"),
+    _A("finger_visibility", "float32", (5,), CHUNKING_COLUMN, "fraction", "thumb..little", "finger_visibility",
+       ("finger",)),
     # -- grasp ----------------------------------------------------------------------------------
-    ArraySpec("grasp", "bool", (), CHUNKING_COLUMN, "-", "is_grasping (RRE/RTE rule or override)"),
-    ArraySpec("rre_deg", "float64", (), CHUNKING_COLUMN, "deg", "relative rotation error vs the reference frame"),
-    ArraySpec("rte_m", "float64", (), CHUNKING_COLUMN, "m", "relative translation error vs the reference frame"),
-    ArraySpec("grasp_reference_key", "str", (), CHUNKING_COLUMN, "-", "sample key of the grasp reference frame"),
-    ArraySpec("grasp_source", "str", (), CHUNKING_COLUMN, "-", "'rule' | 'override'"),
+    _A("grasp", "bool", (), CHUNKING_COLUMN, "-", "is_grasping (RRE/RTE rule or override)", "grasp.is_grasping",
+       train=_T("int64", "1 grasping, 0 not")),
+    _A("rre_deg", "float64", (), CHUNKING_COLUMN, "deg", "relative rotation error vs the reference frame",
+       "grasp.rre_deg"),
+    _A("rte_m", "float64", (), CHUNKING_COLUMN, "m", "relative translation error vs the reference frame", "grasp.rte_m"),
+    _A("grasp_reference_key", "str", (), CHUNKING_COLUMN, "-", "sample key of the grasp reference frame",
+       "grasp.reference_key", width_bytes=128),
+    _A("grasp_source", "str", (), CHUNKING_COLUMN, "-", "'rule' | 'override'", "grasp.source", width_bytes=16),
     # -- de-occlusion ---------------------------------------------------------------------------
-    ArraySpec("has_deocclusion", "bool", (), CHUNKING_COLUMN, "-", "a DeocclusionResult existed for this sample"),
-    ArraySpec("keep", "bool", (), CHUNKING_COLUMN, "-", "the pair passed UniHOPE's filter (False without a result)"),
-    ArraySpec("beta", "float64", (), CHUNKING_COLUMN, "-", "control strength used (NaN when none)"),
-    ArraySpec("deocclusion_score", "float64", (), CHUNKING_COLUMN, "score", "score of the kept candidate (NaN when none)"),
-    ArraySpec("original_score", "float64", (), CHUNKING_COLUMN, "score", "score of the occluded input (NaN when none)"),
-    ArraySpec("num_beta_candidates", "uint8", (), CHUNKING_COLUMN, "count", "valid entries of candidate_*"),
-    ArraySpec("candidate_betas", "float32", (MAX_BETA_CANDIDATES,), CHUNKING_COLUMN, "-", "betas tried, NaN-padded"),
-    ArraySpec("candidate_scores", "float32", (MAX_BETA_CANDIDATES,), CHUNKING_COLUMN, "score", "their scores, NaN-padded"),
-    ArraySpec("deocclusion_reason", "str", (), CHUNKING_COLUMN, "-", "why kept / dropped ('no_result' without one)"),
-    ArraySpec("deocclusion_backend", "str", (), CHUNKING_COLUMN, "-", "backend name ('' without a result)"),
+    _A("has_deocclusion", "bool", (), CHUNKING_COLUMN, "-", "a DeocclusionResult existed for this sample", "result",
+       codec=CODEC_PRESENT),
+    _A("keep", "bool", (), CHUNKING_COLUMN, "-", "the pair passed UniHOPE's filter (False without a result)",
+       "result.keep", fill=False,
+       train=_T("bool", "the stored `keep`: image_deoccluded is a usable de-occluded pair", key="has_pair")),
+    _A("beta", "float64", (), CHUNKING_COLUMN, "-", "control strength used (NaN when none)", "result.beta", fill=_NAN),
+    _A("deocclusion_score", "float64", (), CHUNKING_COLUMN, "score", "score of the kept candidate (NaN when none)",
+       "result.deocclusion_score", fill=_NAN),
+    _A("original_score", "float64", (), CHUNKING_COLUMN, "score", "score of the occluded input (NaN when none)",
+       "result.original_score", fill=_NAN),
+    _A("num_beta_candidates", "uint8", (), CHUNKING_COLUMN, "count", "valid entries of candidate_*",
+       "result.candidate_betas", codec=CODEC_LENGTH, fill=0),
+    _A("candidate_betas", "float32", (MAX_BETA_CANDIDATES,), CHUNKING_COLUMN, "-", "betas tried, NaN-padded",
+       "result.candidate_betas", ("beta_candidate",), codec=CODEC_PADDED, fill=_NAN, count="num_beta_candidates"),
+    _A("candidate_scores", "float32", (MAX_BETA_CANDIDATES,), CHUNKING_COLUMN, "score", "their scores, NaN-padded",
+       "result.candidate_scores", ("beta_candidate",), codec=CODEC_PADDED, fill=_NAN, count="num_beta_candidates"),
+    _A("deocclusion_reason", "str", (), CHUNKING_COLUMN, "-", "why kept / dropped ('no_result' without one)",
+       "result.reason", fill="no_result", width_bytes=64),
+    _A("deocclusion_backend", "str", (), CHUNKING_COLUMN, "-", "backend name ('' without a result)", "result.backend",
+       fill="", width_bytes=64),
+    _A("num_unet_evals", "int32", (), CHUNKING_COLUMN, "count",
+       "UNet evaluations spent on the frame (0 without a result, for weight-free backends and in schema-2 stores)",
+       "result.num_unet_evals", fill=0, since=3),
+    _A("original_pose_error", "float64", (), CHUNKING_COLUMN, "error",
+       "pose-model scorer: pose error of the occluded input (NaN for other scorers, without a result, in schema-2 stores)",
+       "result.original_pose_error", fill=_NAN, since=3),
+    _A("deoccluded_pose_error", "float64", (), CHUNKING_COLUMN, "error",
+       "pose-model scorer: pose error of the kept candidate (NaN for other scorers, without a result, in schema-2 stores)",
+       "result.deoccluded_pose_error", fill=_NAN, since=3),
     # -- hand -----------------------------------------------------------------------------------
-    ArraySpec("mano_pose", "float32", (NUM_MANO_POSE,), CHUNKING_COLUMN, "rad",
-              "axis-angle, 3 global + 45 joints, absolute, flat_hand_mean=True"),
-    ArraySpec("mano_betas", "float32", (NUM_MANO_BETAS,), CHUNKING_COLUMN, "-", "MANO shape"),
-    ArraySpec("mano_trans", "float32", (3,), CHUNKING_COLUMN, "m", "MANO transl, camera frame"),
-    ArraySpec("hand_side", "uint8", (), CHUNKING_COLUMN, "code", "0 right, 1 left"),
-    ArraySpec("joints_3d", "float32", (NUM_JOINTS, 3), CHUNKING_COLUMN, "m", "camera frame (OpenCV), DexYCB order"),
-    ArraySpec("joints_2d", "float32", (NUM_JOINTS, 2), CHUNKING_COLUMN, "crop px", "projected joints in the crop"),
-    ArraySpec("joints_2d_full", "float32", (NUM_JOINTS, 2), CHUNKING_COLUMN, "full px", "joints in the full image"),
+    _A("mano_pose", "float32", (NUM_MANO_POSE,), CHUNKING_COLUMN, "rad",
+       "axis-angle, 3 global + 45 joints, absolute, flat_hand_mean=True", "frame.mano_pose", ("mano_pose_param",),
+       train=_T("float32", "axis-angle; global orientation rotated with the augmentation")),
+    _A("mano_betas", "float32", (NUM_MANO_BETAS,), CHUNKING_COLUMN, "-", "MANO shape", "frame.mano_betas",
+       ("mano_shape_param",), train=_T("float32", "MANO shape")),
+    _A("mano_trans", "float32", (3,), CHUNKING_COLUMN, "m", "MANO transl, camera frame", "frame.mano_trans", ("xyz",),
+       train=_T("float32", "m; adjusted so the hand layer reproduces joints_3d")),
+    _A("hand_side", "uint8", (), CHUNKING_COLUMN, "code", "0 right, 1 left", "frame.hand_side", codec=CODEC_HAND_SIDE,
+       train=_T("int64", "0 right, 1 left")),
+    _A("joints_3d", "float32", (NUM_JOINTS, 3), CHUNKING_COLUMN, "m", "camera frame (OpenCV), DexYCB order",
+       "frame.joints_3d", ("joint", "xyz"), train=_T("float32", "m, camera frame, rotated with the in-plane augmentation")),
+    _A("joints_2d", "float32", (NUM_JOINTS, 2), CHUNKING_COLUMN, "crop px", "projected joints in the crop",
+       "joints_2d", ("joint", "uv"), train=_T("float32", "crop px after augmentation")),
+    _A("joints_2d_full", "float32", (NUM_JOINTS, 2), CHUNKING_COLUMN, "full px", "joints in the full image",
+       "frame.joints_2d", ("joint", "uv")),
     # -- object ---------------------------------------------------------------------------------
-    ArraySpec("object_id", "int32", (), CHUNKING_COLUMN, "YCB id", "1-21"),
-    ArraySpec("object_name", "str", (), CHUNKING_COLUMN, "-", "e.g. 006_mustard_bottle"),
-    ArraySpec("object_pose", "float32", (3, 4), CHUNKING_COLUMN, "m", "[R|t] camera-from-object"),
-    ArraySpec("object_keypoints_2d", "float32", (NUM_OBJECT_KEYPOINTS, 2), CHUNKING_COLUMN, "crop px",
-              "centre, 8 box corners, 12 edge midpoints"),
+    _A("object_id", "int32", (), CHUNKING_COLUMN, "YCB id", "1-21", "frame.object_id",
+       train=_T("int64", "YCB id 1-21")),
+    _A("object_name", "str", (), CHUNKING_COLUMN, "-", "e.g. 006_mustard_bottle", "frame.object_name", width_bytes=64),
+    _A("object_pose", "float32", (3, 4), CHUNKING_COLUMN, "m", "[R|t] camera-from-object", "frame.object_pose",
+       ("pose_row", "pose_col"), train=_T("float32", "[R|t] camera-from-object, rotated with the augmentation")),
+    _A("object_keypoints_2d", "float32", (NUM_OBJECT_KEYPOINTS, 2), CHUNKING_COLUMN, "crop px",
+       "centre, 8 box corners, 12 edge midpoints", "object_keypoints_2d", ("object_keypoint", "uv"),
+       train=_T("float32", "crop px after augmentation")),
     # -- camera and crop ------------------------------------------------------------------------
-    ArraySpec("K", "float64", (3, 3), CHUNKING_COLUMN, "px", "crop intrinsics"),
-    ArraySpec("K_full", "float64", (3, 3), CHUNKING_COLUMN, "px", "full-image intrinsics"),
-    ArraySpec("crop_affine", "float64", (2, 3), CHUNKING_COLUMN, "px",
-              "full-image px -> crop px (the matrix cv2.warpAffine takes to cut the crop)"),
-    ArraySpec("crop_box_xyxy", "float64", (4,), CHUNKING_COLUMN, "full px", "square crop box before resize"),
-    ArraySpec("image_size_wh", "int32", (2,), CHUNKING_COLUMN, "px", "full image (width, height)"),
+    _A("K", "float64", (3, 3), CHUNKING_COLUMN, "px", "crop intrinsics", "crop.K", ("K_row", "K_col"),
+       train=_T("float32", "crop intrinsics after augmentation (rotation leaves it unchanged)")),
+    _A("K_full", "float64", (3, 3), CHUNKING_COLUMN, "px", "full-image intrinsics", "frame.K", ("K_row", "K_col")),
+    _A("crop_affine", "float64", (2, 3), CHUNKING_COLUMN, "px",
+       "full-image px -> crop px (the matrix cv2.warpAffine takes to cut the crop)", "crop.affine",
+       ("affine_row", "affine_col")),
+    _A("crop_box_xyxy", "float64", (4,), CHUNKING_COLUMN, "full px", "square crop box before resize", "crop.box_xyxy",
+       ("box_xyxy",)),
+    _A("image_size_wh", "int32", (2,), CHUNKING_COLUMN, "px", "full image (width, height)", "frame.image_size_wh",
+       ("wh",)),
     # -- provenance -----------------------------------------------------------------------------
-    ArraySpec("sample_key", "str", (), CHUNKING_COLUMN, "-", "the source's frame key (unique in a dataset)"),
-    ArraySpec("sequence_key", "str", (), CHUNKING_COLUMN, "-", "sequence part of the key (train/val split unit)"),
-    ArraySpec("dataset", "str", (), CHUNKING_COLUMN, "-", "'dexycb' | 'ho3d'"),
-    ArraySpec("serial", "str", (), CHUNKING_COLUMN, "-", "camera serial ('0' for HO3D)"),
-    ArraySpec("frame_idx", "int32", (), CHUNKING_COLUMN, "-", "frame number in its sequence"),
-    ArraySpec("image_path", "str", (), CHUNKING_COLUMN, "-", "source image file (provenance only)"),
-    ArraySpec("depth_path", "str", (), CHUNKING_COLUMN, "-", "source depth file (provenance only)"),
-    ArraySpec("object_mesh_path", "str", (), CHUNKING_COLUMN, "-", "object mesh file (provenance only)"),
+    _A("sample_key", "str", (), CHUNKING_COLUMN, "-", "the source's frame key (unique in a dataset)",
+       "frame.sample_key", width_bytes=128,
+       train=_T("str", "the source's frame key (a python str; collated to a list)", shape="-")),
+    _A("sequence_key", "str", (), CHUNKING_COLUMN, "-", "sequence part of the key (train/val split unit)",
+       "frame.sequence_key", width_bytes=128),
+    _A("dataset", "str", (), CHUNKING_COLUMN, "-", "'dexycb' | 'ho3d'", "frame.dataset", width_bytes=16),
+    _A("serial", "str", (), CHUNKING_COLUMN, "-", "camera serial ('0' for HO3D)", "frame.serial", width_bytes=32),
+    _A("frame_idx", "int32", (), CHUNKING_COLUMN, "-", "frame number in its sequence", "frame.frame_idx"),
+    _A("image_path", "str", (), CHUNKING_COLUMN, "-", "source image file (provenance only)", "frame.image_path",
+       width_bytes=PATH_WIDTH_BYTES),
+    _A("depth_path", "str", (), CHUNKING_COLUMN, "-", "source depth file (provenance only)", "frame.depth_path",
+       width_bytes=PATH_WIDTH_BYTES),
+    _A("object_mesh_path", "str", (), CHUNKING_COLUMN, "-", "object mesh file (provenance only)",
+       "frame.object_mesh_path", width_bytes=PATH_WIDTH_BYTES),
 )
 ARRAYS_BY_NAME: dict[str, ArraySpec] = {spec.name: spec for spec in ARRAYS}
 ARRAY_NAMES: tuple[str, ...] = tuple(ARRAYS_BY_NAME)
-
 # Standard Zarr v3 readers (tensorstore, xarray) need core data types and named dimensions.
 # A "str" field is stored as fixed-width UTF-8 code units: uint8 (N, width), NUL-padded (a Zarr v3
 # core type every reader supports; zarr-python's string types are extensions tensorstore refuses).
 # Widths are bytes per value; a longer value is refused at write time, naming the field.
-PATH_WIDTH_BYTES = 1024
-STRING_WIDTH_BYTES: dict[str, int] = {
-    "grasp_reference_key": 128, "grasp_source": 16, "deocclusion_reason": 64, "deocclusion_backend": 64,
-    "object_name": 64, "sample_key": 128, "sequence_key": 128, "dataset": 16, "serial": 32,
-    "image_path": PATH_WIDTH_BYTES, "depth_path": PATH_WIDTH_BYTES, "object_mesh_path": PATH_WIDTH_BYTES,
-}
-SAMPLE_DIM = "sample"
-_CROP_DIMS = ("y", "x")
-_FEATURE_DIMS = ("feature_y", "feature_x")
+STRING_WIDTH_BYTES: dict[str, int] = {spec.name: spec.width_bytes for spec in ARRAYS if spec.dtype == "str"}
 # Zarr `dimension_names` of every array (first = "sample"); one name means one size across a shard group,
 # so xarray can open a group (and concatenate a version's groups along "sample").
-ARRAY_DIMS: dict[str, tuple[str, ...]] = {
-    "image": (SAMPLE_DIM, *_CROP_DIMS, "rgb"), "image_deoccluded": (SAMPLE_DIM, *_CROP_DIMS, "rgb"),
-    **{name: (SAMPLE_DIM, *_CROP_DIMS) for name in ("inpaint_mask", "mask_hand", "mask_hand_visible", "mask_object",
-                                                     "depth_hand", "depth_scene", "hand_parts")},
-    "seg_map": (SAMPLE_DIM, *_FEATURE_DIMS), "relative_depth_map": (SAMPLE_DIM, *_FEATURE_DIMS),
-    "dense_map": (SAMPLE_DIM, *_FEATURE_DIMS, "dense_channel"),
-    "finger_visibility": (SAMPLE_DIM, "finger"),
-    "candidate_betas": (SAMPLE_DIM, "beta_candidate"), "candidate_scores": (SAMPLE_DIM, "beta_candidate"),
-    "mano_pose": (SAMPLE_DIM, "mano_pose_param"), "mano_betas": (SAMPLE_DIM, "mano_shape_param"),
-    "mano_trans": (SAMPLE_DIM, "xyz"), "joints_3d": (SAMPLE_DIM, "joint", "xyz"),
-    "joints_2d": (SAMPLE_DIM, "joint", "uv"), "joints_2d_full": (SAMPLE_DIM, "joint", "uv"),
-    "object_pose": (SAMPLE_DIM, "pose_row", "pose_col"),
-    "object_keypoints_2d": (SAMPLE_DIM, "object_keypoint", "uv"),
-    "K": (SAMPLE_DIM, "K_row", "K_col"), "K_full": (SAMPLE_DIM, "K_row", "K_col"),
-    "crop_affine": (SAMPLE_DIM, "affine_row", "affine_col"), "crop_box_xyxy": (SAMPLE_DIM, "box_xyxy"),
-    "image_size_wh": (SAMPLE_DIM, "wh"),
-    **{name: (SAMPLE_DIM, f"{name}_utf8") for name in STRING_WIDTH_BYTES},
-    **{spec.name: (SAMPLE_DIM,) for spec in ARRAYS if spec.shape == () and spec.dtype != "str"},
+ARRAY_DIMS: dict[str, tuple[str, ...]] = {spec.name: spec.dimension_names for spec in ARRAYS}
+
+
+@dataclass(frozen=True, slots=True)
+class Unstored:
+    """A record field that has no array: why, and how a reader rebuilds it.
+
+    `copy_of` names the field path whose value it repeats, `size_of` the field path whose first
+    axis length it is; neither = the record's default value.
+    """
+
+    reason: str
+    copy_of: str = ""
+    size_of: str = ""
+
+
+UNSTORED: dict[str, Unstored] = {
+    "frame.grasp_reference_pose": Unstored("input of the grasp stage; its outcome is stored as grasp.*"),
+    "frame.grasp_reference_key": Unstored("input of the grasp stage; the key it used is grasp.reference_key"),
+    "grasp.sample_key": Unstored("always the frame's key", copy_of="frame.sample_key"),
+    "result.sample_key": Unstored("always the frame's key", copy_of="frame.sample_key"),
+    "crop.size_px": Unstored("the stored crop's side", size_of="image"),
 }
 
-# Keys of one training sample as unihope.storage.paired.PairedDataset returns it (torch tensors unless noted).
-# (dtype, shape, meaning); S = crop size. The model's training loop is built against these names.
-SAMPLE_FIELDS: dict[str, tuple[str, str, str]] = {
-    "image": ("float32", "(3, S, S)", "occluded crop, RGB in [0, 1], augmented"),
-    "image_deoccluded": ("float32", "(3, S, S)", "de-occluded crop (= image when has_pair is False), same augmentation"),
-    "has_pair": ("bool", "()", "the stored `keep`: image_deoccluded is a usable de-occluded pair"),
-    "mask_hand": ("float32", "(S, S)", "full hand silhouette, 0/1"),
-    "mask_object": ("float32", "(S, S)", "visible object pixels, 0/1"),
-    "joints_2d": ("float32", "(21, 2)", "crop px after augmentation"),
-    "joints_3d": ("float32", "(21, 3)", "m, camera frame, rotated with the in-plane augmentation"),
-    "mano_pose": ("float32", "(48,)", "axis-angle; global orientation rotated with the augmentation"),
-    "mano_betas": ("float32", "(10,)", "MANO shape"),
-    "mano_trans": ("float32", "(3,)", "m; adjusted so the hand layer reproduces joints_3d"),
-    "hand_side": ("int64", "()", "0 right, 1 left"),
-    "grasp": ("int64", "()", "1 grasping, 0 not"),
-    "object_keypoints_2d": ("float32", "(21, 2)", "crop px after augmentation"),
-    "object_pose": ("float32", "(3, 4)", "[R|t] camera-from-object, rotated with the augmentation"),
-    "object_id": ("int64", "()", "YCB id 1-21"),
-    "K": ("float32", "(3, 3)", "crop intrinsics after augmentation (rotation leaves it unchanged)"),
-    "visibility": ("float32", "()", "visible / full hand pixels"),
+# Keys of a training batch computed by unihope.storage.paired.PairedDataset, not read from an array:
+# name -> (dtype, shape, meaning).
+COMPUTED_SAMPLE_FIELDS: dict[str, tuple[str, str, str]] = {
     "hand_box_xyxy": ("float32", "(4,)", "crop px, from joints_2d after augmentation"),
     "object_box_xyxy": ("float32", "(4,)", "crop px, from object_keypoints_2d after augmentation"),
-    "sample_key": ("str", "-", "the source's frame key (a python str; collated to a list)"),
     "index": ("int64", "()", "index into the PairedDataset"),
 }
+
+
+def _shape_text(shape: tuple[int | str, ...]) -> str:
+    return f"({shape[0]},)" if len(shape) == 1 else f"({', '.join(str(d) for d in shape)})"
+
+
+def sample_fields(arrays: tuple[ArraySpec, ...]) -> dict[str, tuple[str, str, str]]:
+    """Keys of one training sample, key -> (dtype, shape, meaning): every array with `train`, then the computed ones."""
+    fields = {(spec.train.key or spec.name): (spec.train.dtype, spec.train.shape or _shape_text(spec.shape),
+                                              spec.train.meaning)
+              for spec in arrays if spec.train is not None}
+    return {**fields, **COMPUTED_SAMPLE_FIELDS}
+
+
+# Keys of one training sample as unihope.storage.paired.PairedDataset returns it (torch tensors unless noted),
+# derived from ARRAYS: (dtype, shape, meaning); S = crop size. The model's training loop is built against these names.
+SAMPLE_FIELDS: dict[str, tuple[str, str, str]] = sample_fields(ARRAYS)
 SAMPLE_KEYS: tuple[str, ...] = tuple(SAMPLE_FIELDS)
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """The records and the arrays that store them: what the writer, the view and the paired reader are built from.
+
+    `record_types` maps a field-path prefix to its record class ("" = the annotated frame,
+    "result" = the de-occlusion result). A copy with one more array (and a record type with one
+    more field) stores, reads back and trains on a new label without a change to writer or reader.
+    """
+
+    version: int
+    arrays: tuple[ArraySpec, ...]
+    unstored: dict[str, Unstored]
+    record_types: dict[str, type]
+
+    @property
+    def by_name(self) -> dict[str, ArraySpec]:
+        return {spec.name: spec for spec in self.arrays}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.arrays)
+
+    @property
+    def sample_fields(self) -> dict[str, tuple[str, str, str]]:
+        return sample_fields(self.arrays)
+
+
+SCHEMA = RecordSchema(
+    version=SCHEMA_VERSION, arrays=ARRAYS, unstored=UNSTORED,
+    record_types={"": AnnotatedFrame, "frame": FrameRecord, "grasp": GraspLabel, "crop": Crop,
+                  "result": DeocclusionResult},
+)
 
 
 @dataclass(frozen=True, slots=True)

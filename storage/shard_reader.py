@@ -25,7 +25,8 @@ from zarr.core.sync import sync as zarr_sync
 from unihope.storage.codes import decode_utf8_fixed
 from unihope.storage.io import Location, read_bytes
 from unihope.storage.manifest import StoreError, check_schema_version, chunk_key_of, read_many, shard_stem
-from unihope.storage.schema import ARRAYS_BY_NAME, ShardCommit
+from unihope.storage.records import fill_column
+from unihope.storage.schema import SCHEMA, RecordSchema, ShardCommit
 from unihope.storage.verify import check_sha256
 
 _EMPTY_CHUNK = np.iinfo(np.uint64).max  # sharding index entry of a chunk never written (all fill value)
@@ -129,13 +130,16 @@ class ShardReader:
     With `verify`, every stored object is checked against the commit record's sha256 when it is
     first read (the group's zarr.json at open, a column's chunk when it is loaded, a sample array's
     shard object when its first sample is read), so nothing is decoded unchecked and objects that
-    are never read are never hashed.
+    are never read are never hashed. An array the schema added after the shard's schema version
+    reads as its fill value (`ArraySpec.fill`, `since`).
     """
 
-    def __init__(self, loc: Location, commit: ShardCommit, verify: bool) -> None:
+    def __init__(self, loc: Location, commit: ShardCommit, verify: bool, schema: RecordSchema = SCHEMA) -> None:
         self.commit = commit
         self.loc = loc
         self.verify = verify
+        self.schema = schema
+        self._specs = schema.by_name
         self.where = f"{shard_stem(commit.shard_idx)} ({commit.data_path})"
         # 1. The group's metadata, checked against the commit record
         if verify:
@@ -152,7 +156,8 @@ class ShardReader:
         self._array_meta = {name: meta.to_dict() for name, meta in consolidated.metadata.items()} \
             if consolidated is not None else {}
         attrs = self.group.attrs.get("unihope", {})
-        check_schema_version(int(attrs.get("schema_version", -1)), self.where)
+        self.schema_version = int(attrs.get("schema_version", -1))
+        check_schema_version(self.schema_version, self.where)
         if attrs.get("shard_idx") != commit.shard_idx or attrs.get("num_samples") != commit.num_samples:
             raise StoreError(f"{self.where}: the group holds shard {attrs.get('shard_idx')} with "
                              f"{attrs.get('num_samples')} samples, the manifest says shard {commit.shard_idx} with "
@@ -162,6 +167,13 @@ class ShardReader:
         self._chunk_readers: dict[str, _ChunkReader] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self._arrays_verified: set[str] = set()
+
+    def stores(self, name: str) -> bool:
+        """False for an array the schema added after this shard's schema version (it reads as its fill value)."""
+        return self._specs[name].since <= self.schema_version
+
+    def _filled(self, name: str, sample_shape: tuple[int, ...]) -> np.ndarray:
+        return fill_column(self._specs[name], self.commit.num_samples, sample_shape)
 
     def array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
@@ -195,6 +207,10 @@ class ShardReader:
                 fails its checksum or does not decode.
         """
         names = tuple(name for name in dict.fromkeys(names) if name not in self._columns)
+        for name in names:
+            if not self.stores(name):
+                self._columns[name] = self._filled(name, self._specs[name].sample_shape(0, 0))
+        names = tuple(name for name in names if name not in self._columns)
         if not names:
             return
         missing = [name for name in names if self._array_meta and name not in self._array_meta]
@@ -242,7 +258,7 @@ class ShardReader:
         if values.shape[0] != self.commit.num_samples:
             raise StoreError(f"{self.where}: field {name!r} holds {values.shape[0]} samples, the commit record "
                              f"says {self.commit.num_samples}")
-        if ARRAYS_BY_NAME[name].dtype == "str":
+        if self._specs[name].dtype == "str":
             try:
                 return decode_utf8_fixed(values)
             except ValueError as err:
@@ -250,6 +266,9 @@ class ShardReader:
         return values
 
     def sample_array(self, name: str, local_idx: int) -> np.ndarray:
+        if not self.stores(name):
+            shape = self._specs[name].sample_shape(self.attrs["crop_size_px"], self.attrs["feature_size_px"])
+            return self._filled(name, shape)[local_idx]
         reader = self._chunk_readers.get(name)
         if reader is None:
             array = self.array(name)

@@ -46,14 +46,15 @@ def version_path(version_id: str) -> str:
     return f"{VERSIONS_DIR}/{version_id}.json"
 
 
-def version_digest(shards: tuple[ShardCommit, ...] | list[ShardCommit]) -> str:
+def version_digest(shards: tuple[ShardCommit, ...] | list[ShardCommit], schema_version: int = SCHEMA_VERSION) -> str:
     """The id of a version: sha256 over (shard index, data folder, content digest, samples) of every shard.
 
     Any change to what a version references (a shard rewritten, added, dropped or listed twice)
     changes the id, so a version manifest whose content does not match its id is damaged.
+    `schema_version` is the version manifest's own (an older store's ids stay valid).
     """
     rows = [[c.shard_idx, c.data_path, c.digest_sha256, c.num_samples, c.keys_sha256] for c in shards]
-    payload = json.dumps({"schema_version": SCHEMA_VERSION, "shards": rows}, separators=(",", ":"))
+    payload = json.dumps({"schema_version": schema_version, "shards": rows}, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:VERSION_ID_HEX]
 
 
@@ -150,7 +151,7 @@ def check_version(manifest: Manifest, version_id: str, where: str) -> None:
                          f"{list(manifest.missing_shard_indices)} as missing; a shard was dropped from the manifest")
     if manifest.version_id != version_id:
         raise StoreError(f"{where}: holds version {manifest.version_id!r}, expected {version_id!r}")
-    digest = version_digest(manifest.shards)
+    digest = version_digest(manifest.shards, manifest.schema_version)
     if digest != version_id:
         raise StoreError(f"{where}: its shards digest to {digest}, not to its id {version_id}; the manifest was "
                          f"altered (shards doubled, dropped or changed)")
@@ -215,7 +216,7 @@ def commit_version(loc: Location, manifest: Manifest) -> Manifest:
         The committed version (the stored one when this id existed already).
     """
     # 1. The id and, when it is new, the immutable version manifest
-    version_id = version_digest(manifest.shards)
+    version_id = version_digest(manifest.shards, manifest.schema_version)
     existing = read_bytes(loc, version_path(version_id))
     if existing is not None:
         committed = load_version(loc, version_id)

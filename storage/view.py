@@ -10,18 +10,15 @@ import numpy as np
 from unihope.storage.io import Location, locate
 from unihope.storage.manifest import check_schema_version, commit_path, list_commits
 from unihope.storage.presence import require_dataset
+from unihope.storage.records import rebuild_records
 from unihope.storage.schema import (
-    ARRAYS,
-    ARRAYS_BY_NAME,
     CHUNKING_COLUMN,
     CHUNKING_SAMPLE,
-    HAND_SIDE_CODES,
+    SCHEMA,
     AnnotatedFrame,
-    Crop,
     DeocclusionResult,
-    FrameRecord,
-    GraspLabel,
     Manifest,
+    RecordSchema,
     ShardCommit,
 )
 from unihope.storage.shard_reader import ShardReader
@@ -29,7 +26,6 @@ from unihope.storage.verify import VERIFY_MODES, verify_shard
 from unihope.storage.versions import check_against_commits, load_version, newest_version_id, resolve_version
 
 MAX_OPEN_SHARDS = 64  # per process; each holds open file handles and cached columns
-_SIDE_BY_CODE = {code: side for side, code in HAND_SIDE_CODES.items()}
 
 
 class DatasetView:
@@ -37,11 +33,15 @@ class DatasetView:
 
     Built from one version manifest (unihope.storage.versions), else from the shard commit records (a
     first build in progress): either way only committed shards are visible, and a view keeps
-    reading its version however many newer ones are committed meanwhile.
+    reading its version however many newer ones are committed meanwhile. `schema` says which arrays
+    there are and which records they rebuild.
     """
 
-    def __init__(self, loc: Location, shards: tuple[ShardCommit, ...], manifest: Manifest | None, verify: str) -> None:
+    def __init__(self, loc: Location, shards: tuple[ShardCommit, ...], manifest: Manifest | None, verify: str,
+                 schema: RecordSchema = SCHEMA) -> None:
         self.loc = loc
+        self.schema = schema
+        self._specs = schema.by_name
         self.shards = shards
         self.manifest = manifest
         self.verify_mode = verify
@@ -82,7 +82,7 @@ class DatasetView:
         commit = self.shards[position]
         # lazy: each object is checked on first read; a shard verified whole (eager) is not checked again
         must_verify = self.verify_mode == "lazy" and commit.shard_idx not in self._verified
-        reader = ShardReader(self.loc, commit, verify=must_verify)
+        reader = ShardReader(self.loc, commit, verify=must_verify, schema=self.schema)
         self._open[position] = reader
         if len(self._open) > MAX_OPEN_SHARDS:
             _, evicted = self._open.popitem(last=False)
@@ -95,67 +95,33 @@ class DatasetView:
         Raises:
             ValueError: for a per-sample (image-like) field, which is read by sample instead.
         """
-        if ARRAYS_BY_NAME[name].chunking != CHUNKING_COLUMN:
+        if self._specs[name].chunking != CHUNKING_COLUMN:
             raise ValueError(f"{name!r} is a per-sample array; read it with sample(index, names=[{name!r}])")
-        parts = [ShardReader(self.loc, commit, verify=self.verify_mode == "lazy").column(name)
+        parts = [ShardReader(self.loc, commit, verify=self.verify_mode == "lazy", schema=self.schema).column(name)
                  for commit in self.shards] \
             if len(self.shards) > MAX_OPEN_SHARDS else [self.shard(p).column(name) for p in range(len(self.shards))]
         if not parts:
-            return np.zeros((0, *ARRAYS_BY_NAME[name].shape), dtype=object)
+            return np.zeros((0, *self._specs[name].shape), dtype=object)
         return np.concatenate(parts)
 
     def sample(self, index: int, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Stored values of one sample (numpy; strings as str)."""
         position, local_idx = self.locate_index(index)
         reader = self.shard(position)
-        names = names or tuple(spec.name for spec in ARRAYS)
-        reader.load_columns(tuple(name for name in names if ARRAYS_BY_NAME[name].chunking == CHUNKING_COLUMN))
+        names = names or self.schema.names
+        reader.load_columns(tuple(name for name in names if self._specs[name].chunking == CHUNKING_COLUMN))
         out: dict[str, np.ndarray] = {}
         for name in names:
-            if ARRAYS_BY_NAME[name].chunking == CHUNKING_SAMPLE:
+            if self._specs[name].chunking == CHUNKING_SAMPLE:
                 out[name] = reader.sample_array(name, local_idx)
             else:
                 value = reader.column(name)[local_idx]
-                out[name] = str(value) if ARRAYS_BY_NAME[name].dtype == "str" else value
+                out[name] = str(value) if self._specs[name].dtype == "str" else value
         return out
 
     def record(self, index: int) -> tuple[AnnotatedFrame, DeocclusionResult | None]:
-        """Rebuild the records that were written for one sample."""
-        v = self.sample(index)
-        record = FrameRecord(
-            sample_key=v["sample_key"], dataset=v["dataset"], sequence_key=v["sequence_key"], serial=v["serial"],
-            frame_idx=int(v["frame_idx"]), image_path=v["image_path"], depth_path=v["depth_path"],
-            image_size_wh=tuple(int(x) for x in v["image_size_wh"]), K=v["K_full"],
-            hand_side=_SIDE_BY_CODE[int(v["hand_side"])], mano_pose=v["mano_pose"], mano_betas=v["mano_betas"],
-            mano_trans=v["mano_trans"], joints_3d=v["joints_3d"],
-            joints_2d=v["joints_2d_full"],
-            object_id=int(v["object_id"]), object_name=v["object_name"], object_mesh_path=v["object_mesh_path"],
-            object_pose=v["object_pose"],
-        )
-        grasp = GraspLabel(sample_key=v["sample_key"], rre_deg=float(v["rre_deg"]), rte_m=float(v["rte_m"]),
-                           is_grasping=bool(v["grasp"]), reference_key=v["grasp_reference_key"],
-                           source=v["grasp_source"])
-        crop = Crop(size_px=int(v["image"].shape[0]), affine=v["crop_affine"], K=v["K"], box_xyxy=v["crop_box_xyxy"])
-        frame = AnnotatedFrame(
-            frame=record, grasp=grasp, crop=crop, image=v["image"], mask_hand=v["mask_hand"],
-            mask_hand_visible=v["mask_hand_visible"], mask_object=v["mask_object"], depth_hand=v["depth_hand"],
-            depth_scene=v["depth_scene"], hand_parts=v["hand_parts"], visibility=float(v["visibility"]),
-            occlusion_ratio=float(v["occlusion_ratio"]), occlusion_bin=int(v["occlusion_bin"]),
-            finger_visibility=v["finger_visibility"], joints_2d=v["joints_2d"],
-            object_keypoints_2d=v["object_keypoints_2d"], seg_map=v["seg_map"], dense_map=v["dense_map"],
-            relative_depth_map=v["relative_depth_map"],
-        )
-        if not bool(v["has_deocclusion"]):
-            return frame, None
-        num = int(v["num_beta_candidates"])
-        result = DeocclusionResult(
-            sample_key=v["sample_key"], image_deoccluded=v["image_deoccluded"], inpaint_mask=v["inpaint_mask"],
-            beta=float(v["beta"]), candidate_betas=v["candidate_betas"][:num].copy(),
-            candidate_scores=v["candidate_scores"][:num].copy(), original_score=float(v["original_score"]),
-            deocclusion_score=float(v["deocclusion_score"]), keep=bool(v["keep"]), reason=v["deocclusion_reason"],
-            backend=v["deocclusion_backend"],
-        )
-        return frame, result
+        """Rebuild the records that were written for one sample (each array's field, as the schema maps them)."""
+        return rebuild_records(self.sample(index), self.schema)
 
     def verify(self) -> None:
         """Check every committed shard's checksums and fields now.
@@ -167,8 +133,9 @@ class DatasetView:
             verify_shard(self.loc, commit)
             self._verified.add(commit.shard_idx)
             reader = self.shard(position)
-            for spec in ARRAYS:
-                reader.array(spec.name)
+            for spec in self.schema.arrays:
+                if reader.stores(spec.name):
+                    reader.array(spec.name)
 
     def close(self) -> None:
         for reader in self._open.values():
@@ -177,7 +144,8 @@ class DatasetView:
 
 
 def open_dataset(
-    url: str | os.PathLike, storage_options: dict | None = None, verify: str = "lazy", version: str | None = None
+    url: str | os.PathLike, storage_options: dict | None = None, verify: str = "lazy", version: str | None = None,
+    schema: RecordSchema = SCHEMA,
 ) -> DatasetView:
     """Open one version of a dataset (the newest by default).
 
@@ -188,6 +156,7 @@ def open_dataset(
             shards now, "none" trusts the store.
         version: a version id (or a unique prefix of one); None = the newest committed version, or
             the committed shards of a first build still in progress when there is none yet.
+        schema: the arrays and records to read (unihope.storage.schema.SCHEMA).
 
     Returns:
         A DatasetView over the version's shards; `view.version_id` names it ("" for a build in progress).
@@ -218,7 +187,7 @@ def open_dataset(
             require_dataset(loc)  # an empty view only for a build in progress, never for a wrong path
         for commit in shards:
             check_schema_version(commit.schema_version, f"{loc.url}/{commit_path(commit.shard_idx)}")
-    view = DatasetView(loc, shards, manifest, verify)
+    view = DatasetView(loc, shards, manifest, verify, schema)
     if verify == "eager":
         view.verify()
     return view

@@ -42,18 +42,16 @@ from unihope.storage.manifest import (
     shard_stem,
     utc_now,
 )
+from unihope.storage.records import build_columns
 from unihope.storage.schema import (
-    ARRAY_DIMS,
-    ARRAYS,
     CHUNKING_SAMPLE,
-    HAND_SIDE_CODES,
-    MAX_BETA_CANDIDATES,
+    SCHEMA,
     SCHEMA_VERSION,
-    STRING_WIDTH_BYTES,
     AnnotatedFrame,
     DatasetAttrs,
     DeocclusionResult,
     Manifest,
+    RecordSchema,
     ShardCommit,
     Skip,
 )
@@ -64,7 +62,6 @@ if TYPE_CHECKING:  # storage/ does not import the pipeline at run time
 
 GROUP_ATTRS_KEY = "unihope"
 FSYNC_THREADS = 16
-NO_RESULT_REASON = "no_result"
 # Every stored object is written, even an all-zero one: a missing object then always means a damaged
 # shard (inside a shard object, an all-zero sample is an empty index entry, as zarr-python writes it).
 _WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
@@ -93,131 +90,11 @@ def _as_attrs(attrs: DatasetAttrs | dict) -> DatasetAttrs:
     return DatasetAttrs(**attrs)
 
 
-def build_columns(
-    annotated: list[AnnotatedFrame], results: list[DeocclusionResult | None]
-) -> dict[str, np.ndarray]:
-    """Stack records into one array per schema field (first axis = sample).
-
-    A sample without a de-occlusion result stores image_deoccluded = image, keep = False,
-    NaN scores and reason "no_result".
-
-    Raises:
-        ValueError: on mismatched lengths or keys, inconsistent crop sizes, too many beta candidates.
-    """
-    # 1. Check inputs
-    if not annotated:
-        raise ValueError("write_shard got no samples: a shard needs at least one AnnotatedFrame")
-    if len(results) != len(annotated):
-        raise ValueError(f"results has {len(results)} entries for {len(annotated)} annotated frames; pass None "
-                         f"for frames without a de-occlusion result")
-    crop_size_px = annotated[0].image.shape[0]
-    feature_size_px = annotated[0].seg_map.shape[0]
-    seen: set[str] = set()
-    for frame, result in zip(annotated, results):
-        key = frame.frame.sample_key
-        if key in seen:
-            raise ValueError(f"sample key {key!r} appears twice in one shard")
-        seen.add(key)
-        if frame.image.shape != (crop_size_px, crop_size_px, 3) or frame.seg_map.shape[0] != feature_size_px:
-            raise ValueError(f"{key}: crop {frame.image.shape} / feature map {frame.seg_map.shape} differ from the "
-                             f"shard's first frame ({crop_size_px}, {feature_size_px}); one crop size per dataset")
-        if result is not None and result.sample_key != key:
-            raise ValueError(f"results are out of order: annotated {key!r} is paired with result {result.sample_key!r}")
-        if result is not None and len(result.candidate_betas) > MAX_BETA_CANDIDATES:
-            raise ValueError(f"{key}: {len(result.candidate_betas)} beta candidates; the schema stores at most "
-                             f"{MAX_BETA_CANDIDATES} (unihope.storage.schema.MAX_BETA_CANDIDATES)")
-
-    # 2. Per-sample values
-    rows: dict[str, list] = {spec.name: [] for spec in ARRAYS}
-    for frame, result in zip(annotated, results):
-        record = frame.frame
-        values = {
-            "image": frame.image,
-            "image_deoccluded": frame.image if result is None else result.image_deoccluded,
-            "inpaint_mask": np.zeros(frame.mask_hand.shape, bool) if result is None else result.inpaint_mask,
-            "mask_hand": frame.mask_hand,
-            "mask_hand_visible": frame.mask_hand_visible,
-            "mask_object": frame.mask_object,
-            "depth_hand": frame.depth_hand,
-            "depth_scene": frame.depth_scene,
-            "hand_parts": frame.hand_parts,
-            "seg_map": frame.seg_map,
-            "dense_map": frame.dense_map,
-            "relative_depth_map": frame.relative_depth_map,
-            "visibility": frame.visibility,
-            "occlusion_ratio": frame.occlusion_ratio,
-            "occlusion_bin": frame.occlusion_bin,
-            "finger_visibility": frame.finger_visibility,
-            "grasp": frame.grasp.is_grasping,
-            "rre_deg": frame.grasp.rre_deg,
-            "rte_m": frame.grasp.rte_m,
-            "grasp_reference_key": frame.grasp.reference_key,
-            "grasp_source": frame.grasp.source,
-            "has_deocclusion": result is not None,
-            "keep": False if result is None else bool(result.keep),
-            "beta": np.nan if result is None else result.beta,
-            "deocclusion_score": np.nan if result is None else result.deocclusion_score,
-            "original_score": np.nan if result is None else result.original_score,
-            "num_beta_candidates": 0 if result is None else len(result.candidate_betas),
-            "candidate_betas": _pad_candidates(None if result is None else result.candidate_betas),
-            "candidate_scores": _pad_candidates(None if result is None else result.candidate_scores),
-            "deocclusion_reason": NO_RESULT_REASON if result is None else result.reason,
-            "deocclusion_backend": "" if result is None else result.backend,
-            "mano_pose": record.mano_pose,
-            "mano_betas": record.mano_betas,
-            "mano_trans": record.mano_trans,
-            "hand_side": HAND_SIDE_CODES[record.hand_side],
-            "joints_3d": record.joints_3d,
-            "joints_2d": frame.joints_2d,
-            "joints_2d_full": record.joints_2d,
-            "object_id": record.object_id,
-            "object_name": record.object_name,
-            "object_pose": record.object_pose,
-            "object_keypoints_2d": frame.object_keypoints_2d,
-            "K": frame.crop.K,
-            "K_full": record.K,
-            "crop_affine": frame.crop.affine,
-            "crop_box_xyxy": frame.crop.box_xyxy,
-            "image_size_wh": record.image_size_wh,
-            "sample_key": record.sample_key,
-            "sequence_key": record.sequence_key,
-            "dataset": record.dataset,
-            "serial": record.serial,
-            "frame_idx": record.frame_idx,
-            "image_path": record.image_path,
-            "depth_path": record.depth_path,
-            "object_mesh_path": record.object_mesh_path,
-        }
-        for name, value in values.items():
-            rows[name].append(value)
-
-    # 3. Stack with the schema's dtype and shape
-    columns: dict[str, np.ndarray] = {}
-    for spec in ARRAYS:
-        expected = (len(annotated), *spec.sample_shape(crop_size_px, feature_size_px))
-        if spec.dtype == "str":
-            column = np.array([str(v) for v in rows[spec.name]], dtype=np.dtypes.StringDType())
-        else:
-            column = np.asarray(np.stack([np.asarray(v) for v in rows[spec.name]]), dtype=spec.dtype)
-        if column.shape != expected:
-            bad_idx = next(i for i, v in enumerate(rows[spec.name]) if np.shape(v) != expected[1:])
-            raise ValueError(f"{annotated[bad_idx].frame.sample_key}: field {spec.name!r} has shape "
-                             f"{np.shape(rows[spec.name][bad_idx])}, the schema expects {expected[1:]}")
-        columns[spec.name] = column
-    return columns
-
-
-def _pad_candidates(values: np.ndarray | None) -> np.ndarray:
-    padded = np.full(MAX_BETA_CANDIDATES, np.nan, dtype=np.float32)
-    if values is not None:
-        padded[: len(values)] = np.asarray(values, dtype=np.float32)
-    return padded
-
-
-def input_fingerprint(columns: dict[str, np.ndarray], attrs: DatasetAttrs, cfg: "StorageConfig") -> str:
+def input_fingerprint(columns: dict[str, np.ndarray], attrs: DatasetAttrs, cfg: "StorageConfig",
+                      schema_version: int = SCHEMA_VERSION) -> str:
     """sha256 over the schema version, configs and every array's dtype, shape and bytes."""
     digest = hashlib.sha256()
-    header = {"schema_version": SCHEMA_VERSION, "storage": cfg.model_dump(mode="json"), "attrs": attrs.to_json()}
+    header = {"schema_version": schema_version, "storage": cfg.model_dump(mode="json"), "attrs": attrs.to_json()}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     for name, column in columns.items():
         digest.update(f"|{name}|{column.dtype}|{column.shape}|".encode())
@@ -228,7 +105,8 @@ def input_fingerprint(columns: dict[str, np.ndarray], attrs: DatasetAttrs, cfg: 
     return digest.hexdigest()
 
 
-def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "StorageConfig") -> dict[str, bytes]:
+def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "StorageConfig",
+                 schema: RecordSchema = SCHEMA) -> dict[str, bytes]:
     """Encode one shard group in memory: object key -> bytes, exactly as Zarr stores them.
 
     Sample arrays: sharding codec, whole shard = one object, inner chunk = one sample, blosc.
@@ -241,11 +119,11 @@ def encode_group(columns: dict[str, np.ndarray], group_attrs: dict, cfg: "Storag
     group = zarr.open_group(zarr.storage.MemoryStore(objects), mode="w", zarr_format=3)
     group.attrs[GROUP_ATTRS_KEY] = group_attrs
     num_samples = len(columns["sample_key"])
-    for spec in ARRAYS:
+    for spec in schema.arrays:
         column = columns[spec.name]
         if spec.dtype == "str":  # a Zarr v3 core type: uint8 UTF-8 code units (unihope.storage.codes)
-            column = encode_utf8_fixed(column, STRING_WIDTH_BYTES[spec.name], spec.name)
-        common = {"shape": column.shape, "dtype": column.dtype, "dimension_names": ARRAY_DIMS[spec.name],
+            column = encode_utf8_fixed(column, spec.width_bytes, spec.name)
+        common = {"shape": column.shape, "dtype": column.dtype, "dimension_names": spec.dimension_names,
                   "attributes": {"units": spec.units, "description": spec.description}, "config": _WRITE_EVERY_CHUNK}
         if spec.chunking == CHUNKING_SAMPLE:
             shuffle = _BLOSC_SHUFFLE_BY_DTYPE.get(spec.dtype, BloscShuffle.shuffle)
@@ -337,6 +215,7 @@ def write_shard(
     attrs: DatasetAttrs | dict,
     cfg: "StorageConfig",
     storage_options: dict | None = None,
+    schema: RecordSchema = SCHEMA,
 ) -> ShardCommit:
     """Write and commit one shard; rerunning with the same inputs is a no-op.
 
@@ -350,6 +229,8 @@ def write_shard(
         attrs: dataset attributes stored with the shard (name, source, config, config hash, code version).
         cfg: StorageConfig (codec, level).
         storage_options: fsspec options for URLs (e.g. S3 endpoint and credentials).
+        schema: the records and arrays to store (unihope.storage.schema.SCHEMA; a test passes a copy with
+            one more label).
 
     Returns:
         The shard's commit record (the existing one when the inputs are unchanged).
@@ -363,14 +244,14 @@ def write_shard(
     attrs = _as_attrs(attrs)
     if not attrs.code_version:
         attrs = dataclasses.replace(attrs, code_version=code_version())
-    columns = build_columns(annotated, results)
+    columns = build_columns(annotated, results, schema)
     loc = locate(url, storage_options)
-    fingerprint = input_fingerprint(columns, attrs, cfg)
+    fingerprint = input_fingerprint(columns, attrs, cfg, schema.version)
 
     # 2. Resume: an identical committed shard is left alone
     previous = read_commit(loc, shard_idx)
     if (previous is not None and previous.input_fingerprint == fingerprint
-            and previous.schema_version == SCHEMA_VERSION
+            and previous.schema_version == schema.version
             and loc.fs.exists(loc.path(f"{previous.data_path}/zarr.json"))):
         return previous
 
@@ -380,7 +261,7 @@ def write_shard(
     write_path = f"{SHARDS_DIR}/{shard_stem(shard_idx)}.incomplete-{attempt}" if loc.is_local else final_path
     crop_size_px = int(columns["image"].shape[1])
     group_attrs = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema.version,
         "shard_idx": shard_idx,
         "num_samples": len(annotated),
         "crop_size_px": crop_size_px,
@@ -389,7 +270,7 @@ def write_shard(
         "storage_config_hash": cfg.config_hash(),
         "dataset": attrs.to_json(),
     }
-    objects = encode_group(columns, group_attrs, cfg)
+    objects = encode_group(columns, group_attrs, cfg, schema)
     try:
         _put_objects(loc, write_path, objects)
         if write_path != final_path:  # local disk: a directory rename is atomic
@@ -407,7 +288,7 @@ def write_shard(
         shard_idx=shard_idx, data_path=final_path, num_samples=len(annotated),
         first_key=sample_keys[0], last_key=sample_keys[-1], keys_sha256=keys_sha256(sample_keys),
         input_fingerprint=fingerprint, files_sha256=files_sha256, digest_sha256=files_digest(files_sha256),
-        num_bytes=num_bytes, crop_size_px=crop_size_px, schema_version=SCHEMA_VERSION, created_utc=utc_now(),
+        num_bytes=num_bytes, crop_size_px=crop_size_px, schema_version=schema.version, created_utc=utc_now(),
     )
     write_bytes_atomic(loc, commit_path(shard_idx), json.dumps(commit.to_json(), indent=1).encode())
 

@@ -1,4 +1,4 @@
-"""Tasks: load frames and label grasps per part (whole sequence x camera groups); annotate per batch."""
+"""Task: crop and render the annotation of one batch of grasp-labelled frames (on the render thread)."""
 
 from __future__ import annotations
 
@@ -6,57 +6,31 @@ from functools import partial
 
 from prefect import task
 
-from unihope.buildplan.batch_items import annotate_batch_item, grasp_part_item
+from unihope.buildplan.batch_items import load_annotate_inputs, save_annotate_output
 from unihope.buildplan.plan import BatchSpec
 from unihope.buildplan.workdir import WorkLayout
+from unihope.buildplan.workfiles import reuse_summary
 from unihope.config import PipelineConfig
 from unihope.storage.schema import StageSummary
-from unihope.tasks.common import StageItem, on_render_thread, on_render_thread_within, run_stage_item, set_torch_threads
+from unihope.tasks.common import StageItem, begin_item, finish_item, set_torch_threads
 from unihope.tasks.options import injected_hang_s
+from unihope.tasks.resources import WorkerResources, worker_resources
 
 
-def _open_source(cfg: PipelineConfig):
-    """The configured source (reads only: index_source prepared a synthetic one)."""
-    from unihope.sources import open_source
-
-    return open_source(cfg.source, cfg.hand)
-
-
-@task(name="grasp", task_run_name="grasp-part-{part_idx}")
-def label_grasp_part(
-    cfg: PipelineConfig, layout: WorkLayout, part_idx: int, index_path: str, out_path: str,
-    fail_once: tuple[str, ...] = (),
-) -> StageSummary:
-    """Load one part's frames from the source and label their grasps (RRE/RTE against each group's first frame).
-
-    Args:
-        cfg: pipeline config (source, hand, grasp).
-        layout: work layout (execution log).
-        part_idx: which part of the index.
-        index_path: the index the source task wrote.
-        out_path: the part file (`layout.grasp_part_path(part_idx)`); reused when it exists.
-        fail_once: fault injection list (`grasp` or `grasp:<part_idx>`).
-
-    Returns:
-        Summary: frames in, frames loaded and labelled out, source skips by reason.
-    """
-    item = StageItem(layout, "grasp", part_idx, out_path, fail_once)
-    return run_stage_item(item, lambda: grasp_part_item(_open_source(cfg), cfg.grasp, index_path, part_idx, out_path))
-
-
-def _annotate_on_render_thread(cfg: PipelineConfig, batch_idx: int, fail_once: tuple[str, ...], torch_threads: int,
-                               records: list, grasps: list) -> list:
-    """`annotate_frames` on the render thread, with the worker's torch threads, under the annotate watchdog.
+def _annotate_on_render_thread(resources: WorkerResources, cfg: PipelineConfig, batch_idx: int,
+                               fail_once: tuple[str, ...], torch_threads: int, records: list, grasps: list) -> list:
+    """`annotate_frames` with the worker's renderers, on its render thread, with its torch threads, under the watchdog.
 
     Raises:
         StageTimeout: when rendering takes longer than `cfg.flow.annotate_timeout_s` (retried).
     """
     from unihope.render.annotate import annotate_frames
 
-    on_render_thread(set_torch_threads, torch_threads)  # the hand layer runs there (OpenMP settings are per thread)
+    resources.on_render_thread(set_torch_threads, torch_threads)  # the hand layer runs there (OpenMP settings are per thread)
     timeout_s = cfg.flow.annotate_timeout_s
-    return on_render_thread_within(
-        timeout_s, f"annotate batch {batch_idx}", annotate_frames, records, grasps, cfg.crop, cfg.render, cfg.hand,
+    annotate = partial(annotate_frames, resources=resources.annotation)
+    return resources.on_render_thread_within(
+        timeout_s, f"annotate batch {batch_idx}", annotate, records, grasps, cfg.crop, cfg.render, cfg.hand,
         cfg.source.resolved_tip_convention(), hang_s=injected_hang_s("annotate", batch_idx, fail_once, timeout_s),
     )
 
@@ -86,5 +60,11 @@ def annotate_batch(
         StageTimeout: when rendering takes longer than `cfg.flow.annotate_timeout_s` (retried).
     """
     item = StageItem(layout, "annotate", batch.batch_idx, out_path, fail_once)
-    annotate = partial(_annotate_on_render_thread, cfg, batch.batch_idx, fail_once, torch_threads)
-    return run_stage_item(item, lambda: annotate_batch_item(batch, index_path, part_path, out_path, skips_path, annotate))
+    if (reused := reuse_summary(out_path)) is not None:
+        return reused
+    started_s = begin_item(item)
+    records, grasps = load_annotate_inputs(batch, index_path, part_path)
+    outputs = _annotate_on_render_thread(worker_resources(), cfg, batch.batch_idx, fail_once, torch_threads, records,
+                                         grasps)
+    summary = save_annotate_output(out_path, skips_path, len(records), outputs)
+    return finish_item(item, started_s, len(records), summary)

@@ -1,65 +1,22 @@
-"""What every task wrapper shares: the one stage-item skeleton (`run_stage_item`) and the render thread."""
+"""What every task wrapper shares: a stage item's bookkeeping (`begin_item`, `finish_item`), the render thread, torch threads."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from unihope.buildplan.workdir import WorkLayout
-from unihope.buildplan.workfiles import StageResult, record_execution, reuse_summary, write_summary
+from unihope.buildplan.workfiles import record_execution
 from unihope.tasks.options import maybe_fail_once
-from unihope.tasks.timeouts import StageTimeout, call_with_timeout
+from unihope.tasks.resources import worker_resources
 
 R = TypeVar("R")
 
-# An EGL/OpenGL context works only on the thread that created it, and renderers are cached per
-# process (unihope.render.annotate.get_renderer, the synthetic generator's renderer). Task runners
-# call tasks from varying threads (ThreadPoolTaskRunner, Dask workers), so everything that renders
-# runs on this one thread of the process.
-_RENDER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unihope-render")
-
-
-_RENDER_THREAD_LOCK = threading.Lock()
-
-
 def on_render_thread(fn: Callable[..., R], *args: Any) -> R:
-    """Call `fn(*args)` on the process's render thread and return its result (exceptions propagate)."""
-    return _RENDER_THREAD.submit(fn, *args).result()
-
-
-def on_render_thread_within(timeout_s: float, what: str, fn: Callable[..., R], *args: Any, hang_s: float = 0.0) -> R:
-    """`on_render_thread` that gives up after `timeout_s` (a stuck EGL/driver call) with `StageTimeout`.
-
-    On a timeout the stuck render thread is abandoned: a new one takes its place and the cached
-    renderers are forgotten (their GL contexts belong to the stuck thread), so the retry renders on
-    fresh state.
-
-    Args:
-        timeout_s: seconds to wait.
-        what: names the work in the error.
-        fn, args: the call.
-        hang_s: fault injection (`unihope.tasks.timeouts.call_with_timeout`).
-
-    Raises:
-        StageTimeout: on expiry.
-    """
-    global _RENDER_THREAD
-    executor = _RENDER_THREAD
-    try:
-        return call_with_timeout(fn, *args, timeout_s=timeout_s, what=what, hang_s=hang_s, executor=executor)
-    except StageTimeout:
-        from unihope.render.annotate import forget_renderers
-
-        with _RENDER_THREAD_LOCK:
-            if _RENDER_THREAD is executor:  # another task may have replaced it already
-                _RENDER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unihope-render")
-                executor.shutdown(wait=False, cancel_futures=True)
-                forget_renderers()
-        raise
+    """Call `fn(*args)` on this process's render thread (`unihope.tasks.resources.WorkerResources`)."""
+    return worker_resources().on_render_thread(fn, *args)
 
 
 def set_torch_threads(num_threads: int) -> None:
@@ -75,7 +32,7 @@ def set_torch_threads(num_threads: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The stage-item skeleton
+# A stage item's bookkeeping: what a task body calls around its load -> stage -> save
 # ----------------------------------------------------------------------------------------------
 
 
@@ -89,7 +46,6 @@ class StageItem:
         item_idx: which part / batch / shard (0 for one-per-build items).
         out_path: the item's output; its existence marks the item complete.
         fail_once: the fault injection list (`flow.fail_once`).
-        fault_name: the item's name in `fail_once` when not its stage (the source task is `index`).
     """
 
     layout: WorkLayout
@@ -97,37 +53,19 @@ class StageItem:
     item_idx: int
     out_path: str
     fail_once: tuple[str, ...] = ()
-    fault_name: str | None = None
 
 
-def run_stage_item(
-    item: StageItem, compute: Callable[[], StageResult[R]], reuse: Callable[[], R | None] | None = None,
-) -> R:
-    """The one skeleton of every stage task: reuse, fault injection, timed compute, summary, save, execution log.
-
-    1. Reuse: a complete earlier output answers without computing; by default its summary sidecar
-       (`reuse_summary(out_path)`), else `reuse()` (the index, shard markers, finalize).
-    2. Fault injection: the first attempt of a listed item fails (`flow.fail_once`).
-    3. `compute()`: the stage call, returning the value, the frames it took and how to save it.
-    4. Save: the summary sidecar first (default reuse only), then `result.save()`, whose last file
-       marks the item complete: a crash before it leaves the item to be redone, never half-reused.
-    5. Record in `executions.jsonl` that the item was computed (a failed attempt records nothing).
-
-    The work folder is the build's only cache (no Prefect cache, `unihope.tasks.options.configure_task`),
-    so reruns, retries and resumes all go through step 1.
-
-    Returns:
-        The value the stage item returns (a summary, the plan).
+def begin_item(item: StageItem) -> float:
+    """Start computing an item the reuse check did not answer: fault injection (the first attempt of a
+    listed item fails, `flow.fail_once`), then the start time `finish_item` measures from.
     """
-    reused = reuse() if reuse is not None else reuse_summary(item.out_path)
-    if reused is not None:
-        return reused
-    maybe_fail_once(item.fault_name or item.stage, item.item_idx, item.fail_once)
-    start_s = time.perf_counter()
-    result = compute()
-    if reuse is None:
-        write_summary(result.value)
-    result.save()
-    record_execution(item.layout, item.stage, item.item_idx, result.num_frames, time.perf_counter() - start_s)
-    return result.value
+    maybe_fail_once(item.stage, item.item_idx, item.fail_once)
+    return time.perf_counter()
 
+
+def finish_item(item: StageItem, started_s: float, num_frames: int, value: R) -> R:
+    """Record in `executions.jsonl` that the item was computed (after its save: a failed attempt records
+    nothing) and hand back `value`, the task's return value.
+    """
+    record_execution(item.layout, item.stage, item.item_idx, num_frames, time.perf_counter() - started_s)
+    return value

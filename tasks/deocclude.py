@@ -3,45 +3,22 @@
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import nullcontext
-from functools import partial
 
 from prefect import task
 
-from unihope.buildplan.batch_items import deocclude_batch_item
+from unihope.buildplan.batch_items import load_annotated, save_deocclude_output
 from unihope.buildplan.workdir import WorkLayout
+from unihope.buildplan.workfiles import reuse_summary
 from unihope.config import DeocclusionConfig, PipelineConfig
 from unihope.storage.schema import StageSummary
-from unihope.tasks.common import StageItem, run_stage_item, set_torch_threads
-from unihope.tasks.device_pool import device_slot
+from unihope.tasks.common import StageItem, begin_item, finish_item, set_torch_threads
 from unihope.tasks.options import injected_hang_s, run_with_oom_halving
+from unihope.tasks.resources import WorkerResources, worker_resources
 from unihope.tasks.timeouts import StageTimeout, call_with_timeout
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_DEOCCLUDE_TIMEOUT_S = 7200.0  # FlowConfig.deocclude_timeout_s's default, for direct calls
-
-# One de-occluder per worker process, config and device: building one loads model weights (seconds
-# to minutes for ControlNet), so consecutive batches on a worker reuse it.
-_DEOCCLUDERS: dict[str, object] = {}
-_DEOCCLUDERS_LOCK = threading.Lock()
-
-
-def get_deoccluder(cfg: DeocclusionConfig):
-    """The worker's de-occluder for `cfg`, built on first use."""
-    from unihope.deocclude import build_deoccluder
-
-    key = cfg.config_hash()
-    with _DEOCCLUDERS_LOCK:
-        if key not in _DEOCCLUDERS:
-            _DEOCCLUDERS[key] = build_deoccluder(cfg)
-        return _DEOCCLUDERS[key]
-
-
-def forget_deoccluder(cfg: DeocclusionConfig) -> None:
-    """Drop the cached de-occluder of `cfg` (its last call got stuck): the retry builds a fresh one."""
-    with _DEOCCLUDERS_LOCK:
-        _DEOCCLUDERS.pop(cfg.config_hash(), None)
 
 
 def on_device(cfg: DeocclusionConfig, device: str | None) -> DeocclusionConfig:
@@ -63,9 +40,10 @@ def deocclude_tags(cfg: PipelineConfig) -> list[str]:
     return [cfg.flow.gpu_tag] if cfg.flow.gpu_tag and uses_gpu(cfg.deocclusion) else []
 
 
-def _deocclude_on_device(cfg: DeocclusionConfig, batch_idx: int, fail_once: tuple[str, ...], torch_threads: int,
-                         timeout_s: float, annotated: list) -> list:
-    """Run the worker's de-occluder over one batch: on a device slot (GPU backends), under the watchdog, halving on OOM.
+def _deocclude_on_device(resources: WorkerResources, cfg: DeocclusionConfig, batch_idx: int, fail_once: tuple[str, ...],
+                         torch_threads: int, timeout_s: float, annotated: list) -> list:
+    """Run the worker's de-occluder over one batch: on one of its device slots (GPU backends), under the watchdog,
+    halving on OOM.
 
     Raises:
         StageTimeout: when the batch takes longer than `timeout_s`; the de-occluder is forgotten so
@@ -74,9 +52,9 @@ def _deocclude_on_device(cfg: DeocclusionConfig, batch_idx: int, fail_once: tupl
     from unihope.deocclude import uses_gpu
 
     hang_s = injected_hang_s("deocclude", batch_idx, fail_once, timeout_s)
-    with device_slot(cfg.controlnet.device) if uses_gpu(cfg) else nullcontext() as device:
+    with resources.device_slot(cfg.controlnet.device) if uses_gpu(cfg) else nullcontext() as device:
         device_cfg = on_device(cfg, device)
-        deoccluder = get_deoccluder(device_cfg)
+        deoccluder = resources.deoccluder(device_cfg)
 
         def _on_halve(size: int) -> None:
             LOGGER.warning("deocclude batch %d: CUDA out of memory, continuing with %d frames per call",
@@ -89,7 +67,7 @@ def _deocclude_on_device(cfg: DeocclusionConfig, batch_idx: int, fail_once: tupl
         try:
             return call_with_timeout(_run, timeout_s=timeout_s, what=f"deocclude batch {batch_idx}", hang_s=hang_s)
         except StageTimeout:
-            forget_deoccluder(device_cfg)
+            resources.forget_deoccluder(device_cfg)
             raise
 
 
@@ -100,7 +78,7 @@ def deocclude_batch(
 ) -> StageSummary:
     """De-occlude the hands of one annotated batch and store the results.
 
-    A GPU backend holds one of the process's devices for the whole batch (`unihope.tasks.device_pool`): with
+    A GPU backend holds one of the worker's devices for the whole batch (`WorkerResources.device_slot`): with
     `device: auto` the batch takes a free GPU instead of always cuda:0, and no device runs two batches
     at once. On a CUDA out-of-memory error the batch continues in halves (down to one frame per
     call), so a GPU worker short of memory finishes the batch instead of failing it; a task-level
@@ -124,5 +102,10 @@ def deocclude_batch(
         StageTimeout: when the batch takes longer than `timeout_s` (retried).
     """
     item = StageItem(layout, "deocclude", batch_idx, out_path, fail_once)
-    deocclude = partial(_deocclude_on_device, cfg, batch_idx, fail_once, torch_threads, timeout_s)
-    return run_stage_item(item, lambda: deocclude_batch_item(in_path, out_path, deocclude))
+    if (reused := reuse_summary(out_path)) is not None:
+        return reused
+    started_s = begin_item(item)
+    annotated = load_annotated(in_path)
+    results = _deocclude_on_device(worker_resources(), cfg, batch_idx, fail_once, torch_threads, timeout_s, annotated)
+    summary = save_deocclude_output(out_path, len(annotated), results)
+    return finish_item(item, started_s, len(annotated), summary)

@@ -5,7 +5,8 @@ in the whole fleet; it cannot say which device a batch runs on, and a local `uni
 server limit at all. This pool does both inside a process: each batch takes one of the process's
 visible CUDA devices (`cuda:0` .. `cuda:N-1`, after CUDA_VISIBLE_DEVICES) that no other batch holds,
 waiting while all are busy. A worker pinned to one GPU (CUDA_VISIBLE_DEVICES=k) thus runs one batch
-at a time on it; a process seeing N GPUs runs up to N batches, one per device.
+at a time on it; a process seeing N GPUs runs up to N batches, one per device. The process's pool is
+held by its `unihope.tasks.resources.WorkerResources` (`device_slot`).
 """
 
 from __future__ import annotations
@@ -72,10 +73,6 @@ class DevicePool:
                 self._available.notify_all()  # waiters may want different devices
 
 
-_POOL: DevicePool | None = None
-_POOL_LOCK = threading.Lock()
-
-
 def devices_for(requested: str, visible: Sequence[str]) -> tuple[str, ...]:
     """The devices a de-occluder configured with `requested` may run on, given the `visible` ones.
 
@@ -92,31 +89,3 @@ def devices_for(requested: str, visible: Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"device {requested!r} is not visible to this process (visible: {list(visible) or 'none'})")
         return (requested,)
     return ()
-
-
-def process_pool() -> DevicePool | None:
-    """The process's one pool over its visible CUDA devices (shared by every task), or None without CUDA."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            visible = visible_cuda_devices()
-            if not visible:
-                return None
-            _POOL = DevicePool(visible)
-        return _POOL
-
-
-@contextmanager
-def device_slot(requested: str) -> Iterator[str | None]:
-    """Hold one device slot for a GPU batch configured with `requested`; yields the device, or None on the CPU.
-
-    Raises:
-        ValueError: for `cuda:N` beyond the visible devices.
-    """
-    pool = process_pool()
-    candidates = devices_for(requested, pool.devices if pool is not None else ())
-    if pool is None or not candidates:
-        yield None
-        return
-    with pool.acquire(candidates) as device:
-        yield device

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prefect import task
 
-from unihope.buildplan.output_items import finalize_item, finalized_marker_path, reuse_finalized
+from unihope.buildplan.output_items import (
+    finalize_and_report, finalized_marker_path, load_build_skips, reuse_finalized, save_finalized_marker,
+)
 from unihope.buildplan.workdir import WorkLayout
 from unihope.storage.schema import DatasetAttrs
-from unihope.tasks.common import StageItem, run_stage_item
+from unihope.tasks.common import StageItem, begin_item, finish_item
 
 
 @task(name="finalize")
@@ -33,6 +35,10 @@ def finalize_dataset(
         `unihope.report.DatasetSummary` of the finished dataset.
     """
     item = StageItem(layout, "finalize", 0, str(finalized_marker_path(layout)), fail_once)
-    return run_stage_item(
-        item, lambda: finalize_item(layout, url, attrs, num_parts, num_batches, num_shards, report_dir),
-        reuse=lambda: reuse_finalized(layout, url, report_dir))
+    if (reused := reuse_finalized(layout, url, report_dir)) is not None:
+        return reused
+    started_s = begin_item(item)
+    skips = load_build_skips(layout, num_parts, num_batches)
+    summary = finalize_and_report(url, attrs, skips, num_shards, report_dir)
+    save_finalized_marker(layout, summary)
+    return finish_item(item, started_s, summary.num_samples, summary)

@@ -164,7 +164,7 @@ def configure_task(task: Task, flow_cfg: FlowConfig, *, tags: Sequence[str] = ()
     """Apply the build's retry, backoff and tag settings to a task; switch Prefect's cache and result persistence off.
 
     Reruns, retries and resumes reuse finished work through the stage-hash work folder alone (each
-    task returns the stored summary of an output that exists: `unihope.tasks.common.run_stage_item`).
+    task's reuse check returns the stored summary of an output that exists, first thing in its body).
     A second cache in Prefect's result store would keep pickled records (`_prefect-results/`), which
     run code when read from a shared work folder; so there is none (NO_CACHE, persist_result=False).
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from prefect import task
 
 from unihope.buildplan import output_items
-from unihope.buildplan.output_items import dataset_attrs, pack_shard_item, reuse_shard
+from unihope.buildplan.output_items import dataset_attrs, load_shard_samples, reuse_shard, save_shard_marker
 from unihope.buildplan.plan import ShardSpec, plan_shards
 from unihope.buildplan.workdir import WorkLayout
 from unihope.config import StorageConfig
 from unihope.storage.schema import DatasetAttrs, StageSummary
-from unihope.tasks.common import StageItem, run_stage_item
+from unihope.storage.writer import write_shard
+from unihope.tasks.common import StageItem, begin_item, finish_item
 
 __all__ = ["claim_output", "dataset_attrs", "pack_shard", "plan_shards_task"]
 
@@ -48,8 +49,13 @@ def pack_shard(
         Summary: samples packed, with the marker as output path.
     """
     item = StageItem(layout, "pack", shard.shard_idx, out_path, fail_once)
-    return run_stage_item(item, lambda: pack_shard_item(cfg, layout, url, shard, batch_paths, attrs, out_path),
-                          reuse=lambda: reuse_shard(shard, out_path))
+    if (reused := reuse_shard(shard, out_path)) is not None:
+        return reused
+    started_s = begin_item(item)
+    annotated, results = load_shard_samples(shard, batch_paths)
+    commit = write_shard(url, shard.shard_idx, annotated, results, attrs, cfg)
+    summary = save_shard_marker(layout, out_path, shard, commit, len(annotated))
+    return finish_item(item, started_s, len(annotated), summary)
 
 
 @task(name="plan-shards")

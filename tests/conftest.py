@@ -61,7 +61,7 @@ CAPSULE_SCENE_SIZE_PX = 96  # the de-occlusion and scoring tests assert this cro
 @pytest.fixture(scope="session")
 def capsule_scene_builder():
     """Constructed capsule-hand scenes (hand, box in front, true object-free image); one renderer per session."""
-    from unihope.deocclude.testing import SceneBuilder
+    from capsule_scenes import SceneBuilder
 
     return SceneBuilder(CAPSULE_SCENE_SIZE_PX)
 

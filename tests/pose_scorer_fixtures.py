@@ -1,5 +1,5 @@
 """MANO-hand scenes for the pose-model scorer test: the project's procedural MANO hand with chosen finger flexion,
-rendered by the de-occlusion test renderer (`unihope.deocclude.testing.SceneBuilder`) at a fixed view.
+rendered by the de-occlusion test renderer (`tests/capsule_scenes.py:SceneBuilder`) at a fixed view.
 
 `ManoScenes.training_batch` renders object-free hands with random flexion (what a pose model trains on);
 `ManoScenes.ranking_case` renders one occluded frame and three de-occlusion candidates of it, composited into the
@@ -122,7 +122,7 @@ class ManoScenes:
         }
 
     def _look(self, rng: np.random.Generator):
-        from unihope.deocclude.testing import _background
+        from capsule_scenes import _background
 
         skin = tuple(int(c) for c in SKIN_RGB + rng.integers(-15, 16, size=3))
         return skin, _background(self.builder.size_px, rng)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -24,13 +25,14 @@ from unihope.storage.schema import (
 )
 from unihope.config import CropConfig, HandModelConfig, RenderConfig
 from unihope.hand import TIP_VERTEX_IDS
-from unihope.render.annotate import annotate_frames, get_hand_layer, get_renderer, occlusion_bin
+from unihope.render.annotate import AnnotationResources, annotate_frames, occlusion_bin
 from unihope.render.camera import project_points
 from unihope.render.features import box_keypoints, unit_cube_coordinates
 from unihope.render.renderer import feature_intrinsics
 
 K_FULL = np.array([[610.0, 0.0, 318.3], [0.0, 605.0, 243.7], [0.0, 0.0, 1.0]])
 HAND_CFG = HandModelConfig()
+RESOURCES = AnnotationResources()  # one per module, as a worker keeps one across batches
 FACING_CAMERA = np.array([np.pi / 2, 0.0, 0.0])  # the procedural hand's palm plane becomes the image plane
 HAND_TRANSL_M = np.array([-0.01, 0.0, 0.5])
 
@@ -40,7 +42,7 @@ HAND_TRANSL_M = np.array([-0.01, 0.0, 0.5])
 
 def hand_frame_geometry(side: str = "right", global_orient=FACING_CAMERA, transl_m=HAND_TRANSL_M):
     """Pose, vertices (778, 3) and joints (21, 3) of a hand in the camera frame."""
-    layer, _ = get_hand_layer(side, HAND_CFG)
+    layer, _ = RESOURCES.hand_layer(side, HAND_CFG)
     pose = np.zeros(48, np.float32)
     pose[:3] = global_orient
     pose[3:] = np.tile([0.0, 0.0, 0.15], 15)  # a slight, even curl
@@ -164,7 +166,7 @@ def test_box_in_front_gives_the_expected_visibility(tmp_path: Path, cover_from: 
     box_min = [lo[0] + cover_from * (hi[0] - lo[0]), lo[1] - 0.03, lo[2] - 0.06]
     box_max = [hi[0] + 0.05, hi[1] + 0.03, lo[2] - 0.02]  # entirely in front of the hand
     frame, _ = make_frame(tmp_path, "test/seq/cam/000000", box_min, box_max)
-    (result,) = annotate_frames([frame], [label(frame)], CropConfig(), RenderConfig(), HAND_CFG)
+    (result,) = annotate_frames([frame], [label(frame)], CropConfig(), RenderConfig(), HAND_CFG, resources=RESOURCES)
     assert isinstance(result, AnnotatedFrame), result
 
     covered = pixels_inside_projection(box_corners(box_min, box_max), result.crop.K, 128)
@@ -191,10 +193,10 @@ def test_masks_and_depth_match_ray_casting(tmp_path: Path):
     box_min = [mid[0] - 0.02, mid[1] - 0.015, lo[2] - 0.01]
     box_max = [mid[0] + 0.06, mid[1] + 0.045, hi[2] + 0.04]
     frame, _ = make_frame(tmp_path, "test/seq/cam/000001", box_min, box_max)
-    (result,) = annotate_frames([frame], [label(frame, True)], CropConfig(), RenderConfig(), HAND_CFG)
+    (result,) = annotate_frames([frame], [label(frame, True)], CropConfig(), RenderConfig(), HAND_CFG, resources=RESOURCES)
     assert isinstance(result, AnnotatedFrame), result
 
-    layer, _ = get_hand_layer("right", HAND_CFG)
+    layer, _ = RESOURCES.hand_layer("right", HAND_CFG)
     box = trimesh.creation.box(extents=np.subtract(box_max, box_min))
     hand_depth = ray_cast_first_hit(verts, layer.faces, result.crop.K, 128)
     box_depth = ray_cast_first_hit(box.vertices + (np.add(box_min, box_max) / 2), box.faces, result.crop.K, 128)
@@ -216,7 +218,7 @@ def test_masks_and_depth_match_ray_casting(tmp_path: Path):
 
 def test_parts_keypoints_and_image_crop(tmp_path: Path):
     frame, verts = make_frame(tmp_path, "test/seq/cam/000002", [0.3, 0.3, 0.4], [0.35, 0.35, 0.45])  # box off to the side
-    (result,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=256), RenderConfig(), HAND_CFG)
+    (result,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=256), RenderConfig(), HAND_CFG, resources=RESOURCES)
     assert isinstance(result, AnnotatedFrame), result
     assert result.image.shape == (256, 256, 3) and result.image.dtype == np.uint8
     assert result.visibility == 1.0 and result.occlusion_bin == 3
@@ -249,7 +251,7 @@ def test_feature_maps_ranges_and_values(tmp_path: Path):
     box_max = [hi[0] + 0.04, hi[1] + 0.02, lo[2] - 0.005]
     frame, _ = make_frame(tmp_path, "test/seq/cam/000003", box_min, box_max)
     render_cfg = RenderConfig(relative_depth_range_m=0.1)
-    (result,) = annotate_frames([frame], [label(frame, True)], CropConfig(), render_cfg, HAND_CFG)
+    (result,) = annotate_frames([frame], [label(frame, True)], CropConfig(), render_cfg, HAND_CFG, resources=RESOURCES)
     assert isinstance(result, AnnotatedFrame), result
 
     assert result.seg_map.shape == (32, 32) and result.seg_map.dtype == np.uint8
@@ -301,7 +303,7 @@ def test_bad_frames_are_skipped_with_reasons(tmp_path: Path):
     left, _ = make_frame(tmp_path, "t/s/c/000007", *box, side="left")
     beyond_far_plane, _ = make_frame(tmp_path, "t/s/c/000008", *box, transl_m=[0.0, 0.0, 12.0])  # box ~10 px wide
     frames = [good, no_mesh, bad_mesh, no_image, bad_image, outside, behind, left, beyond_far_plane]
-    results = annotate_frames(frames, [label(f) for f in frames], CropConfig(), RenderConfig(), HAND_CFG)
+    results = annotate_frames(frames, [label(f) for f in frames], CropConfig(), RenderConfig(), HAND_CFG, resources=RESOURCES)
     assert [r.frame.sample_key if isinstance(r, AnnotatedFrame) else r.sample_key for r in results] == [
         f.sample_key for f in frames
     ]
@@ -321,9 +323,9 @@ def test_bad_frames_are_skipped_with_reasons(tmp_path: Path):
     assert results[7].mask_hand.sum() > 500  # the left hand renders too
 
     with pytest.raises(ValueError, match="one label per frame"):
-        annotate_frames(frames, [label(good)], CropConfig(), RenderConfig(), HAND_CFG)
+        annotate_frames(frames, [label(good)], CropConfig(), RenderConfig(), HAND_CFG, resources=RESOURCES)
     with pytest.raises(ValueError, match="multiple of"):
-        annotate_frames([good], [label(good)], CropConfig(size_px=130), RenderConfig(), HAND_CFG)
+        annotate_frames([good], [label(good)], CropConfig(size_px=130), RenderConfig(), HAND_CFG, resources=RESOURCES)
 
 
 def test_survives_another_renderer_being_deleted(tmp_path: Path):
@@ -331,10 +333,10 @@ def test_survives_another_renderer_being_deleted(tmp_path: Path):
     from unihope.render.gl import import_pyrender
 
     frame, _ = make_frame(tmp_path, "t/s/c/000000", [0.3, 0.3, 0.4], [0.35, 0.35, 0.45])
-    (first,) = annotate_frames([frame], [label(frame)], CropConfig(), RenderConfig(), HAND_CFG)
+    (first,) = annotate_frames([frame], [label(frame)], CropConfig(), RenderConfig(), HAND_CFG, resources=RESOURCES)
     other = import_pyrender("egl").OffscreenRenderer(64, 64)  # e.g. the synthetic source's renderer
     other.delete()
-    (second,) = annotate_frames([frame], [label(frame)], CropConfig(), RenderConfig(), HAND_CFG)
+    (second,) = annotate_frames([frame], [label(frame)], CropConfig(), RenderConfig(), HAND_CFG, resources=RESOURCES)
     assert isinstance(first, AnnotatedFrame) and isinstance(second, AnnotatedFrame)
     np.testing.assert_array_equal(first.hand_parts, second.hand_parts)
     np.testing.assert_array_equal(first.dense_map, second.dense_map)
@@ -342,8 +344,8 @@ def test_survives_another_renderer_being_deleted(tmp_path: Path):
 
 def test_render_pixel_centres_follow_the_opencv_convention():
     """A quad edge projected at u = 63.25 px must start covering pixel 64, not 63 (half-pixel convention)."""
-    renderer = get_renderer(128, "egl")
-    _, geometry = get_hand_layer("right", HAND_CFG)
+    renderer = RESOURCES.renderer(128, "egl")
+    _, geometry = RESOURCES.hand_layer("right", HAND_CFG)
     K = np.array([[100.0, 0.0, 63.25], [0.0, 100.0, 40.25], [0.0, 0.0, 1.0]])
     quad = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     faces = np.array([[0, 1, 2], [0, 2, 3], [2, 1, 0], [3, 2, 0]], dtype=np.uint32)
@@ -368,7 +370,7 @@ def test_synthetic_dataset_end_to_end(synthetic_dexycb: Path):
     source = open_source(SourceConfig(kind="dexycb", root=synthetic_dexycb), HAND_CFG)
     frames = source.load(source.index())
     assert all(isinstance(frame, FrameRecord) for frame in frames)
-    results = annotate_frames(frames, label_grasps(frames, GraspConfig()), CropConfig(), RenderConfig(), HAND_CFG)
+    results = annotate_frames(frames, label_grasps(frames, GraspConfig()), CropConfig(), RenderConfig(), HAND_CFG, resources=RESOURCES)
     skips = [r for r in results if isinstance(r, Skip)]
     assert skips == []
     truth = json.loads((synthetic_dexycb / "truth" / "visibility.json").read_text())
@@ -415,10 +417,10 @@ def test_hand_vertices_do_not_depend_on_the_batch(tmp_path: Path):
     right, _ = make_frame(tmp_path, "t/s/c/000000", [0.3, 0.3, 0.4], [0.35, 0.35, 0.45])
     left, _ = make_frame(tmp_path, "t/s/c/000001", [0.2, 0.2, 0.4], [0.28, 0.26, 0.47], side="left")
     other, _ = make_frame(tmp_path, "t/s/c/000002", [0.2, 0.2, 0.4], [0.28, 0.26, 0.47], transl_m=[0.02, 0.01, 0.45])
-    (alone,) = _hand_vertices_by_frame([right], HAND_CFG)
+    (alone,) = _hand_vertices_by_frame([right], HAND_CFG, "manopth", RESOURCES)
     batches = ([right, left, right], [other, right, other, other, left], [left] * 3 + [right])
     for batch in batches:
-        for frame, verts in zip(batch, _hand_vertices_by_frame(batch, HAND_CFG)):
+        for frame, verts in zip(batch, _hand_vertices_by_frame(batch, HAND_CFG, "manopth", RESOURCES)):
             if frame is right:
                 np.testing.assert_array_equal(verts, alone)
 
@@ -435,7 +437,7 @@ def test_cached_gpu_meshes_give_the_same_result_after_other_frames(tmp_path: Pat
     curled_pose[3:] = np.tile(np.float32([0.0, 0.0, 0.25]), 15)
     moved = dataclasses.replace(right, sample_key="t/s/c/000002", mano_pose=curled_pose)
     frames = [right, left, right, moved]
-    first, other, again, stale = annotate_frames(frames, [label(f) for f in frames], CropConfig(), RenderConfig(), HAND_CFG)
+    first, other, again, stale = annotate_frames(frames, [label(f) for f in frames], CropConfig(), RenderConfig(), HAND_CFG, resources=RESOURCES)
     assert all(isinstance(r, AnnotatedFrame) for r in (first, other, again, stale))
     assert not np.array_equal(first.hand_parts, other.hand_parts)
     assert_same_render(first, again)
@@ -458,7 +460,7 @@ def test_feature_labels_and_depth_are_the_scene_pass_at_feature_pixel_centres(tm
     _, _, _, verts, _ = hand_frame_geometry()
     lo, hi = verts.min(0), verts.max(0)
     frame, _ = make_frame(tmp_path, "t/s/c/000000", [(lo[0] + hi[0]) / 2, lo[1], lo[2] - 0.03], [hi[0] + 0.03, hi[1], lo[2] - 0.01])
-    (result,) = annotate_frames([frame], [label(frame, True)], CropConfig(), RenderConfig(relative_depth_range_m=0.1), HAND_CFG)
+    (result,) = annotate_frames([frame], [label(frame, True)], CropConfig(), RenderConfig(relative_depth_range_m=0.1), HAND_CFG, resources=RESOURCES)
     assert isinstance(result, AnnotatedFrame), result
     centres = np.arange(32) * 4 + 2
     full_seg = np.where(result.mask_object, SEG_OBJECT, np.where(result.depth_scene > 0, SEG_HAND, SEG_BACKGROUND))
@@ -479,7 +481,7 @@ def test_annotation_crops_by_upstreams_rule_from_joints_and_box_keypoints(tmp_pa
     box_max = [hi[0] + 0.07, lo[1] + 0.05, lo[2] + 0.05]
     frame, _ = make_frame(tmp_path, "test/seq/cam/000009", box_min, box_max)
     free, held = annotate_frames([frame, frame], [label(frame), label(frame, True)], CropConfig(), RenderConfig(),
-                                 HAND_CFG)  # fmt: skip
+                                 HAND_CFG, resources=RESOURCES)  # fmt: skip
     assert isinstance(free, AnnotatedFrame) and isinstance(held, AnnotatedFrame)
     keypoints_2d = project_points(reference_box_keypoints(box_min, box_max), K_FULL)
     np.testing.assert_allclose(free.crop.box_xyxy, reference_crop_box(frame.joints_2d, None, False), atol=1e-6)
@@ -506,9 +508,10 @@ def test_a_frame_annotated_on_another_thread_after_this_one_renders(tmp_path: Pa
     from unihope.tasks.common import on_render_thread
 
     frame, _ = make_frame(tmp_path, "t/s/c/000000", [0.3, 0.3, 0.4], [0.35, 0.35, 0.45])
-    (here,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG)
-    (there,) = on_render_thread(annotate_frames, [frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG)
-    (again,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG)
+    (here,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG, resources=RESOURCES)
+    (there,) = on_render_thread(partial(annotate_frames, resources=RESOURCES), [frame], [label(frame)],
+                                CropConfig(size_px=64), RenderConfig(), HAND_CFG)
+    (again,) = annotate_frames([frame], [label(frame)], CropConfig(size_px=64), RenderConfig(), HAND_CFG, resources=RESOURCES)
     assert isinstance(there, AnnotatedFrame) and isinstance(again, AnnotatedFrame)
     assert_same_render(here, there)
     assert_same_render(here, again)

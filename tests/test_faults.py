@@ -532,9 +532,10 @@ def test_annotation_and_deocclusion_do_not_depend_on_batching_order_or_torch_thr
     from unihope.config import CropConfig, DeocclusionConfig, GraspConfig, HandModelConfig, RenderConfig, SourceConfig
     from unihope.deocclude import build_deoccluder
     from unihope.grasp import label_grasps
-    from unihope.render.annotate import annotate_frames
+    from unihope.render.annotate import AnnotationResources, annotate_frames
     from unihope.sources import open_source
 
+    resources = AnnotationResources()
     hand_cfg = HandModelConfig()
     source = open_source(SourceConfig(kind="dexycb", root=synthetic_dexycb), hand_cfg)
     refs = source.index()
@@ -549,7 +550,7 @@ def test_annotation_and_deocclusion_do_not_depend_on_batching_order_or_torch_thr
             out = {}
             for group in groups:
                 results = annotate_frames([frames[i] for i in group], [grasps[i] for i in group], crop_cfg,
-                                          render_cfg, hand_cfg)
+                                          render_cfg, hand_cfg, resources=resources)
                 out.update({frames[i].sample_key: result for i, result in zip(group, results)})
             return out
         finally:

@@ -82,7 +82,7 @@ def test_stage_hashes_change_only_downstream():
     base = PipelineConfig()
     h0 = stage_hashes(base, "/data/out")
     h_deocc = stage_hashes(base.model_copy(update={"deocclusion": DeocclusionConfig(beta_fixed=0.6)}), "/data/out")
-    assert (h_deocc.source, h_deocc.grasp, h_deocc.annotate) == (h0.source, h0.grasp, h0.annotate)
+    assert (h_deocc.index, h_deocc.grasp, h_deocc.annotate) == (h0.index, h0.grasp, h0.annotate)
     assert h_deocc.deocclude != h0.deocclude and h_deocc.pack != h0.pack
     h_store = stage_hashes(base.model_copy(update={"storage": StorageConfig(shard_size=7)}), "/data/out")
     assert h_store.deocclude == h0.deocclude and h_store.pack != h0.pack
@@ -317,7 +317,7 @@ def test_build_end_to_end_counts_every_frame(reference_build):
     assert sum(summary.skips_by_reason.values()) == len(skipped)
     # each stage item computed exactly once (the failed attempt records nothing)
     executions = reference_build["executions"]
-    assert executions["source"] == [0]
+    assert executions["index"] == [0]
     assert executions["grasp"] == list(range(NUM_PARTS))
     assert executions["annotate"] == list(range(NUM_BATCHES))
     assert executions["deocclude"] == list(range(NUM_BATCHES))
@@ -388,7 +388,7 @@ def test_a_build_leaves_no_pickled_prefect_results_and_a_rerun_reuses_every_stag
     storage = Path(PREFECT_LOCAL_STORAGE_PATH.value()).expanduser()
     stored_before = sorted(storage.rglob("*")) if storage.is_dir() else []
     before = read_executions(out / "_work")
-    assert {entry["stage"] for entry in before} == {"source", "grasp", "annotate", "deocclude", "pack", "finalize"}
+    assert {entry["stage"] for entry in before} == {"index", "grasp", "annotate", "deocclude", "pack", "finalize"}
     summary = build_dataset(config=reference_build["cfg"], out=str(out))
     assert read_executions(out / "_work") == before  # nothing computed: every stage item reused
     assert summary == reference_build["summary"]
@@ -427,12 +427,14 @@ def test_changing_only_deocclusion_recomputes_only_deocclusion_and_packing(refer
 def test_deocclude_task_halves_its_chunks_on_cuda_oom(reference_build, tmp_path, monkeypatch):
     """A de-occluder that runs out of memory above 2 frames still yields the reference results."""
     import unihope.tasks.deocclude as deocclude_tasks
+    import unihope.tasks.resources as resources
     from unihope.buildplan.workdir import make_layout
     from unihope.buildplan.workfiles import load_results
 
     cfg, out = reference_build["cfg"], reference_build["out"]
     layout = make_layout(cfg, str(out))
-    real = deocclude_tasks.get_deoccluder(cfg.deocclusion)
+    worker = resources.WorkerResources()
+    real = worker.deoccluder(cfg.deocclusion)
     chunk_sizes: list[int] = []
 
     class SmallGpu:
@@ -442,7 +444,8 @@ def test_deocclude_task_halves_its_chunks_on_cuda_oom(reference_build, tmp_path,
                 raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB")
             return real.run(frames)
 
-    monkeypatch.setattr(deocclude_tasks, "get_deoccluder", lambda _cfg: SmallGpu())
+    monkeypatch.setattr(worker, "deoccluder", lambda _cfg: SmallGpu())
+    monkeypatch.setattr(resources, "_WORKER", worker)
     summary = deocclude_tasks.deocclude_batch.fn(
         cfg.deocclusion, layout.__class__(root=tmp_path, hashes=layout.hashes), 0,
         str(layout.annotate_batch_path(0)), str(tmp_path / "results.npz"))
@@ -495,7 +498,7 @@ def test_sigkill_mid_build_then_rerun_gives_the_uninterrupted_dataset(reference_
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "frames seen 24" in rerun.stdout
     after = executions_by_stage(out)
-    for stage in ("source", "grasp", "annotate", "deocclude", "pack"):
+    for stage in ("index", "grasp", "annotate", "deocclude", "pack"):
         assert after[stage] == sorted(set(after[stage])), f"{stage} item computed twice: {after[stage]}"
     assert 0 in done_before["pack"] and 1 in after["pack"]
     assert dataset_digest(out) == reference_build["digest"]
@@ -572,14 +575,14 @@ def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, mo
     import shutil
     import threading
 
-    import unihope.tasks.deocclude as deocclude_tasks
-    import unihope.tasks.device_pool as device_pool
+    import unihope.tasks.resources as resources
     from unihope.flows.build import build_flow_for
 
     out = tmp_path / "data"
     shutil.copytree(reference_build["out"], out)
     cfg = reference_build["cfg"]
-    real = deocclude_tasks.get_deoccluder(cfg.deocclusion)
+    worker = resources.WorkerResources(visible_devices=("cuda:0", "cuda:1"))
+    real = worker.deoccluder(cfg.deocclusion)
     running: dict[str, int] = {}
     peaks: dict[str, int] = {}
     lock = threading.Lock()
@@ -598,9 +601,8 @@ def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, mo
                 running[self.device] -= 1
             return real.run(frames)
 
-    monkeypatch.setattr(device_pool, "visible_cuda_devices", lambda: ("cuda:0", "cuda:1"))
-    monkeypatch.setattr(device_pool, "_POOL", None)
-    monkeypatch.setattr(deocclude_tasks, "get_deoccluder", lambda c: FakeGpu(c.controlnet.device))
+    monkeypatch.setattr(worker, "deoccluder", lambda c: FakeGpu(c.controlnet.device))
+    monkeypatch.setattr(resources, "_WORKER", worker)
     gpu_cfg = PipelineConfig.model_validate({
         **cfg.model_dump(mode="json"),
         "deocclusion": {**cfg.deocclusion.model_dump(mode="json"), "backend": "controlnet"},

@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 # The design card's top-level folders, installed as unihope.storage / .tasks / .flows / .model.
 FOLDER_NAMES = ("storage", "tasks", "flows", "unihope_model")
@@ -99,3 +101,29 @@ def test_a_checkout_without_symlinks_fails_at_once_saying_how_to_fix_it(tmp_path
     last_line = proc.stderr.strip().splitlines()[-1]
     assert "this checkout has no symlinks" in last_line and "unihope/flows" in last_line
     assert "git config core.symlinks true" in last_line
+
+
+def test_storage_and_train_export_what_users_need_without_importing_it_early():
+    """`unihope.storage` and `unihope.train` name their public functions; importing the schema loads no torch or zarr."""
+    import subprocess
+    import sys
+
+    import unihope.storage as storage
+    import unihope.train as train
+    from unihope.storage import PairedDataset, make_loader, open_dataset, write_shard
+    from unihope.train import EvalReport, load_train_config, run_training_in_runs_dir
+
+    assert {"open_dataset", "PairedDataset", "make_loader", "write_shard", "finalize", "SCHEMA"} <= set(storage.__all__)
+    assert {"run_training_in_runs_dir", "load_train_config", "run_evaluation_from_cli", "train"} <= set(train.__all__)
+    for module in (storage, train):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+    assert open_dataset.__module__ == "unihope.storage.view" and PairedDataset.__module__ == "unihope.storage.paired"
+    assert callable(make_loader) and callable(write_shard) and isinstance(EvalReport, type) and callable(load_train_config)
+    assert callable(run_training_in_runs_dir)
+    with pytest.raises(AttributeError, match="no attribute 'open_datset'"):
+        storage.open_datset  # noqa: B018
+    code = ("import sys, unihope.storage.schema, unihope.train.weights; "
+            "print(sorted(m for m in ('torch', 'zarr', 'unihope.storage.view', 'unihope.train.loop') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == "['torch']", out  # train.weights loads model tensors (torch), nothing of the readers or the loop

@@ -60,7 +60,7 @@ class Checkpoints:
 
 @pytest.fixture(scope="module")
 def mano_scenes():
-    from unihope.deocclude.testing import SceneBuilder
+    from capsule_scenes import SceneBuilder
 
     return ManoScenes(SceneBuilder(CROP_PX))
 

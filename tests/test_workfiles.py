@@ -116,3 +116,15 @@ def test_a_work_file_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a work file"):
         load_results(tmp_path / "batch.npz")
     assert isinstance(load_results(tmp_path / "results.npz")[0], DeocclusionResult)
+
+
+def test_execution_log_refuses_an_unknown_stage(tmp_path):
+    """A stage name the hashes do not know raises (it used to be logged silently under the pack hash)."""
+    from unihope.buildplan.workfiles import read_executions, record_execution
+
+    layout = _layout(tmp_path)
+    record_execution(layout, "index", 0, 10, 0.5)
+    record_execution(layout, "finalize", 0, 10, 0.5)
+    with pytest.raises(ValueError, match="unknown stage 'source'"):
+        record_execution(layout, "source", 0, 10, 0.5)
+    assert [(e["stage"], e["hash"]) for e in read_executions(tmp_path)] == [("index", "shash"), ("finalize", "phash")]

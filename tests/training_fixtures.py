@@ -7,6 +7,7 @@ annotated, de-occluded (render backend) and packed with the real stage functions
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ def build_small_dataset(work: Path, url: str, hand_cfg: HandModelConfig, num_seq
     from unihope.storage.schema import AnnotatedFrame, FrameRecord
     from unihope.storage.writer import finalize, write_shard
     from unihope.tasks.common import on_render_thread
+    from unihope.tasks.resources import worker_resources
     from unihope.buildplan.output_items import dataset_attrs
     from unihope.deocclude import build_deoccluder
     from unihope.grasp import label_grasps
@@ -61,8 +63,8 @@ def build_small_dataset(work: Path, url: str, hand_cfg: HandModelConfig, num_seq
     })
     source = on_render_thread(open_source, cfg.source, cfg.hand)
     records = [r for r in source.load(source.index()) if isinstance(r, FrameRecord)]
-    outputs = on_render_thread(annotate_frames, records, label_grasps(records, cfg.grasp), cfg.crop, cfg.render,
-                               cfg.hand)
+    annotate = partial(annotate_frames, resources=worker_resources().annotation)
+    outputs = on_render_thread(annotate, records, label_grasps(records, cfg.grasp), cfg.crop, cfg.render, cfg.hand)
     annotated = [a for a in outputs if isinstance(a, AnnotatedFrame)]
     results = build_deoccluder(cfg.deocclusion).run(annotated)
     attrs = dataset_attrs(cfg)

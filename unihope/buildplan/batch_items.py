@@ -1,27 +1,28 @@
-"""The work-folder items of the per-batch stages: the source index, grasp parts, annotate and de-occlusion batches.
+"""Load and save helpers of the per-batch stage items: the source index, grasp parts, annotate and de-occlusion batches.
 
-Each function reads the item's inputs from the work folder, calls the stage, and returns a
-`StageResult` (value, frames, how to save); reuse, fault injection, timing and the execution log
-are the task skeleton's (`unihope.tasks.common.run_stage_item`). Callables passed in decide where
-the work runs (the render thread, a watchdog, a GPU slot): that is the task's business.
+A task body reads straight through: reuse check -> `load_*` (the item's inputs from the work folder)
+-> the stage function -> `save_*` (the summary sidecar, then the output file, written last: its
+existence marks the item complete). Nothing here calls back into a task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from unihope.buildplan.plan import BatchSpec, SourcePlan, plan_batches, plan_parts, read_index, write_index
 from unihope.buildplan.workfiles import (
-    GraspPartOutput, StageResult, count_by_reason, load_grasp_part, save_grasp_part, save_results, write_skips,
+    GraspPartOutput, count_by_reason, load_grasp_part, save_grasp_part, save_results, write_skips, write_summary,
 )
-from unihope.config import GraspConfig
 from unihope.storage.schema import AnnotatedFrame, DeocclusionResult, FrameRecord, FrameRef, GraspLabel, Skip, StageSummary
 
 
 def _plan(index_path: Path, parts: list[list[FrameRef]], batches: Sequence[BatchSpec]) -> SourcePlan:
     return SourcePlan(index_path=str(index_path), num_frames=sum(len(p) for p in parts),
                       part_sizes=tuple(len(p) for p in parts), batches=tuple(batches))
+
+
+# ---- index ---------------------------------------------------------------------------------------
 
 
 def reuse_index(out_path: str | Path) -> SourcePlan | None:
@@ -32,87 +33,87 @@ def reuse_index(out_path: str | Path) -> SourcePlan | None:
     return _plan(Path(out_path), parts, batches)
 
 
-def index_item(list_refs: Callable[[], list[FrameRef]], max_frames: int | None, frames_per_task: int,
-               out_path: str | Path) -> StageResult[SourcePlan]:
-    """List the source's frames (capped at `max_frames`) and split them into grasp parts and batches."""
-    refs = list_refs()
+def plan_index(refs: list[FrameRef], max_frames: int | None, frames_per_task: int
+               ) -> tuple[list[list[FrameRef]], list[BatchSpec]]:
+    """Cap the refs at `max_frames` (first by sequence, camera, frame) and split them into grasp parts and batches."""
     if max_frames is not None and len(refs) > max_frames:
         refs = sorted(refs, key=lambda r: (r.sequence_key, r.serial, r.frame_idx))[:max_frames]
     parts = plan_parts(refs, frames_per_task)
-    batches = plan_batches([len(p) for p in parts], frames_per_task)
-    return StageResult(_plan(Path(out_path), parts, batches), len(refs),
-                       save=lambda: write_index(Path(out_path), parts, batches))
+    return parts, plan_batches([len(p) for p in parts], frames_per_task)
 
 
-def grasp_part_item(source, grasp_cfg: GraspConfig, index_path: str | Path, part_idx: int,
-                    out_path: str) -> StageResult[StageSummary]:
-    """Load one part's frames from `source` (a `FrameSource`) and label their grasps.
+def save_index(out_path: str | Path, parts: list[list[FrameRef]], batches: list[BatchSpec]) -> SourcePlan:
+    """Write the index (its existence marks the item complete) and return the plan."""
+    write_index(Path(out_path), parts, batches)
+    return _plan(Path(out_path), parts, batches)
 
-    Returns:
-        Summary: frames in, frames loaded and labelled out, source skips by reason.
-    """
-    from unihope.grasp import label_grasps
 
-    # 1. Load the part's frames; per-frame failures come back as Skips.
+# ---- grasp parts ---------------------------------------------------------------------------------
+
+
+def load_part_frames(source, index_path: str | Path, part_idx: int
+                     ) -> tuple[list[FrameRef], list[FrameRecord], list[Skip]]:
+    """One part's refs and what `source` (a `FrameSource`) loads of them: records, and Skips for bad frames."""
     parts, _ = read_index(Path(index_path))
     refs = parts[part_idx]
     loaded = source.load(refs)
-    records = [item for item in loaded if isinstance(item, FrameRecord)]
-    skips = [item for item in loaded if isinstance(item, Skip)]
+    return refs, [item for item in loaded if isinstance(item, FrameRecord)], [item for item in loaded if isinstance(item, Skip)]
 
-    # 2. Label grasps (RRE/RTE against each group's first frame).
-    grasps = label_grasps(records, grasp_cfg)
-    summary = StageSummary(stage="grasp", output_path=out_path, num_in=len(refs), num_out=len(records),
+
+def save_grasp_part_output(out_path: str, num_in: int, records: list[FrameRecord], grasps: list[GraspLabel],
+                           skips: list[Skip]) -> StageSummary:
+    """Write the part's summary sidecar, then the part file; return the summary (frames in, labelled out, skips)."""
+    summary = StageSummary(stage="grasp", output_path=out_path, num_in=num_in, num_out=len(records),
                            skips_by_reason=count_by_reason(skips))
-    output = GraspPartOutput(tuple(records), tuple(grasps), tuple(skips))
-    return StageResult(summary, len(refs), save=lambda: save_grasp_part(Path(out_path), output))
+    write_summary(summary)
+    save_grasp_part(Path(out_path), GraspPartOutput(tuple(records), tuple(grasps), tuple(skips)))
+    return summary
 
 
-def annotate_batch_item(
-    batch: BatchSpec, index_path: str | Path, part_path: str | Path, out_path: str, skips_path: str | Path,
-    annotate: Callable[[list[FrameRecord], list[GraspLabel]], list[AnnotatedFrame | Skip]],
-) -> StageResult[StageSummary]:
-    """Crop and render the annotation of one batch (`annotate`: `unihope.render.annotate.annotate_frames` bound to its configs).
+# ---- annotate batches ----------------------------------------------------------------------------
 
-    Returns:
-        Summary: frames of the batch the source loaded, frames annotated, annotate skips by reason.
-    """
-    from unihope.storage.batches import save_batch
 
-    # 1. Select this batch's frames and labels from its grasp part.
+def load_annotate_inputs(batch: BatchSpec, index_path: str | Path, part_path: str | Path
+                         ) -> tuple[list[FrameRecord], list[GraspLabel]]:
+    """This batch's frames and grasp labels, selected from its grasp part."""
     parts, _ = read_index(Path(index_path))
     keys = {ref.sample_key for ref in parts[batch.part_idx][batch.start : batch.stop]}
     part = load_grasp_part(Path(part_path))
     grasp_by_key = {label.sample_key: label for label in part.grasps}
     records = [record for record in part.records if record.sample_key in keys]
-    grasps = [grasp_by_key[record.sample_key] for record in records]
+    return records, [grasp_by_key[record.sample_key] for record in records]
 
-    # 2. Annotate; saving writes the skips first, then the batch file (its existence marks the batch complete).
-    outputs = annotate(records, grasps)
+
+def save_annotate_output(out_path: str, skips_path: str | Path, num_in: int,
+                         outputs: list[AnnotatedFrame | Skip]) -> StageSummary:
+    """Write the skips, the summary sidecar, then the batch file (last: it marks the batch complete)."""
+    from unihope.storage.batches import save_batch
+
     annotated = [item for item in outputs if isinstance(item, AnnotatedFrame)]
     skips = [item for item in outputs if isinstance(item, Skip)]
-    summary = StageSummary(stage="annotate", output_path=out_path, num_in=len(records), num_out=len(annotated),
+    summary = StageSummary(stage="annotate", output_path=out_path, num_in=num_in, num_out=len(annotated),
                            skips_by_reason=count_by_reason(skips))
-
-    def save() -> None:
-        write_skips(Path(skips_path), skips)
-        save_batch(out_path, annotated)
-
-    return StageResult(summary, len(records), save=save)
+    write_skips(Path(skips_path), skips)
+    write_summary(summary)
+    save_batch(out_path, annotated)
+    return summary
 
 
-def deocclude_batch_item(
-    in_path: str, out_path: str, deocclude: Callable[[list[AnnotatedFrame]], list[DeocclusionResult]],
-) -> StageResult[StageSummary]:
-    """De-occlude the hands of one annotated batch (`deocclude`: the worker's de-occluder, under its options).
+# ---- de-occlusion batches ------------------------------------------------------------------------
 
-    Returns:
-        Summary: num_in = annotated frames, num_out = kept pairs (UniHOPE's filter passed).
-    """
+
+def load_annotated(in_path: str) -> list[AnnotatedFrame]:
+    """The frames of one annotate batch file."""
     from unihope.storage.batches import load_batch
 
     annotated, _ = load_batch(in_path)
-    results = deocclude(annotated)
-    summary = StageSummary(stage="deocclude", output_path=out_path, num_in=len(annotated),
+    return annotated
+
+
+def save_deocclude_output(out_path: str, num_in: int, results: list[DeocclusionResult]) -> StageSummary:
+    """Write the summary sidecar, then the results file; num_out = kept pairs (UniHOPE's filter passed)."""
+    summary = StageSummary(stage="deocclude", output_path=out_path, num_in=num_in,
                            num_out=sum(1 for r in results if r.keep), skips_by_reason={})
-    return StageResult(summary, len(annotated), save=lambda: save_results(Path(out_path), results))
+    write_summary(summary)
+    save_results(Path(out_path), results)
+    return summary

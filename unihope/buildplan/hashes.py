@@ -12,10 +12,10 @@ from pathlib import Path
 
 from unihope.config import PipelineConfig
 
-STAGES = ("source", "grasp", "annotate", "deocclude", "pack")
+STAGES = ("index", "grasp", "annotate", "deocclude", "pack")
 # Bump when the meaning of a stage's output files changes: old folders are then not reused.
 # grasp 2 / deocclude 3: parts and results became unihope.storage.batches work files (were pickles, never read now).
-STAGE_CODE_VERSIONS = {"source": 1, "grasp": 2, "annotate": 1, "deocclude": 3, "pack": 1}
+STAGE_CODE_VERSIONS = {"index": 1, "grasp": 2, "annotate": 1, "deocclude": 3, "pack": 1}
 
 
 def _short_hash(*parts: str) -> str:
@@ -36,7 +36,7 @@ def _file_digest(path: Path | None) -> str:
 class StageHashes:
     """One short hash per stage, each covering its own config and every upstream stage's hash."""
 
-    source: str
+    index: str
     grasp: str
     annotate: str
     deocclude: str
@@ -49,7 +49,7 @@ class StageHashes:
 def stage_hashes(cfg: PipelineConfig, out_url: str) -> StageHashes:
     """Chain the stage configs into per-stage hashes.
 
-    `flow.frames_per_task` is part of the source hash because it decides which frames each batch
+    `flow.frames_per_task` is part of the index hash because it decides which frames each batch
     file holds; the orchestration-only flow settings (retries, runner, fault injection) are not,
     so changing them never recomputes anything.
 
@@ -60,12 +60,12 @@ def stage_hashes(cfg: PipelineConfig, out_url: str) -> StageHashes:
     Returns:
         The stage hashes.
     """
-    source = _short_hash(
-        f"v{STAGE_CODE_VERSIONS['source']}", cfg.source.config_hash(), cfg.hand.config_hash(),
+    index = _short_hash(
+        f"v{STAGE_CODE_VERSIONS['index']}", cfg.source.config_hash(), cfg.hand.config_hash(),
         str(cfg.flow.frames_per_task),
     )
     grasp = _short_hash(
-        f"v{STAGE_CODE_VERSIONS['grasp']}", source, cfg.grasp.config_hash(), _file_digest(cfg.grasp.label_override_path)
+        f"v{STAGE_CODE_VERSIONS['grasp']}", index, cfg.grasp.config_hash(), _file_digest(cfg.grasp.label_override_path)
     )
     annotate = _short_hash(
         f"v{STAGE_CODE_VERSIONS['annotate']}", grasp, cfg.crop.config_hash(), cfg.render.config_hash(),
@@ -73,4 +73,4 @@ def stage_hashes(cfg: PipelineConfig, out_url: str) -> StageHashes:
     )
     deocclude = _short_hash(f"v{STAGE_CODE_VERSIONS['deocclude']}", annotate, cfg.deocclusion.config_hash())
     pack = _short_hash(f"v{STAGE_CODE_VERSIONS['pack']}", deocclude, cfg.storage.config_hash(), out_url)
-    return StageHashes(source=source, grasp=grasp, annotate=annotate, deocclude=deocclude, pack=pack)
+    return StageHashes(index=index, grasp=grasp, annotate=annotate, deocclude=deocclude, pack=pack)

@@ -1,7 +1,7 @@
 """The output side of a build: claiming the output for a pack hash, one shard per item, finalize, dataset attrs.
 
-As in `unihope.buildplan.batch_items`: each item returns a `StageResult`; the task skeleton
-(`unihope.tasks.common.run_stage_item`) reuses, injects faults, times and logs.
+As in `unihope.buildplan.batch_items`: reuse checks, load and save helpers that a task body calls in
+order (reuse check -> load -> stage -> save); nothing here calls back into a task.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from unihope.buildplan.plan import ShardSpec
 from unihope.buildplan.workdir import WorkLayout
 from unihope.storage.io import write_file_atomic
-from unihope.buildplan.workfiles import StageResult, atomic_write_json, load_grasp_part, load_results, read_skips
+from unihope.buildplan.workfiles import atomic_write_json, load_grasp_part, load_results, read_skips
 from unihope.config import FlowConfig, PipelineConfig, StorageConfig
-from unihope.storage.schema import DatasetAttrs, Skip, StageSummary
+from unihope.storage.schema import AnnotatedFrame, DatasetAttrs, DeocclusionResult, ShardCommit, Skip, StageSummary
 
 FINALIZED_MARKER = "finalized.json"
 FINALIZED_VERSION = "finalized_version.txt"  # the dataset version the marker's summary and report describe
@@ -63,19 +63,15 @@ def reuse_shard(shard: ShardSpec, out_path: str) -> StageSummary | None:
     return StageSummary(stage="pack", output_path=out_path, num_in=shard.num_samples, num_out=shard.num_samples)
 
 
-def pack_shard_item(
-    cfg: StorageConfig, layout: WorkLayout, url: str, shard: ShardSpec, batch_paths: dict[int, tuple[str, str]],
-    attrs: DatasetAttrs, out_path: str,
-) -> StageResult[StageSummary]:
-    """Write and commit one shard (Zarr v3) from slices of annotated batches and their results; saving marks it.
+def load_shard_samples(shard: ShardSpec, batch_paths: dict[int, tuple[str, str]]
+                       ) -> tuple[list[AnnotatedFrame], list[DeocclusionResult]]:
+    """The shard's samples and their de-occlusion results, in order, from the batches it spans.
 
     Raises:
         ValueError: when a results file does not match its annotate batch.
     """
     from unihope.storage.batches import load_batch
-    from unihope.storage.writer import write_shard
 
-    # 1. Gather the shard's samples, in order, from the batches it spans.
     annotated, results = [], []
     for piece in shard.slices:
         annotated_path, results_path = batch_paths[piece.batch_idx]
@@ -85,12 +81,14 @@ def pack_shard_item(
             raise ValueError(f"{results_path} does not match {annotated_path}; delete both and rebuild")
         annotated.extend(batch_annotated[piece.start : piece.stop])
         results.extend(batch_results[piece.start : piece.stop])
+    return annotated, results
 
-    # 2. Write and commit the shard; the marker is the save.
-    commit = write_shard(url, shard.shard_idx, annotated, results, attrs, cfg)
-    summary = StageSummary(stage="pack", output_path=out_path, num_in=shard.num_samples, num_out=len(annotated))
-    marker = {"pack_hash": layout.hashes.pack, "commit": commit.to_json()}
-    return StageResult(summary, len(annotated), save=lambda: atomic_write_json(Path(out_path), marker))
+
+def save_shard_marker(layout: WorkLayout, out_path: str, shard: ShardSpec, commit: ShardCommit,
+                      num_packed: int) -> StageSummary:
+    """Mark the committed shard in the work folder (the marker is the item's output) and return its summary."""
+    atomic_write_json(Path(out_path), {"pack_hash": layout.hashes.pack, "commit": commit.to_json()})
+    return StageSummary(stage="pack", output_path=out_path, num_in=shard.num_samples, num_out=num_packed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,7 +96,7 @@ def pack_shard_item(
 # ----------------------------------------------------------------------------------------------
 
 
-def collect_skips(layout: WorkLayout, num_parts: int, num_batches: int) -> list[Skip]:
+def load_build_skips(layout: WorkLayout, num_parts: int, num_batches: int) -> list[Skip]:
     """Every Skip of the build: source skips (grasp parts) then annotate skips (batch sidecars), in order."""
     skips: list[Skip] = []
     for part_idx in range(num_parts):
@@ -150,37 +148,31 @@ def reuse_finalized(layout: WorkLayout, url: str, report_dir: str | None):
     return DatasetSummary.from_json(json.loads(marker.read_text()))
 
 
-def finalize_item(
-    layout: WorkLayout, url: str, attrs: DatasetAttrs, num_parts: int, num_batches: int, num_shards: int,
-    report_dir: str | None,
-) -> StageResult:
-    """Write manifest.json, skips.jsonl and the root attrs; summarize and (optionally) report; saving marks it.
+def finalize_and_report(url: str, attrs: DatasetAttrs, skips: list[Skip], num_shards: int, report_dir: str | None):
+    """Drop shards an earlier, larger build left, commit the version (manifest, skips.jsonl, root attrs),
+    summarize it and (optionally) write the HTML report.
 
     Returns:
-        A result whose value is the `unihope.report.DatasetSummary` of the finished dataset.
+        The `unihope.report.DatasetSummary` of the finished dataset (with the report's path).
     """
     from unihope.report import summarize_dataset, write_report
-    from unihope.storage.versions import current_version
     from unihope.storage.writer import finalize
 
-    # 1. Gather the build's skips and drop shards an earlier, larger build left behind.
-    skips = collect_skips(layout, num_parts, num_batches)
     drop_stale_commits(url, num_shards)
-
-    # 2. Finalize, summarize, report; the marker is the save.
     finalize(url, attrs, skips)
     summary = summarize_dataset(url)
     if report_dir is not None:
         index_path = write_report(data_url=url, out_dir=Path(report_dir))
         summary = dataclasses.replace(summary, report_path=str(index_path))
-    version_id = current_version(url)
+    return summary
 
-    def save() -> None:
-        marker = finalized_marker_path(layout)
-        write_file_atomic(marker.with_name(FINALIZED_VERSION), version_id.encode())
-        atomic_write_json(marker, summary.to_json())
 
-    return StageResult(summary, summary.num_samples, save=save)
+def save_finalized_marker(layout: WorkLayout, summary) -> None:
+    """Mark this pack hash finalized with its summary (what `reuse_finalized` returns later), beside the
+    version it describes (a newer version of the output makes both stale)."""
+    marker = finalized_marker_path(layout)
+    write_file_atomic(marker.with_name(FINALIZED_VERSION), summary.version_id.encode())
+    atomic_write_json(marker, summary.to_json())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the build's only cache: a stage item whose output file exists is reused, never r
 Layout:
 
     <work>/
-      source-<h>/index.json              refs + plan (which frames each task handles)
+      index-<h>/index.json               refs + plan (which frames each task handles)
       grasp-<h>/part-0000.npz            loaded FrameRecords + GraspLabels + source skips of one part
       annotate-<h>/batch-0000.*          unihope.storage.batches file of AnnotatedFrames (+ .skips.jsonl)
       deocclude-<h>/results-0000.npz     the batch's DeocclusionResults (its frames stay in annotate-<h>)
@@ -77,7 +77,7 @@ class WorkLayout:
 
     @property
     def index_path(self) -> Path:
-        return self.stage_dir("source") / "index.json"
+        return self.stage_dir("index") / "index.json"
 
     def grasp_part_path(self, part_idx: int) -> Path:
         return self.stage_dir("grasp") / f"part-{part_idx:04d}.npz"

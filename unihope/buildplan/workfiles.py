@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 
 from unihope.buildplan.workdir import WorkLayout
 from unihope.storage.batches import load_records, save_records
 from unihope.storage.io import write_file_atomic
 from unihope.storage.schema import DeocclusionResult, FrameRecord, GraspLabel, Skip, SkipReason, StageSummary
 
-R = TypeVar("R")
+# Execution-log stages without a hash of their own: finalize commits what its pack hash wrote.
+_HASH_OF_STAGE = {"finalize": "pack"}
 
 
 def atomic_write_json(path: Path, value: object) -> None:
@@ -37,9 +36,18 @@ def append_line(path: Path, line: str) -> None:
 
 
 def record_execution(layout: WorkLayout, stage: str, item_idx: int, num_frames: int, seconds: float) -> None:
-    """Note in `executions.jsonl` that a stage item was computed (not reused): how reruns are audited."""
+    """Note in `executions.jsonl` that a stage item was computed (not reused): how reruns are audited.
+
+    Raises:
+        ValueError: for a stage name that is neither a hashed stage nor finalize (a typo would
+            otherwise be logged under the pack hash).
+    """
+    hashes = layout.hashes.as_dict()
+    hash_stage = _HASH_OF_STAGE.get(stage, stage)
+    if hash_stage not in hashes:
+        raise ValueError(f"execution log: unknown stage {stage!r} (one of {sorted([*hashes, *_HASH_OF_STAGE])})")
     entry = {
-        "stage": stage, "item": item_idx, "hash": getattr(layout.hashes, stage, layout.hashes.pack),
+        "stage": stage, "item": item_idx, "hash": hashes[hash_stage],
         "num_frames": num_frames,
         "seconds": round(seconds, 4), "pid": os.getpid(), "time": time.time(),
     }
@@ -137,21 +145,8 @@ def count_by_reason(skips: list[Skip]) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Stage items: what one computed item hands back, and its summary sidecar
+# Stage items: the summary sidecar
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StageResult(Generic[R]):
-    """One computed stage item: what the task returns, how many frames it took, and how to save it.
-
-    `save` writes the item's output; the file it writes last marks the item complete, so it runs
-    only after everything else succeeded (`unihope.tasks.common.run_stage_item`).
-    """
-
-    value: R
-    num_frames: int
-    save: Callable[[], None]
 
 
 def summary_path(out_path: str | Path) -> Path:

@@ -15,7 +15,9 @@ from unihope.hand.constants import (
 from unihope.hand.convert import convert_official_mano
 from unihope.hand.mano_arrays import axis_angle_to_pca, load_mano_arrays, pca_to_axis_angle, vertex_finger_labels
 from unihope.hand.preview import render_grasp_preview
-from unihope.hand.procedural import PROCEDURAL_MODEL_VERSION, build_procedural_mano, curl_pose, mirror_mano
+from unihope.hand.mirror import mirror_mano
+from unihope.hand.poses import curl_pose
+from unihope.hand.procedural import PROCEDURAL_MODEL_VERSION, build_procedural_mano
 
 __all__ = [
     "DEFAULT_TIP_CONVENTION",

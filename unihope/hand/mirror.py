@@ -3,10 +3,13 @@
 With M = diag(-1, 1, 1), a rotation R becomes M R M, whose axis-angle is (a0, -a1, -a2); a point
 (x, y, z) becomes (-x, y, z). The one place these two rules live, for numpy arrays and torch tensors
 alike (training mirrors left samples to the right-hand layer, the generator and the preview mirror
-right-hand curl poses to the left hand, the procedural left model mirrors its PCA basis).
+right-hand curl poses to the left hand, the procedural left model mirrors its PCA basis), and
+`mirror_mano`, which applies them to a whole MANO model.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from unihope.hand.constants import AXIS_ANGLE_MIRROR_SIGNS
 
@@ -48,3 +51,36 @@ def mirror_points_x(points):
     if points.shape[-1] != 3:
         raise ValueError(f"points need a last axis of 3, got shape {tuple(points.shape)}")
     return points * _signs_like(points, POINT_MIRROR_SIGNS)
+
+
+def mirror_mano(arrays: dict[str, Any]) -> dict[str, Any]:
+    """Mirrors a MANO array dict across the x = 0 plane (right <-> left).
+
+    Rule, with M = diag(-1, 1, 1): vertices, shape directions and pose-corrective offsets get x
+    negated; faces reverse their winding; J_regressor, weights and kintree_table are unchanged (same
+    vertex and joint numbering). A rotation R becomes M R M, so its (R - I) feature entry (r, s) changes
+    sign when exactly one of r, s is 0: posedirs[v, c, 9 j + 3 r + s] is multiplied by
+    M[c, c] M[r, r] M[s, s]. Axis-angle triples (hands_components rows, hands_mean) become
+    (a0, -a1, -a2). Posing the mirrored model with the mirrored pose gives the mirrored vertices.
+
+    Args:
+        arrays: a MANO dict as unihope.hand.procedural.build_procedural_mano returns it (plain numpy / scipy arrays).
+
+    Returns:
+        A new dict with the mirrored arrays; other keys are copied unchanged.
+    """
+    import numpy as np
+
+    sign_xyz = np.array(POINT_MIRROR_SIGNS)
+    feature_sign = np.outer(sign_xyz, sign_xyz).ravel()  # (9,) sign of (R - I)[r, s] under M . M
+    num_pose_joints = arrays["posedirs"].shape[-1] // 9
+    posedirs_sign = sign_xyz[:, None] * np.tile(feature_sign, num_pose_joints)[None, :]
+    mirrored = dict(arrays)
+    mirrored["v_template"] = mirror_points_x(arrays["v_template"])
+    mirrored["f"] = arrays["f"][:, ::-1].copy()
+    mirrored["shapedirs"] = arrays["shapedirs"] * sign_xyz[None, :, None]
+    mirrored["posedirs"] = arrays["posedirs"] * posedirs_sign[None]
+    mirrored["hands_components"] = mirror_axis_angle(np.asarray(arrays["hands_components"]))
+    mirrored["hands_mean"] = mirror_axis_angle(np.asarray(arrays["hands_mean"]))
+    mirrored["hands_coeffs"] = mirror_axis_angle(np.array(arrays["hands_coeffs"]))
+    return mirrored

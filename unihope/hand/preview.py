@@ -9,7 +9,7 @@ import numpy as np
 
 from unihope.hand.constants import NUM_BETAS
 from unihope.hand.mirror import mirror_axis_angle, mirror_points_x
-from unihope.hand.procedural import curl_pose
+from unihope.hand.poses import curl_pose
 
 SKIN_RGBA = (0.87, 0.66, 0.54, 1.0)
 BACKGROUND_RGBA = (0.96, 0.96, 0.97, 1.0)

@@ -35,7 +35,7 @@ from unihope.hand.constants import (
     TIP_CONVENTIONS,
 )
 from unihope.hand.convert import write_mano_pickle
-from unihope.hand.mirror import mirror_axis_angle, mirror_points_x
+from unihope.hand.mirror import mirror_mano
 
 # Bump whenever the generated arrays change: it names the cache folder (procedural-v<N>).
 PROCEDURAL_MODEL_VERSION = 3  # v3: every tip convention on the fingertips; left 444 <-> 445
@@ -788,11 +788,8 @@ def _synergy_basis(skeletons: dict[str, _DigitSkeleton]) -> tuple[np.ndarray, np
     The leading rows mimic what MANO's PCA finds first: coordinated curl, spread, thumb opposition,
     knuckle-vs-finger curl, index pointing, thumb flexion, ulnar curl; the rest completes the basis.
     """
-    flex = {name: axes @ PALM_TO_WORLD.T for name, axes in _flexion_axes_palm(skeletons).items()}
+    flex, opposition_axis = _digit_axes_world(skeletons)
     spread_axis = PALM_TO_WORLD @ np.array([0.0, 0.0, 1.0])  # about the back-of-hand normal, towards the thumb
-    thumb = skeletons["thumb"]
-    palm_target = np.array([0.05, -0.01, -0.02])  # palm centre, palmar side (palm frame)
-    opposition_axis = PALM_TO_WORLD @ _unit(np.cross(thumb.dirs[0], _unit(palm_target - thumb.joints_m[0])))
 
     def pose(per_joint: dict[int, np.ndarray]) -> np.ndarray:
         vec = np.zeros(NUM_HAND_POSE_DIMS)
@@ -840,31 +837,21 @@ def _synergy_basis(skeletons: dict[str, _DigitSkeleton]) -> tuple[np.ndarray, np
     return np.array(basis), relaxed
 
 
-def curl_pose(curl_amount: float, thumb_opposition: float) -> np.ndarray:
-    """(45,) axis-angle hand pose (world frame, right hand) that curls the procedural hand.
-
-    Args:
-        curl_amount: 0 = flat, 1 = a power grasp (about 80/95/60 deg at MCP/PIP/DIP).
-        thumb_opposition: 0 = thumb at rest, 1 = thumb rotated across the palm (about 50 deg).
-
-    Returns:
-        (45,) float64 axis-angle in MANO's joint order, radians.
-    """
-    skeletons = {name: _digit_skeleton(spec) for name, spec in DIGITS.items()}
+def _digit_axes_world(skeletons: dict[str, _DigitSkeleton]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Flexion axes of every digit joint ((3, 3) per digit) and the thumb's opposition axis, in MANO's world frame."""
     flex = {name: axes @ PALM_TO_WORLD.T for name, axes in _flexion_axes_palm(skeletons).items()}
     thumb = skeletons["thumb"]
-    palm_target = np.array([0.05, -0.01, -0.02])
+    palm_target = np.array([0.05, -0.01, -0.02])  # palm centre, palmar side (palm frame)
     opposition_axis = PALM_TO_WORLD @ _unit(np.cross(thumb.dirs[0], _unit(palm_target - thumb.joints_m[0])))
-    finger_angles_rad = np.deg2rad([80.0, 95.0, 60.0])
-    thumb_angles_rad = np.deg2rad([0.0, 30.0, 45.0])
-    pose = np.zeros(NUM_HAND_POSE_DIMS)
-    for name, joint_ids in MANO_FINGER_JOINTS.items():
-        angles_rad = thumb_angles_rad if name == "thumb" else finger_angles_rad
-        for k, joint_idx in enumerate(joint_ids):
-            pose[3 * (joint_idx - 1): 3 * joint_idx] = curl_amount * angles_rad[k] * flex[name][k]
-    cmc = MANO_FINGER_JOINTS["thumb"][0]
-    pose[3 * (cmc - 1): 3 * cmc] += thumb_opposition * np.deg2rad(50.0) * opposition_axis
-    return pose
+    return flex, opposition_axis
+
+
+def digit_axes_world() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The procedural hand's joint axes (right hand, MANO's world frame): per digit its three flexion axes
+    ((3, 3), MCP..DIP or CMC..IP), and the thumb's opposition axis (3,). Poses are built on them
+    (`unihope.hand.poses`).
+    """
+    return _digit_axes_world({name: _digit_skeleton(spec) for name, spec in DIGITS.items()})
 
 
 def _tip_targets() -> dict[str, list[int]]:
@@ -899,7 +886,8 @@ def build_procedural_mano(side: str = "right") -> dict[str, Any]:
     """Builds the procedural hand as the dict MANO's pickle holds.
 
     Args:
-        side: "right" or "left" (the left hand is the exact mirror of the right, see mirror_mano, with
+        side: "right" or "left" (the left hand is the exact mirror of the right, see
+            unihope.hand.mirror.mirror_mano, with
             vertices 444 and 445 exchanged, see left_vertex_order).
 
     Returns:
@@ -984,37 +972,6 @@ def _swap_left_tip_vertices(arrays: dict[str, Any]) -> dict[str, Any]:
     swapped["f"] = old_to_new[arrays["f"]].astype(arrays["f"].dtype)
     swapped["J_regressor"] = scipy.sparse.csc_matrix(arrays["J_regressor"][:, new_to_old])
     return swapped
-
-
-def mirror_mano(arrays: dict[str, Any]) -> dict[str, Any]:
-    """Mirrors a MANO array dict across the x = 0 plane (right <-> left).
-
-    Rule, with M = diag(-1, 1, 1): vertices, shape directions and pose-corrective offsets get x
-    negated; faces reverse their winding; J_regressor, weights and kintree_table are unchanged (same
-    vertex and joint numbering). A rotation R becomes M R M, so its (R - I) feature entry (r, s) changes
-    sign when exactly one of r, s is 0: posedirs[v, c, 9 j + 3 r + s] is multiplied by
-    M[c, c] M[r, r] M[s, s]. Axis-angle triples (hands_components rows, hands_mean) become
-    (a0, -a1, -a2). Posing the mirrored model with the mirrored pose gives the mirrored vertices.
-
-    Args:
-        arrays: a MANO dict as returned by build_procedural_mano (plain numpy / scipy arrays).
-
-    Returns:
-        A new dict with the mirrored arrays; other keys are copied unchanged.
-    """
-    sign_xyz = np.array([-1.0, 1.0, 1.0])
-    feature_sign = np.outer(sign_xyz, sign_xyz).ravel()  # (9,) sign of (R - I)[r, s] under M . M
-    num_pose_joints = arrays["posedirs"].shape[-1] // 9
-    posedirs_sign = sign_xyz[:, None] * np.tile(feature_sign, num_pose_joints)[None, :]
-    mirrored = dict(arrays)
-    mirrored["v_template"] = mirror_points_x(arrays["v_template"])
-    mirrored["f"] = arrays["f"][:, ::-1].copy()
-    mirrored["shapedirs"] = arrays["shapedirs"] * sign_xyz[None, :, None]
-    mirrored["posedirs"] = arrays["posedirs"] * posedirs_sign[None]
-    mirrored["hands_components"] = mirror_axis_angle(np.asarray(arrays["hands_components"]))
-    mirrored["hands_mean"] = mirror_axis_angle(np.asarray(arrays["hands_mean"]))
-    mirrored["hands_coeffs"] = mirror_axis_angle(np.array(arrays["hands_coeffs"]))
-    return mirrored
 
 
 def write_procedural_mano(path: Path, side: str = "right") -> Path:

@@ -43,7 +43,7 @@ from unihope.render.renderer import (
 
 STAGE = "annotate"
 NUM_FINGERS = 5
-MAX_CACHED_OBJECTS = 64  # distinct object meshes kept per process (DexYCB has 21)
+MAX_CACHED_OBJECTS = 64  # distinct object meshes kept per AnnotationResources (DexYCB has 21)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -57,85 +57,87 @@ class ObjectAsset:
     keypoints_obj_m: np.ndarray  # (21, 3) float64 box centre, corners, edge midpoints, object frame
 
 
-# Per-process caches. A GL context with compiled shaders and a hand layer (it loads a model file) each
-# cost far more than annotating a frame (docs/performance/annotate.md), and worker processes annotate
-# many batches: keep one of each per process, keyed by what makes them differ. No per-frame state.
-_RENDERERS: dict[tuple[int, str, int], AnnotationRenderer] = {}  # (size, platform, thread id)
-_HAND_LAYERS: dict[tuple[str, str, str], tuple[object, HandPartGeometry]] = {}
-_OBJECTS: dict[str, ObjectAsset | Skip] = {}  # keyed by ObjectAsset.cache_key
+class AnnotationResources:
+    """What annotation reuses across batches: renderers, hand layers and object meshes, keyed by what makes them differ.
 
-
-def get_renderer(size_px: int, platform: str) -> AnnotationRenderer:
-    """This thread's renderer for crops of `size_px` on `platform` (created on first use).
-
-    Keyed by thread as well: an EGL context stays current on the thread that rendered with it, and
-    making it current on another thread fails (EGL_BAD_ACCESS). Builds render on one render thread
-    (`unihope.tasks.common.on_render_thread`); a direct caller on another thread gets its own renderer.
+    A GL context with compiled shaders and a hand layer (it loads a model file) each cost far more
+    than annotating a frame (docs/performance/annotate.md), so a worker that annotates many batches
+    keeps one of these and passes it to every `annotate_frames` call (a build worker's lives in
+    `unihope.tasks.resources.WorkerResources`). Nothing is cached at module level; no per-frame state.
     """
-    key = (int(size_px), platform, threading.get_ident())
-    if key not in _RENDERERS:
-        _RENDERERS[key] = AnnotationRenderer(size_px, platform)
-    return _RENDERERS[key]
 
+    def __init__(self) -> None:
+        self._renderers: dict[tuple[int, str, int], AnnotationRenderer] = {}  # (size, platform, thread id)
+        self._hand_layers: dict[tuple[str, str, str], tuple[object, HandPartGeometry]] = {}
+        self._objects: dict[str, ObjectAsset | Skip] = {}  # keyed by ObjectAsset.cache_key
 
-def forget_renderers() -> None:
-    """Drop the cached renderers without touching their GL contexts (after their render thread got stuck).
+    def renderer(self, size_px: int, platform: str) -> AnnotationRenderer:
+        """This thread's renderer for crops of `size_px` on `platform` (created on first use).
 
-    A context works only on the thread that made it current; once that thread is abandoned, the next
-    renderer must be created on the new render thread.
-    """
-    _RENDERERS.clear()
+        Keyed by thread as well: an EGL context stays current on the thread that rendered with it, and
+        making it current on another thread fails (EGL_BAD_ACCESS). Builds render on one render thread
+        (`unihope.tasks.resources.WorkerResources.on_render_thread`); a caller on another thread gets its own renderer.
+        """
+        key = (int(size_px), platform, threading.get_ident())
+        if key not in self._renderers:
+            self._renderers[key] = AnnotationRenderer(size_px, platform)
+        return self._renderers[key]
 
+    def forget_renderers(self) -> None:
+        """Drop the renderers without touching their GL contexts (after their render thread got stuck).
 
-def get_hand_layer(
-    side: str, hand_cfg: HandModelConfig, tip_convention: str = "manopth"
-) -> tuple[object, HandPartGeometry]:
-    """The process's `HandLayer` for `side` (fingertips of `tip_convention`, the source's) and its part
-    faces / embedding colours (created on first use)."""
-    from unihope.hand import HandLayer, resolve_mano_path, vertex_finger_labels
+        A context works only on the thread that made it current; once that thread is abandoned, the next
+        renderer must be created on the new render thread.
+        """
+        self._renderers.clear()
 
-    key = (side, hand_cfg.config_hash(), tip_convention)
-    if key not in _HAND_LAYERS:
-        layer = HandLayer(side=side, model_path=resolve_mano_path(side, hand_cfg.mano_dir, hand_cfg.cache_dir),
-                          tip_convention=tip_convention)
-        template_vertices_m, _ = layer.forward_numpy(
-            np.zeros((1, 48), np.float32), np.zeros((1, 10), np.float32), np.zeros((1, 3), np.float32)
-        )
-        embedding = unit_cube_coordinates(template_vertices_m[0])
-        embedding_rgba = np.concatenate([embedding, np.ones((len(embedding), 1), np.float32)], axis=1)
-        labels = vertex_finger_labels(layer.mano.lbs_weights.detach().cpu().numpy())
-        geometry = HandPartGeometry(
-            faces=double_sided(layer.faces),
-            part_faces=split_hand_faces(layer.faces, labels),
-            embedding_rgba=embedding_rgba,
-        )
-        _HAND_LAYERS[key] = (layer, geometry)
-    return _HAND_LAYERS[key]
+    def hand_layer(self, side: str, hand_cfg: HandModelConfig, tip_convention: str = "manopth"
+                   ) -> tuple[object, HandPartGeometry]:
+        """The `HandLayer` for `side` (fingertips of `tip_convention`, the source's) and its part faces /
+        embedding colours (created on first use)."""
+        from unihope.hand import HandLayer, resolve_mano_path, vertex_finger_labels
 
+        key = (side, hand_cfg.config_hash(), tip_convention)
+        if key not in self._hand_layers:
+            layer = HandLayer(side=side, model_path=resolve_mano_path(side, hand_cfg.mano_dir, hand_cfg.cache_dir),
+                              tip_convention=tip_convention)
+            template_vertices_m, _ = layer.forward_numpy(
+                np.zeros((1, 48), np.float32), np.zeros((1, 10), np.float32), np.zeros((1, 3), np.float32)
+            )
+            embedding = unit_cube_coordinates(template_vertices_m[0])
+            embedding_rgba = np.concatenate([embedding, np.ones((len(embedding), 1), np.float32)], axis=1)
+            labels = vertex_finger_labels(layer.mano.lbs_weights.detach().cpu().numpy())
+            geometry = HandPartGeometry(
+                faces=double_sided(layer.faces),
+                part_faces=split_hand_faces(layer.faces, labels),
+                embedding_rgba=embedding_rgba,
+            )
+            self._hand_layers[key] = (layer, geometry)
+        return self._hand_layers[key]
 
-def load_object_asset(mesh_path: str, sample_key: str = "") -> ObjectAsset | Skip:
-    """Load (once per process) an object mesh and derive its NOC colours and box keypoints.
+    def object_asset(self, mesh_path: str, sample_key: str = "") -> ObjectAsset | Skip:
+        """Load (once) an object mesh and derive its NOC colours and box keypoints.
 
-    Returns:
-        The asset, or a Skip (MESH_MISSING for a missing or empty mesh, CORRUPT_FILE when unparsable)
-        carrying `sample_key`.
-    """
-    try:
-        stat = Path(mesh_path).stat() if mesh_path else None
-    except OSError:
-        stat = None
-    if stat is None:
-        return Skip(sample_key, STAGE, SkipReason.MESH_MISSING, f"object mesh not found: {mesh_path!r}")
-    cache_key = f"{mesh_path}|{stat.st_mtime_ns}|{stat.st_size}"
-    cached = _OBJECTS.get(cache_key)
-    if cached is None:
-        cached = _load_object_asset_uncached(mesh_path, cache_key)
-        if len(_OBJECTS) >= MAX_CACHED_OBJECTS:
-            _OBJECTS.pop(next(iter(_OBJECTS)))
-        _OBJECTS[cache_key] = cached
-    if isinstance(cached, Skip):
-        return Skip(sample_key, cached.stage, cached.reason, cached.detail)
-    return cached
+        Returns:
+            The asset, or a Skip (MESH_MISSING for a missing or empty mesh, CORRUPT_FILE when unparsable)
+            carrying `sample_key`.
+        """
+        try:
+            stat = Path(mesh_path).stat() if mesh_path else None
+        except OSError:
+            stat = None
+        if stat is None:
+            return Skip(sample_key, STAGE, SkipReason.MESH_MISSING, f"object mesh not found: {mesh_path!r}")
+        cache_key = f"{mesh_path}|{stat.st_mtime_ns}|{stat.st_size}"
+        cached = self._objects.get(cache_key)
+        if cached is None:
+            cached = _load_object_asset_uncached(mesh_path, cache_key)
+            if len(self._objects) >= MAX_CACHED_OBJECTS:
+                self._objects.pop(next(iter(self._objects)))
+            self._objects[cache_key] = cached
+        if isinstance(cached, Skip):
+            return Skip(sample_key, cached.stage, cached.reason, cached.detail)
+        return cached
 
 
 def _load_object_asset_uncached(mesh_path: str, cache_key: str) -> ObjectAsset | Skip:
@@ -194,6 +196,8 @@ def annotate_frames(
     render_cfg: RenderConfig,
     hand_cfg: HandModelConfig,
     tip_convention: str = "manopth",
+    *,
+    resources: AnnotationResources,
 ) -> list[AnnotatedFrame | Skip]:
     """Crop, render and annotate a batch of frames; bad frames become Skips, never exceptions.
 
@@ -205,6 +209,7 @@ def annotate_frames(
         hand_cfg: which MANO files the hand layer uses.
         tip_convention: the source's fingertip convention (`FrameSource.tip_convention`), so that the
             layer's joints are the records' joints.
+        resources: the renderer, hand layers and object meshes to use (the caller keeps one across batches).
 
     Returns:
         One `AnnotatedFrame` or `Skip` per input frame, in input order.
@@ -229,21 +234,21 @@ def annotate_frames(
     feature_size_px = size_px // render_cfg.feature_downsample
 
     # 2. Hand meshes, one forward pass per frame (batch-invariant).
-    hand_vertices_m = _hand_vertices_by_frame(frames, hand_cfg, tip_convention)
+    hand_vertices_m = _hand_vertices_by_frame(frames, hand_cfg, tip_convention, resources)
 
-    # 3. Annotate frame by frame with the process's renderer.
-    renderer = get_renderer(size_px, render_cfg.platform)
+    # 3. Annotate frame by frame with the caller's renderer.
+    renderer = resources.renderer(size_px, render_cfg.platform)
     results: list[AnnotatedFrame | Skip] = []
     for pos, (frame, grasp) in enumerate(zip(frames, grasps, strict=True)):
-        _, hand_geometry = get_hand_layer(frame.hand_side, hand_cfg, tip_convention)
-        results.append(
-            _annotate_one(frame, grasp, hand_vertices_m[pos], hand_geometry, renderer, crop_cfg, render_cfg, feature_size_px)
-        )
+        _, hand_geometry = resources.hand_layer(frame.hand_side, hand_cfg, tip_convention)
+        asset = resources.object_asset(frame.object_mesh_path, frame.sample_key)
+        results.append(_annotate_one(frame, grasp, hand_vertices_m[pos], hand_geometry, asset, renderer, crop_cfg,
+                                     render_cfg, feature_size_px))
     return results
 
 
 def _hand_vertices_by_frame(
-    frames: Sequence[FrameRecord], hand_cfg: HandModelConfig, tip_convention: str = "manopth"
+    frames: Sequence[FrameRecord], hand_cfg: HandModelConfig, tip_convention: str, resources: AnnotationResources
 ) -> list[np.ndarray]:
     """(778, 3) camera-frame hand vertices of every frame, one forward pass per frame.
 
@@ -255,7 +260,7 @@ def _hand_vertices_by_frame(
     """
     vertices: list[np.ndarray] = []
     for frame in frames:
-        layer, _ = get_hand_layer(frame.hand_side, hand_cfg, tip_convention)
+        layer, _ = resources.hand_layer(frame.hand_side, hand_cfg, tip_convention)
         verts_m, _ = layer.forward_numpy(
             np.asarray(frame.mano_pose, np.float32)[None],
             np.asarray(frame.mano_betas, np.float32)[None],
@@ -270,6 +275,7 @@ def _annotate_one(
     grasp: GraspLabel,
     hand_vertices_cam_m: np.ndarray,
     hand_geometry: HandPartGeometry,
+    asset: ObjectAsset | Skip,
     renderer: AnnotationRenderer,
     crop_cfg: CropConfig,
     render_cfg: RenderConfig,
@@ -279,7 +285,6 @@ def _annotate_one(
     key = frame.sample_key
 
     # 1. Object mesh and its pose.
-    asset = load_object_asset(frame.object_mesh_path, key)
     if isinstance(asset, Skip):
         return asset
     T_cam_from_obj = np.asarray(frame.object_pose, dtype=np.float64)

@@ -1,14 +1,14 @@
-"""Task: list the source's frames and plan the batches (one coarse task per build)."""
+"""Task: the index step: prepare the source, list its frames and plan the batches (one coarse task per build)."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from unihope.buildplan.batch_items import index_item, reuse_index
+from unihope.buildplan.batch_items import plan_index, reuse_index, save_index
 from unihope.buildplan.plan import SourcePlan
 from unihope.buildplan.workdir import WorkLayout
 from unihope.config import PipelineConfig
-from unihope.tasks.common import StageItem, on_render_thread, run_stage_item
+from unihope.tasks.common import StageItem, begin_item, finish_item, on_render_thread
 
 
 def _prepare_source(cfg: PipelineConfig) -> None:
@@ -18,7 +18,7 @@ def _prepare_source(cfg: PipelineConfig) -> None:
     on_render_thread(prepare_source, cfg.source, cfg.hand)
 
 
-def _list_refs(cfg: PipelineConfig) -> list:
+def load_refs(cfg: PipelineConfig) -> list:
     """The source's frame refs (opening a source only reads)."""
     from unihope.sources import open_source
 
@@ -39,7 +39,11 @@ def index_source(cfg: PipelineConfig, layout: WorkLayout, out_path: str, fail_on
         The plan: index path, frame count, grasp part sizes and annotate batches.
     """
     _prepare_source(cfg)  # before the index reuse, so a deleted synthetic folder is written again
-    item = StageItem(layout, "source", 0, out_path, fail_once, fault_name="index")
-    return run_stage_item(
-        item, lambda: index_item(lambda: _list_refs(cfg), cfg.source.max_frames, cfg.flow.frames_per_task, out_path),
-        reuse=lambda: reuse_index(out_path))
+    item = StageItem(layout, "index", 0, out_path, fail_once)
+    if (reused := reuse_index(out_path)) is not None:
+        return reused
+    started_s = begin_item(item)
+    refs = load_refs(cfg)
+    parts, batches = plan_index(refs, cfg.source.max_frames, cfg.flow.frames_per_task)
+    plan = save_index(out_path, parts, batches)
+    return finish_item(item, started_s, len(refs), plan)

@@ -1,4 +1,4 @@
-"""Constructed hand-object crops with known truth (the object-free rendering), for this package's tests and benches.
+"""Constructed hand-object crops with known truth (the object-free rendering), for the de-occlusion tests and benches.
 
 A capsule hand (palm box, five three-segment fingers with chosen flexion) and a box in front of it are rendered
 with pyrender at crop size; the annotation maps are built the way the annotation stage defines them
