@@ -234,3 +234,38 @@ def test_single_file_without_a_matching_config_names_the_field(tmp_path):
         device="cpu"))
     with pytest.raises(MissingWeightsError, match="controlnet_depth_config"):
         build_deoccluder(cfg)
+
+
+def test_pretrained_base_trains_only_the_controlnet(synthetic_dexycb, tmp_path, one_torch_thread):
+    # The SD-1.5 path (configs/deoccluder_sd15.yaml) on a test-sized base folder: the UNet and VAE stay frozen,
+    # only the ControlNet (started from the UNet's encoder) trains, and the build keeps the original base.
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from tiny_diffusion import save_tiny_models
+
+    base = save_tiny_models(tmp_path / "models")["base_model"]
+    overrides = TINY_SETS + (
+        f"data.root={synthetic_dexycb}", f"model.base_model={base}", "train.train_unet=false", "train.vae_steps=0",
+        "train.steps=4", "train.batch_size=4", "train.learning_rate=1e-3", "train.ema=true", "train.ema_decay=0.5",
+    ) + tuple(f"data.synthetic.{key}={value}" for key, value in SYNTHETIC_DEXYCB_CONFIG.model_dump().items()
+              if key in ("num_sequences", "frames_per_sequence", "num_cameras", "seed"))
+    cfg = load_deoccluder_config(REPO / "configs" / "deoccluder_sd15.yaml", overrides + ("train.mixed_precision=no",))
+    result = train_deoccluder(cfg, tmp_path / "out", log=lambda line: None)
+    assert not (result.out_dir / "base").exists()
+    assert f"deocclusion.controlnet.base_model={base}" in result.build_overrides
+    before = UNet2DConditionModel.from_pretrained(base, subfolder="unet").state_dict()
+    start = ControlNetModel.from_pretrained(result.out_dir / "checkpoints" / "step-0" / "controlnet")
+    trained = ControlNetModel.from_pretrained(result.out_dir / "controlnet")
+    assert trained.config.in_channels == 4 and not torch.any(start.controlnet_mid_block.weight)  # zero conv at start
+    assert torch.any(trained.controlnet_mid_block.weight)  # ... and trained away from zero
+    assert torch.equal(start.conv_in.weight, before["conv_in.weight"][:, :4])  # from the UNet's encoder
+    cfg_build = apply_overrides(PipelineConfig(), result.build_overrides)
+    assert cfg_build.deocclusion.controlnet.controlnet_depth == str(result.out_dir.resolve() / "controlnet")
+
+
+def test_mixed_precision_on_the_cpu_fails_before_any_work(tmp_path, monkeypatch):
+    cfg = load_deoccluder_config(REPO / "configs" / "deoccluder_sd15.yaml", (f"model.base_model={tmp_path}",))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also on a GPU worker
+    with pytest.raises(ValueError, match="mixed_precision"):
+        train_deoccluder(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

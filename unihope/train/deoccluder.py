@@ -41,6 +41,7 @@ TEXT_SEQUENCE_LENGTH = 77  # CLIP's token count (zero embeddings for the tiny, t
 BETA_START, BETA_END = 0.00085, 0.012  # SD-1.5's scaled_linear noise schedule
 TRAINING_RECORD = "training.json"
 BASE_DIR, CONTROLNET_DIR, CHECKPOINTS_DIR = "base", "controlnet", "checkpoints"
+SD15_HINT_CHANNELS = (16, 32, 96, 256)  # the ControlNet hint embedding of SD-1.5 (and HandRefiner)
 KL_WEIGHT = 1e-6  # tiny VAE pre-training: reconstruction first, a whisper of KL keeps the latents bounded
 
 
@@ -150,20 +151,27 @@ def _pretrained_models(cfg: DeoccluderTrainConfig) -> _Models:
                          f"needs an inpainting UNet (9 channels), e.g. runwayml/stable-diffusion-inpainting")
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=local)
     scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=local)
-    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=local)
-    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", local_files_only=local)
-    with torch.no_grad():  # the build's prompt, encoded once (the text encoder is never trained)
-        tokens = tokenizer(cfg.deocclusion.controlnet.prompt, padding="max_length",
-                           max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-        prompt = text_encoder(tokens.input_ids)[0]
+    index = Path(base) / "model_index.json"
+    has_text = not index.is_file() or json.loads(index.read_text()).get("text_encoder", [None])[0] is not None
+    if has_text:
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=local)
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", local_files_only=local)
+        with torch.no_grad():  # the build's prompt, encoded once (the text encoder is never trained)
+            tokens = tokenizer(cfg.deocclusion.controlnet.prompt, padding="max_length",
+                               max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+            prompt = text_encoder(tokens.input_ids)[0]
+        text_parts = {"text_encoder": text_encoder, "tokenizer": tokenizer}
+    else:  # a folder without a text encoder (test-sized models): zero embeddings, as the de-occluder uses
+        prompt, text_parts = torch.zeros(1, TEXT_SEQUENCE_LENGTH, unet.config.cross_attention_dim), {}
     if cfg.model.controlnet is not None:
         controlnet = ControlNetModel.from_pretrained(cfg.model.controlnet, local_files_only=local)
     else:
-        controlnet = controlnet_from_inpaint_unet(unet, (16, 32, 96, 256))  # SD-1.5's hint embedding
+        # SD-1.5's hint embedding (16, 32, 96, 256) downsamples 8x, as its VAE; a smaller VAE gets its first entries
+        controlnet = controlnet_from_inpaint_unet(unet, SD15_HINT_CHANNELS[: len(vae.config.block_out_channels)])
     if controlnet.config.in_channels != 4:
         raise ValueError("model.controlnet: the ControlNet must read the 4-channel latents (as HandRefiner's does)")
     return _Models(vae=vae, unet=unet, controlnet=controlnet, noise_scheduler=scheduler, prompt_embeds=prompt,
-                   text_parts={"text_encoder": text_encoder, "tokenizer": tokenizer}, is_tiny=False)
+                   text_parts=text_parts, is_tiny=False)
 
 
 def _inference_scheduler(noise_scheduler):  # noqa: ANN001, ANN202 (diffusers schedulers)
