@@ -11,9 +11,10 @@ Quality of a de-occluded crop, against the truth: PSNR and SSIM in the hidden-ha
 ~mask_hand_visible); with --pose-checkpoint, the 2-D (px) and 3-D (mm, wrist-relative) error between the pose
 model's hand on the crop and its hand on the truth crop.
 
-Arms: (a) every fixed beta of the grid (0 = the trained UNet without control), (b) adaptive: UniHOPE's
-rule through our scorer (`search`: every beta of deocclusion.beta_candidates generated, the scorer's best
-kept), and the `occlusion_prior` policy, (c) oracle: per image the grid beta with the best PSNR against the
+Arms: (a) every fixed beta of the grid (deocclusion.beta_candidates, and 0 = the trained UNet without control),
+(b) adaptive: UniHOPE's rule through our scorer (`search`: the scorer's best of the candidates; a frame's
+noise depends only on its key, so the candidates are the fixed-beta images and are scored from them), and the
+`occlusion_prior` policy, (c) oracle: per image the grid beta with the best PSNR against the
 truth, (d) the weight-free `render` composite, (e) the untrained floor (the folder's checkpoints/step-0).
 Means with 95% bootstrap intervals over images, per occlusion bin; how often adaptive picks the oracle's
 beta; its paired gap to the best fixed beta. Then the search-cost table: UNet evaluations per frame against
@@ -37,7 +38,7 @@ import torch  # noqa: E402
 
 from unihope.config import DeocclusionConfig, PipelineConfig  # noqa: E402
 from unihope.deocclude import build_deoccluder  # noqa: E402
-from unihope.deocclude.hints import occluded_hand_mask  # noqa: E402
+from unihope.deocclude.hints import inpaint_mask, occluded_hand_mask  # noqa: E402
 from unihope.deocclude.quality import psnr_in_mask, ssim_in_mask  # noqa: E402
 from unihope.overrides import apply_overrides  # noqa: E402
 from unihope.train.deoccluder import build_overrides  # noqa: E402
@@ -45,7 +46,7 @@ from unihope.train.deoccluder_config import DeoccluderTrainConfig  # noqa: E402
 from unihope.train.deoccluder_data import is_trainable, sequence_of, synthetic_frames, truth_crop  # noqa: E402
 
 BINS = ((0.0, 0.5), (0.5, 0.75), (0.75, 0.9))  # visibility bins (occlusion: severe, medium, slight)
-GRID = (0.0, 0.2, 0.4, 0.55, 0.7, 0.85, 1.0, 1.2)  # fixed betas; 0 = no control
+NO_CONTROL = 0.0  # beta 0: the trained UNet alone (what the ControlNet adds is the gap to it)
 BOOTSTRAP = 2000
 
 
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--pose-checkpoint", type=Path, default=None, help="a `unihope train` run or checkpoint")
     parser.add_argument("--max-frames", type=int, default=60)
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the full search (HandRefiner: 50)")
+    parser.add_argument("--preview-step", type=int, default=10, help="early exit after this many DDIM steps")
     parser.add_argument("--plot", type=Path, default=None, help="write the cost-vs-quality plot (PNG) here")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--threads", type=int, default=1)
@@ -115,13 +117,26 @@ def main() -> None:
     def with_net(cfg: DeocclusionConfig, **net) -> DeocclusionConfig:
         return cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update=net)})
 
-    # 2. Arms
+    # 2. Arms. The grid is beta 0 plus the search's candidates; every frame's noise depends only on its key, so
+    # the fixed-beta images are the search's candidates and adaptive is scored from them (no extra UNet cost).
     ddim = with_net(base, num_inference_steps=args.steps, scheduler="ddim")
+    candidates = tuple(float(b) for b in base.beta_candidates)
+    grid = (NO_CONTROL,) + tuple(b for b in candidates if b != NO_CONTROL)
     arms: dict[str, Arm] = {}
-    for beta in GRID:
+    for beta in grid:
         arms[f"fixed {beta:g}"] = run_arm(f"fixed {beta:g}", ddim.model_copy(update={"beta_policy": "fixed",
                                                                                         "beta_fixed": beta}), frames)
-    arms["adaptive (search, colour scorer)"] = run_arm("adaptive", ddim.model_copy(update={"beta_policy": "search"}), frames)
+    deoccluder = build_deoccluder(ddim)
+    chosen, chosen_beta = [], []
+    for idx, frame in enumerate(frames):
+        mask = inpaint_mask(frame, ddim.mask_dilation_px, ddim.mask_region)
+        images = np.stack([arms[f"fixed {b:g}"].images[idx] for b in candidates])
+        best = int(np.argmax(deoccluder.scorer.score(frame, mask, images)))  # first of ties, as the search
+        chosen.append(images[best])
+        chosen_beta.append(candidates[best])
+    arms["adaptive (search, colour scorer)"] = Arm(
+        "adaptive", chosen, unet_evals=sum(arms[f"fixed {b:g}"].unet_evals for b in candidates),
+        betas=np.array(chosen_beta), seconds=sum(arms[f"fixed {b:g}"].seconds for b in candidates))
     arms["occlusion_prior"] = run_arm("occlusion_prior", ddim.model_copy(update={"beta_policy": "occlusion_prior"}), frames)
     arms["render (weight-free)"] = run_arm("render", DeocclusionConfig(backend="render"), frames)
     arms["untrained floor (step 0)"] = run_arm("floor", with_net(floor, num_inference_steps=args.steps,
@@ -149,16 +164,14 @@ def main() -> None:
         return q
 
     scores = {name: quality(arm) for name, arm in arms.items()}
-    fixed_names = [f"fixed {b:g}" for b in GRID]
+    fixed_names = [f"fixed {b:g}" for b in grid]
     psnr_grid = np.stack([scores[n]["psnr"] for n in fixed_names], axis=1)  # (N, len(GRID))
     oracle_idx = np.argmax(psnr_grid, axis=1)
     oracle = {key: np.stack([scores[n][key] for n in fixed_names], axis=1)[np.arange(len(frames)), oracle_idx]
               for key in scores[fixed_names[0]]}
     scores["oracle (best grid beta per image)"] = oracle
-    oracle_beta = np.array(GRID)[oracle_idx]
-    candidates = np.asarray(base.beta_candidates)
-    # the oracle among the adaptive rule's own candidates: what a perfect scorer would pick
-    cand_idx = [GRID.index(float(b)) if float(b) in GRID else None for b in candidates]
+    oracle_beta = np.array(grid)[oracle_idx]
+    cand_idx = [grid.index(b) for b in candidates]  # the oracle among the rule's own candidates: a perfect scorer
     metrics = list(scores["fixed 0"].keys())
 
     # 4. Tables
@@ -177,8 +190,7 @@ def main() -> None:
     adaptive_beta = arms["adaptive (search, colour scorer)"].betas
     best_fixed = fixed_names[int(np.nanargmax([np.nanmean(scores[n]["psnr"]) for n in fixed_names]))]
     gap = scores["adaptive (search, colour scorer)"]["psnr"] - scores[best_fixed]["psnr"]
-    valid_cand = [i for i in cand_idx if i is not None]
-    cand_oracle = np.array(GRID)[np.array(valid_cand)[np.argmax(psnr_grid[:, valid_cand], axis=1)]]
+    cand_oracle = np.array(grid)[np.array(cand_idx)[np.argmax(psnr_grid[:, cand_idx], axis=1)]]
     print(f"\nadaptive picks the oracle's beta (over the grid) in {np.mean(np.isclose(adaptive_beta, oracle_beta)):.0%} "
           f"of images; the best of its own candidates {tuple(candidates)} in "
           f"{np.mean(np.isclose(adaptive_beta, cand_oracle)):.0%} (chance {1 / len(candidates):.0%})")
@@ -191,6 +203,7 @@ def main() -> None:
     print("\n## Per occlusion bin (PSNR dB, mean [95% CI])\n")
     bin_arms = [best_fixed, "adaptive (search, colour scorer)", "occlusion_prior", "oracle (best grid beta per image)",
                 "render (weight-free)", "untrained floor (step 0)", "fixed 0"]
+    bin_arms = list(dict.fromkeys(bin_arms))  # the best fixed beta may be 0
     print("| visibility | frames | " + " | ".join(bin_arms) + " | adaptive = oracle | oracle betas |")
     print("|" + "---|" * (len(bin_arms) + 4))
     out["bins"] = {}
@@ -200,15 +213,15 @@ def main() -> None:
             continue
         cells = [fmt(bootstrap_ci(scores[n]["psnr"][sel])) for n in bin_arms]
         hits = np.mean(np.isclose(adaptive_beta[sel], oracle_beta[sel]))
-        betas = ", ".join(f"{b:g}: {int(np.sum(oracle_beta[sel] == b))}" for b in GRID if np.any(oracle_beta[sel] == b))
+        betas = ", ".join(f"{b:g}: {int(np.sum(oracle_beta[sel] == b))}" for b in grid if np.any(oracle_beta[sel] == b))
         print(f"| ({low}, {high}] | {int(sel.sum())} | " + " | ".join(cells) + f" | {hits:.0%} | {betas} |")
         out["bins"][f"{low}-{high}"] = {n: bootstrap_ci(scores[n]["psnr"][sel]) for n in bin_arms}
 
     # 5. The search cost at equal quality
     full_beta = adaptive_beta
     settings = [
-        ("full search, DDIM 50 (7 cand.)", ddim.model_copy(update={"beta_policy": "search"})),
-        ("early exit k=10, DDIM 50", with_net(ddim, preview_step=10, finish_top=1).model_copy(update={"beta_policy": "search"})),
+        (f"full search, DDIM {args.steps} ({len(candidates)} cand.)", None),
+        (f"early exit k={args.preview_step}, DDIM {args.steps}", with_net(ddim, preview_step=args.preview_step, finish_top=1).model_copy(update={"beta_policy": "search"})),
         ("full search, DPM-Solver++ 20", with_net(base, num_inference_steps=20, scheduler="dpmsolver++").model_copy(update={"beta_policy": "search"})),
         ("early exit k=4, DPM-Solver++ 20", with_net(base, num_inference_steps=20, scheduler="dpmsolver++", preview_step=4).model_copy(update={"beta_policy": "search"})),
         ("3 cand., early exit k=2, DPM++ 10", with_net(base, num_inference_steps=10, scheduler="dpmsolver++", preview_step=2).model_copy(update={"beta_policy": "search", "beta_candidates": (0.4, 0.7, 1.0)})),
@@ -223,10 +236,10 @@ def main() -> None:
     out["cost"] = []
     full_evals = None
     for name, cfg in settings:
-        arm = arms["adaptive (search, colour scorer)"] if name.startswith("full search, DDIM") else run_arm(name, cfg, frames)
-        q = scores["adaptive (search, colour scorer)"] if name.startswith("full search, DDIM") else quality(arm)
+        arm = arms["adaptive (search, colour scorer)"] if cfg is None else run_arm(name, cfg, frames)
+        q = scores["adaptive (search, colour scorer)"] if cfg is None else quality(arm)
         full_evals = full_evals or arm.unet_evals
-        same = np.mean(np.isclose(arm.betas, full_beta)) if cfg.beta_policy != "fixed" else float("nan")
+        same = np.mean(np.isclose(arm.betas, full_beta)) if cfg is None or cfg.beta_policy != "fixed" else float("nan")
         row = {"setting": name, "unet_evals": arm.unet_evals, "psnr": bootstrap_ci(q["psnr"]),
                "ssim": bootstrap_ci(q["ssim"]), "same_beta": same, "s_per_frame": arm.seconds / len(frames)}
         extra = ""
@@ -234,7 +247,7 @@ def main() -> None:
             row["kp2d_px"], row["kp3d_mm"] = bootstrap_ci(q["kp2d_px"]), bootstrap_ci(q["kp3d_mm"])
             extra = f" {fmt(row['kp2d_px'])} | {fmt(row['kp3d_mm'])} |"
         print(f"| {name} | {arm.unet_evals:.0f} | {arm.unet_evals / full_evals:.2f}x | {fmt(row['psnr'])} | "
-              f"{fmt(row['ssim'], 3)} | {same:.0%} | {row['s_per_frame']:.2f} |" + extra)
+              f"{fmt(row['ssim'], 3)} | {'-' if np.isnan(same) else f'{same:.0%}'} | {row['s_per_frame']:.2f} |" + extra)
         out["cost"].append(row)
 
     if args.plot is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from unihope.config import CropConfig, DeocclusionConfig, StageConfig, SyntheticConfig
 
@@ -99,6 +99,11 @@ class DeoccluderOptimConfig(StageConfig):
     num_threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default)
     # Noise schedule of the diffusion training (as SD-1.5 and the tiny test models: scaled_linear 0.00085-0.012)
     num_train_timesteps: int = Field(1000, ge=10)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        return "no" if value is False else value  # YAML (and --set) read a bare `no` as false
 
 
 class DeoccluderInferenceConfig(StageConfig):
