@@ -100,8 +100,8 @@ def main() -> None:
     record = json.loads((args.trained / "training.json").read_text())
     train_cfg = DeoccluderTrainConfig.model_validate(record["config"])
     root = train_cfg.data.root or args.trained / "_synthetic"
-    frames = synthetic_frames(Path(root), train_cfg.data.synthetic, train_cfg.data.crop)
     heldout = set(record["heldout_sequences"])
+    frames = synthetic_frames(Path(root), train_cfg.data.synthetic, train_cfg.data.crop, sequences=heldout)
     max_vis = train_cfg.deocclusion.max_visibility
     frames = [f for f in frames if sequence_of(f) in heldout and is_trainable(f) and f.visibility <= max_vis]
     frames = frames[: args.max_frames]

@@ -53,8 +53,17 @@ def dataset_version(synth_cfg: SyntheticConfig, crop_cfg: CropConfig) -> str:
     return f"synthetic-v{GENERATOR_VERSION}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
-def synthetic_frames(root: Path, synth_cfg: SyntheticConfig, crop_cfg: CropConfig) -> list[AnnotatedFrame]:
-    """Write (or reuse) the synthetic dataset at `root` and annotate every frame as a build does."""
+def synthetic_frames(
+    root: Path, synth_cfg: SyntheticConfig, crop_cfg: CropConfig, sequences: set[str] | None = None
+) -> list[AnnotatedFrame]:
+    """Write (or reuse) the synthetic dataset at `root` and annotate its frames as a build does.
+
+    Args:
+        root: dataset folder.
+        synth_cfg: the synthetic source's config.
+        crop_cfg: the build's crop config.
+        sequences: only these `<subject>/<sequence>` (None: all).
+    """
     from unihope.grasp import label_grasps
     from unihope.render.annotate import annotate_frames
     from unihope.sources import open_source
@@ -63,7 +72,8 @@ def synthetic_frames(root: Path, synth_cfg: SyntheticConfig, crop_cfg: CropConfi
     hand_cfg = HandModelConfig()
     write_synthetic_dataset(root, synth_cfg, hand_cfg)
     source = open_source(SourceConfig(kind=synth_cfg.format, root=root), hand_cfg)
-    frames = [f for f in source.load(source.index()) if not isinstance(f, Skip)]
+    refs = [ref for ref in source.index() if sequences is None or ref.sequence_key in sequences]
+    frames = [f for f in source.load(refs) if not isinstance(f, Skip)]
     annotated = annotate_frames(frames, label_grasps(frames, GraspConfig()), crop_cfg, RenderConfig(), hand_cfg)
     return [a for a in annotated if isinstance(a, AnnotatedFrame)]
 
