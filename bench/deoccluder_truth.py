@@ -41,9 +41,11 @@ from unihope.deocclude import build_deoccluder  # noqa: E402
 from unihope.deocclude.hints import inpaint_mask, occluded_hand_mask  # noqa: E402
 from unihope.deocclude.quality import psnr_in_mask, ssim_in_mask  # noqa: E402
 from unihope.overrides import apply_overrides  # noqa: E402
-from unihope.train.deoccluder import build_overrides  # noqa: E402
+from unihope.train.deoccluder import build_overrides, load_deoccluder_config  # noqa: E402
 from unihope.train.deoccluder_config import DeoccluderTrainConfig  # noqa: E402
-from unihope.train.deoccluder_data import is_trainable, sequence_of, synthetic_frames, truth_crop  # noqa: E402
+from unihope.train.deoccluder_data import (  # noqa: E402
+    dataset_version, heldout_sequences, is_trainable, sequence_of, synthetic_frames, truth_crop,
+)
 
 BINS = ((0.0, 0.5), (0.5, 0.75), (0.75, 0.9))  # visibility bins (occlusion: severe, medium, slight)
 NO_CONTROL = 0.0  # beta 0: the trained UNet alone (what the ControlNet adds is the gap to it)
@@ -85,7 +87,11 @@ def run_arm(name: str, cfg: DeocclusionConfig, frames) -> Arm:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trained", type=Path, required=True, help="a `unihope train-deoccluder` output folder")
+    parser.add_argument("--trained", type=Path, required=True,
+                        help="a `unihope train-deoccluder` output folder, or one of its checkpoints/step-N (with --config)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the training config, for a folder without training.json (a run's checkpoint)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="--set key=value of --config")
     parser.add_argument("--pose-checkpoint", type=Path, default=None, help="a `unihope train` run or checkpoint")
     parser.add_argument("--max-frames", type=int, default=60)
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the full search (HandRefiner: 50)")
@@ -97,9 +103,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     # 1. Held-out occluded frames and their truth
-    record = json.loads((args.trained / "training.json").read_text())
-    train_cfg = DeoccluderTrainConfig.model_validate(record["config"])
-    root = train_cfg.data.root or args.trained / "_synthetic"
+    if (args.trained / "training.json").is_file():
+        record = json.loads((args.trained / "training.json").read_text())
+        train_cfg = DeoccluderTrainConfig.model_validate(record["config"])
+        root = train_cfg.data.root or args.trained / "_synthetic"
+        floor_dir = args.trained / "checkpoints" / "step-0"
+    else:  # a checkpoint of a run: the config from --config, the floor beside it
+        train_cfg = load_deoccluder_config(args.config, tuple(args.overrides))
+        root = Path(train_cfg.data.root or args.trained.parent.parent / "_synthetic")
+        record = {"dataset_version": dataset_version(train_cfg.data.synthetic, train_cfg.data.crop),
+                  "num_train_pairs": float("nan"), "wall_s": float("nan"),
+                  "heldout_sequences": heldout_sequences(root, train_cfg.data.synthetic, train_cfg.data.heldout_sequences)}
+        floor_dir = args.trained.parent / "step-0"
     heldout = set(record["heldout_sequences"])
     frames = synthetic_frames(Path(root), train_cfg.data.synthetic, train_cfg.data.crop, sequences=heldout)
     max_vis = train_cfg.deocclusion.max_visibility
@@ -109,10 +124,10 @@ def main() -> None:
     hidden = [occluded_hand_mask(f) for f in frames]
     visibility = np.array([f.visibility for f in frames])
     print(f"{len(frames)} held-out occluded crops from {sorted(heldout)} (data {record['dataset_version']}); "
-          f"trained {record['num_train_pairs']} pairs in {record['wall_s']:.0f} s")
+          f"model {args.trained}")
 
-    base = apply_overrides(PipelineConfig(), build_overrides(args.trained)).deocclusion
-    floor = apply_overrides(PipelineConfig(), build_overrides(args.trained / "checkpoints" / "step-0")).deocclusion
+    base = apply_overrides(PipelineConfig(), build_overrides(args.trained, train_cfg)).deocclusion
+    floor = apply_overrides(PipelineConfig(), build_overrides(floor_dir, train_cfg)).deocclusion
 
     def with_net(cfg: DeocclusionConfig, **net) -> DeocclusionConfig:
         return cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update=net)})

@@ -96,6 +96,15 @@ def sequence_of(frame: AnnotatedFrame) -> str:
     return "/".join(frame.frame.sample_key.split("/")[:2])
 
 
+def heldout_sequences(root: Path, synth_cfg: SyntheticConfig, heldout: int) -> list[str]:
+    """The `<subject>/<sequence>` names `split_heldout` holds out, read from the source's index (no frame parsed)."""
+    from unihope.sources import open_source
+
+    source = open_source(SourceConfig(kind=synth_cfg.format, root=root), HandModelConfig())
+    sequences = sorted({ref.sequence_key for ref in source.index()})
+    return sequences[len(sequences) - heldout:] if heldout else []
+
+
 def split_heldout(frames: list[AnnotatedFrame], heldout_sequences: int) -> tuple[list[AnnotatedFrame], list[AnnotatedFrame]]:
     """(train, held-out): the last `heldout_sequences` sequences (sorted by name) are held out."""
     sequences = sorted({sequence_of(f) for f in frames})
