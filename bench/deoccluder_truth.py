@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="--set key=value of --config")
     parser.add_argument("--pose-checkpoint", type=Path, default=None, help="a `unihope train` run or checkpoint")
     parser.add_argument("--max-frames", type=int, default=60)
+    parser.add_argument("--max-sequences", type=int, default=None, help="measure on the first N held-out sequences only")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the full search (HandRefiner: 50)")
     parser.add_argument("--preview-step", type=int, default=10, help="early exit after this many DDIM steps")
     parser.add_argument("--plot", type=Path, default=None, help="write the cost-vs-quality plot (PNG) here")
@@ -115,7 +116,7 @@ def main() -> None:
                   "num_train_pairs": float("nan"), "wall_s": float("nan"),
                   "heldout_sequences": heldout_sequences(root, train_cfg.data.synthetic, train_cfg.data.heldout_sequences)}
         floor_dir = args.trained.parent / "step-0"
-    heldout = set(record["heldout_sequences"])
+    heldout = set(sorted(record["heldout_sequences"])[: args.max_sequences])
     frames = synthetic_frames(Path(root), train_cfg.data.synthetic, train_cfg.data.crop, sequences=heldout)
     max_vis = train_cfg.deocclusion.max_visibility
     frames = [f for f in frames if sequence_of(f) in heldout and is_trainable(f) and f.visibility <= max_vis]
