@@ -218,6 +218,23 @@ def train(
         _fail(str(err))
 
 
+@app.command("train-deoccluder", cls=_Command)
+def train_deoccluder(
+    config: Path = typer.Option(..., help="De-occluder training config (YAML), e.g. configs/deoccluder_tiny.yaml."),
+    out: Path = typer.Option(..., help="Output folder: base/, controlnet/, checkpoints/, training.json, README.md."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP),
+) -> None:
+    """Train a ControlNet de-occluder on synthetic object-free pairs; prints the --set options for `unihope build`."""
+    from unihope.train.deoccluder import load_deoccluder_config, train_deoccluder as run
+
+    with _user_errors("train-deoccluder"):
+        cfg = load_deoccluder_config(config, tuple(overrides))
+        result = run(cfg, out, log=typer.echo)
+    typer.echo(f"trained in {result.wall_s:.0f} s on {result.dataset_version} ({result.num_train_pairs} pairs) -> {out}")
+    typer.echo("build with it (also in " + str(out / "README.md") + "):")
+    typer.echo(" ".join(f"--set {option}" for option in result.build_overrides))
+
+
 @app.command("eval", cls=_Command)
 def evaluate(
     checkpoint: Path = typer.Option(..., help="A checkpoint written by `unihope train`."),

@@ -174,6 +174,9 @@ class ControlNetConfig(StageConfig):
 
     base_model: str = "runwayml/stable-diffusion-inpainting"  # SD-1.5 inpainting UNet (9 channels)
     controlnet_depth: str = "lllyasviel/control_v11f1p_sd15_depth"  # v1.1 depth ControlNet (HandRefiner's base); a .ckpt file = HandRefiner's fine-tuned one
+    # A single-file ControlNet (.ckpt / .safetensors, original ControlNet-v1 keys, e.g. HandRefiner's) takes its
+    # architecture from this diffusers config folder; None: SD-1.5's ControlNet (shipped, unihope/deocclude/sd15_controlnet)
+    controlnet_depth_config: str | None = None
     controlnet_segmentation: str | None = None  # optional second ControlNet on the hand-object segmentation
     num_inference_steps: int = Field(50, ge=1)
     guidance_scale: float = Field(9.0, ge=0)

@@ -40,7 +40,9 @@ LOGGER = logging.getLogger(__name__)
 
 TEXT_SEQUENCE_LENGTH = 77  # CLIP's token count; used for the zero embeddings of text-encoder-free test models
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pth")  # e.g. HandRefiner's control_sd15_inpaint_depth_hand
-PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the UNet predicts; x0 previews need to know which
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+# SD-1.5's ControlNet architecture (diffusers ControlNetModel config), for single-file checkpoints
+SD15_CONTROLNET_CONFIG = Path(__file__).with_name("sd15_controlnet")  # what the UNet predicts; x0 previews need to know which
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -107,8 +109,15 @@ def _absent_text_components(location: str) -> dict[str, None]:
     }
 
 
-def load_controlnet(value: str, field: str, dtype: torch.dtype, local_files_only: bool) -> ControlNetModel:
+def load_controlnet(
+    value: str, field: str, dtype: torch.dtype, local_files_only: bool, single_file_config: str | None = None
+) -> ControlNetModel:
     """One ControlNet from a diffusers folder, a single checkpoint file, or a hub id.
+
+    A single file (original ControlNet-v1 keys `control_model.input_blocks...`, `zero_convs`, `input_hint_block`,
+    with or without the `control_model.` prefix; HandRefiner's `control_sd15_inpaint_depth_hand_fp16`) is
+    converted by diffusers' `from_single_file` with the architecture of `single_file_config` (a diffusers
+    ControlNet folder holding config.json; None: SD-1.5's, shipped with this package), so no hub is needed.
 
     Raises:
         MissingWeightsError: naming the config field and the path/id tried.
@@ -116,7 +125,13 @@ def load_controlnet(value: str, field: str, dtype: torch.dtype, local_files_only
     location, local_only = _location(value, f"controlnet.{field}", local_files_only)
     try:
         if Path(location).is_file():
-            return ControlNetModel.from_single_file(location, torch_dtype=dtype, local_files_only=True)
+            config = single_file_config or str(SD15_CONTROLNET_CONFIG)
+            if not (Path(config) / "config.json").is_file():
+                raise MissingWeightsError(
+                    f"deocclusion.controlnet.controlnet_depth_config: no config.json in {config!r}; point it at a "
+                    f"diffusers ControlNet folder whose architecture matches {value!r}"
+                )
+            return ControlNetModel.from_single_file(location, config=config, torch_dtype=dtype, local_files_only=True)
         return ControlNetModel.from_pretrained(location, torch_dtype=dtype, local_files_only=local_only)
     except OSError as err:  # diffusers turns a missing file, folder or hub entry into an OSError
         raise _missing(f"controlnet.{field}", value, err) from err
@@ -139,7 +154,8 @@ def load_pipeline(cfg: ControlNetConfig) -> StableDiffusionControlNetInpaintPipe
     device, dtype = resolve_device_dtype(cfg)
 
     # 2. Load the ControlNet(s)
-    nets = [load_controlnet(cfg.controlnet_depth, "controlnet_depth", dtype, cfg.local_files_only)]
+    nets = [load_controlnet(cfg.controlnet_depth, "controlnet_depth", dtype, cfg.local_files_only,
+                            cfg.controlnet_depth_config)]
     if cfg.controlnet_segmentation is not None:
         nets.append(load_controlnet(cfg.controlnet_segmentation, "controlnet_segmentation", dtype, cfg.local_files_only))
     controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
@@ -175,6 +191,33 @@ def load_pipeline(cfg: ControlNetConfig) -> StableDiffusionControlNetInpaintPipe
             module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingInputs:
+    """One frame's diffusion conditioning at the working size, as arrays (shared with the de-occluder training)."""
+
+    image: np.ndarray  # (W, W, 3) uint8 occluded crop (bicubic)
+    mask: np.ndarray  # (W, W) bool inpaint mask (nearest)
+    depth_hint: np.ndarray  # (W, W, 3) uint8 HandRefiner depth hint (bilinear)
+
+
+def working_image(image_rgb: np.ndarray, size_px: int) -> np.ndarray:
+    """An (S, S, 3) uint8 crop resized to the working size as the models see it (bicubic)."""
+    return _resize(image_rgb, size_px, cv2.INTER_CUBIC)
+
+
+def working_inputs(frame: AnnotatedFrame, mask: np.ndarray, size_px: int) -> WorkingInputs:
+    """The crop, inpaint mask and depth hint resized to `size_px`: exactly what the diffusion models see.
+
+    Training (`unihope.train.deoccluder_data`) builds its pairs with this function, so a trained model is
+    conditioned at inference as it was in training.
+    """
+    return WorkingInputs(
+        image=working_image(frame.image, size_px),
+        mask=_resize(mask.astype(np.uint8) * 255, size_px, cv2.INTER_NEAREST) >= 128,
+        depth_hint=_resize(depth_hint(frame.depth_hand), size_px, cv2.INTER_LINEAR),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,10 +335,10 @@ class ControlNetDeoccluder(Deoccluder):
                 stacked = stacked[..., None]
             return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().to(self.device, self.dtype)
 
-        images = to_tensor([_resize(f.image, size, cv2.INTER_CUBIC) for f in frames]) * 2.0 - 1.0
-        mask_images = (to_tensor([_resize(m.astype(np.uint8) * 255, size, cv2.INTER_NEAREST) for m in masks]) >= 0.5)
-        mask_images = mask_images.to(self.dtype)
-        hints = [to_tensor([_resize(depth_hint(f.depth_hand), size, cv2.INTER_LINEAR) for f in frames])]
+        working = [working_inputs(f, m, size) for f, m in zip(frames, masks)]
+        images = to_tensor([w.image for w in working]) * 2.0 - 1.0
+        mask_images = (to_tensor([w.mask.astype(np.uint8) * 255 for w in working]) >= 0.5).to(self.dtype)
+        hints = [to_tensor([w.depth_hint for w in working])]
         if self._num_nets == 2:
             hints.append(to_tensor([_resize(segmentation_hint(f), size, cv2.INTER_NEAREST) for f in frames]))
         # The masked image's latents use the posterior mean (no random draw): the only randomness of a frame
