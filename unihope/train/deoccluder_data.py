@@ -65,7 +65,7 @@ def synthetic_frames(
         sequences: only these `<subject>/<sequence>` (None: all).
     """
     from unihope.grasp import label_grasps
-    from unihope.render.annotate import annotate_frames
+    from unihope.render.annotate import AnnotationResources, annotate_frames
     from unihope.sources import open_source
     from unihope.sources.synthetic import write_synthetic_dataset
 
@@ -74,7 +74,8 @@ def synthetic_frames(
     source = open_source(SourceConfig(kind=synth_cfg.format, root=root), hand_cfg)
     refs = [ref for ref in source.index() if sequences is None or ref.sequence_key in sequences]
     frames = [f for f in source.load(refs) if not isinstance(f, Skip)]
-    annotated = annotate_frames(frames, label_grasps(frames, GraspConfig()), crop_cfg, RenderConfig(), hand_cfg)
+    annotated = annotate_frames(frames, label_grasps(frames, GraspConfig()), crop_cfg, RenderConfig(), hand_cfg,
+                                resources=AnnotationResources())
     return [a for a in annotated if isinstance(a, AnnotatedFrame)]
 
 
