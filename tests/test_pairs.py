@@ -180,3 +180,28 @@ def test_teacher_pass_form_without_pair_supervision_still_distils(batch):
     model = build_model(cfg, FakeHandLayer()).train()
     terms = loss_terms(model, _prepare(model, batch, cfg), cfg)
     assert all(float(terms[name]) > 0 for name in ("enhance_image", "enhance_token", "enhance_output"))
+
+
+def test_ablation_statistics_pair_seeds_and_count_bins():
+    """bench/ablate_pairs.py's table: paired differences per seed, a t interval over seeds, bin counts."""
+    from bench.ablate_pairs import paired_interval, summarise
+
+    mean, low, high = paired_interval(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert mean == pytest.approx(3.0)
+    assert (high - low) / 2 == pytest.approx(2.776 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5))
+    visibility = np.array([0.1, 0.3, 0.6, 0.9, 0.95])
+    grasp = np.array([1, 1, 0, 0, 1])
+    keys = np.array([f"k{i}" for i in range(5)])
+
+    def run(offset: float, seed: int) -> dict:
+        errors = np.array([10.0, 20.0, 30.0, 40.0, 50.0]) + offset + seed  # every seed shifts both arms alike
+        return {"mpjpe_mm": errors, "pa_mpjpe_mm": errors / 10, "visibility": visibility, "grasp": grasp,
+                "sample_keys": keys}
+
+    results = {"none": {s: run(0.0, s) for s in range(3)}, "oracle": {s: run(-2.0, s) for s in range(3)}}
+    table = summarise(results, [0, 1, 2])
+    assert table["counts"] == {"all": 5, "[0, 0.25]": 1, "(0.25, 0.5]": 1, "(0.5, 0.75]": 1, "(0.75, 1]": 2,
+                               "hand-only": 2, "hand-object": 3}
+    row = table["arms"]["oracle"]["mpjpe_mm|(0.75, 1]"]
+    assert row["diff"] == pytest.approx(-2.0) and row["ci_low"] == pytest.approx(-2.0)  # paired: seed noise cancels
+    assert table["arms"]["none"]["mpjpe_mm|all"]["mean"] == pytest.approx(31.0)
