@@ -26,8 +26,9 @@ def _planned_torch_install(tmp_path: Path, *make_args: str, with_driver: bool) -
     env = {**os.environ, "PATH": str(bin_dir)}
     env.pop("TORCH_VARIANT", None)
     driver_file = "/proc/driver/nvidia/version" if with_driver else str(tmp_path / "no-driver")
-    proc = subprocess.run([shutil.which("make"), "-n", "install", f"NVIDIA_DRIVER_FILE={driver_file}", *make_args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+    # -B: plan every recipe even when this checkout's venv is installed already (its stamp is up to date)
+    proc = subprocess.run([shutil.which("make"), "-n", "-B", "install", f"NVIDIA_DRIVER_FILE={driver_file}", *make_args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [line.strip() for line in proc.stdout.splitlines() if "pip install" in line and "torch" in line]
 
