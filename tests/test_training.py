@@ -204,8 +204,10 @@ def test_training_run_writes_metrics_plots_and_loss_falls(tmp_path, datasets, ha
     result = train(cfg, datasets[0], datasets[1], tmp_path / "run", hand_layer, log=lambda *_: None)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("mpjpe_mm", "pa_mpjpe_mm", "mpvpe_mm", "switcher_accuracy", "train_loss_first", "train_loss_last",
-                "mean_pose_mpjpe_mm", "majority_switcher_accuracy", "add_s_mm", "split_by_grasp", "occlusion_intervals"):
+                "mean_pose_mpjpe_mm", "majority_switcher_accuracy", "add_s_mm", "split_by_grasp", "occlusion_intervals",
+                "dataset_version"):
         assert key in metrics, key
+    assert "data_version" not in metrics  # the version is named once (issue 25.8)
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
     assert len(result.step_losses) == 18 and metrics["num_samples"] == 6
     assert [row["interval"] for row in metrics["occlusion_intervals"]["mpjpe_mm"]] == [

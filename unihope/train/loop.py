@@ -191,7 +191,8 @@ def train(
         "train_seconds_this_session": train_seconds,
         "device": str(device),
         "config_hash": cfg.config_hash(),
-        "data_version": getattr(train_dataset, "version_id", ""),  # unihope.storage.versions id the run read ("" in tests)
+        # the dataset version the run read (one name; a CLI run's identity below carries the same id)
+        "dataset_version": getattr(train_dataset, "version_id", ""),
         "evaluated": False,
         **(identity.to_json() if identity is not None else {}),
     }
