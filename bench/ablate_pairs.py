@@ -170,7 +170,7 @@ def second_images(data_dir: Path, out_dir: Path, arm: Arm, seed: int = 0) -> dic
         keys = [str(k) for k in view.column("sample_key")]
         paired = np.flatnonzero(keep)
         if arm.second_image == "oracle":
-            from bench.truth import truth_crop
+            from unihope.train.deoccluder_data import truth_crop_of_key as truth_crop
 
             affines = view.column("crop_affine")
             size = int(view.sample(int(paired[0]), ("image",))["image"].shape[0])

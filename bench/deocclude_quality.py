@@ -47,7 +47,7 @@ from unihope.config import (  # noqa: E402
 from unihope.deocclude import build_deoccluder  # noqa: E402
 from unihope.deocclude.hints import occluded_hand_mask  # noqa: E402
 from unihope.deocclude.quality import psnr_in_mask, ssim_in_mask  # noqa: E402
-from bench.truth import truth_crop as truth_crop_of_key  # noqa: E402
+from unihope.train.deoccluder_data import truth_crop  # noqa: E402
 
 
 
@@ -65,11 +65,6 @@ def annotated_synthetic_frames(root: Path, synth_cfg: SyntheticConfig) -> list[A
     annotated = annotate_frames(frames, label_grasps(frames, GraspConfig()), CropConfig(), RenderConfig(), hand_cfg,
                                 resources=AnnotationResources())
     return [a for a in annotated if isinstance(a, AnnotatedFrame)]
-
-
-def truth_crop(root: Path, frame: AnnotatedFrame) -> np.ndarray:
-    """The object-free truth view cut with the frame's crop affine (same call as annotate's crop)."""
-    return truth_crop_of_key(root, frame.frame.sample_key, frame.crop.affine, frame.crop.size_px)
 
 
 def evaluate(name: str, images: list[np.ndarray], frames, truths, masks) -> dict[str, float]:

@@ -81,14 +81,23 @@ def synthetic_frames(
 
 def truth_crop(root: Path, frame: AnnotatedFrame) -> np.ndarray:
     """The object-free truth view of a DexYCB-layout synthetic frame, cut with the frame's crop affine."""
-    sequence_dir, frame_idx = frame.frame.sample_key.rsplit("/", 1)
+    return truth_crop_of_key(root, frame.frame.sample_key, frame.crop.affine, frame.crop.size_px)
+
+
+def truth_crop_of_key(root: Path, sample_key: str, crop_affine: np.ndarray, size_px: int) -> np.ndarray:
+    """(S, S, 3) uint8 RGB: the object-free truth view of `sample_key` cut with `crop_affine` (a stored
+    sample's `crop_affine` column too), exactly as annotation cut the input crop.
+
+    Raises:
+        FileNotFoundError: when the truth image is missing (not a synthetic dataset, or another one).
+    """
+    sequence_dir, frame_idx = sample_key.rsplit("/", 1)
     path = Path(root) / TRUTH_DIR / sequence_dir / f"color_{int(frame_idx):06d}.jpg"
     image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image_bgr is None:
-        raise FileNotFoundError(f"truth image missing for {frame.frame.sample_key}: {path}")
-    size = frame.crop.size_px
-    crop_bgr = cv2.warpAffine(image_bgr, frame.crop.affine, (size, size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        raise FileNotFoundError(f"truth image missing for {sample_key}: {path}")
+    crop_bgr = cv2.warpAffine(image_bgr, np.asarray(crop_affine, dtype=np.float64), (size_px, size_px),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
 
 
