@@ -22,14 +22,14 @@ import numpy as np
 from unihope.config import HandModelConfig, SyntheticConfig
 from unihope.sources.dexycb import DexYCBSource
 from unihope.sources.synthetic import write_synthetic_dataset
-from unihope.sources.synthetic_render import get_scene_renderer, table_texture, table_trimesh
+from unihope.sources.synthetic_render import SceneRenderers, table_texture, table_trimesh
 from unihope.render.camera import cv_pose_to_gl, intrinsics_camera
 
 NUM_BASELINE_RENDERS = 20
 
 
 def _baseline_render_s(width_px: int, height_px: int, K: np.ndarray, T_cam_from_world: np.ndarray) -> float:
-    renderer = get_scene_renderer(width_px, height_px)
+    renderer = SceneRenderers().get(width_px, height_px)
     pyrender = renderer.pyrender
     renderer.renderer.viewport_width, renderer.renderer.viewport_height = width_px, height_px
     scene = pyrender.Scene(ambient_light=(0.3, 0.3, 0.3))

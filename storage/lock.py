@@ -28,7 +28,6 @@ LOCK_NAME = ".unihope-build.lock"
 WAIT_POLL_S = 0.5  # how often a waiting build tries the lock again
 REMOTE_HEARTBEAT_S = 30.0  # a remote lock's holder rewrites it this often
 REMOTE_STALE_AFTER_S = 120.0  # a remote lock whose heartbeat is older is abandoned (4 missed beats)
-_HELD_HERE: dict[str, "LockHolder"] = {}  # locks this process holds, by lock URL
 
 
 class OutputBusyError(RuntimeError):
@@ -99,16 +98,38 @@ def build_lock(out: str, storage_options: dict | None = None, wait: bool = False
         OutputBusyError: when another live build holds the lock and `wait` is False.
     """
     loc = locate(out, storage_options)
-    key = loc.fs.unstrip_protocol(loc.path(LOCK_NAME))
-    if key in _HELD_HERE:  # re-entrant within a process (the CLI holds it around run_build, which takes it too)
-        yield _HELD_HERE[key]
-        return
     with (_local_lock(loc, wait) if loc.is_local else _remote_lock(loc, wait)) as holder:
-        _HELD_HERE[key] = holder
+        yield holder
+
+
+def output_busy(out: str, storage_options: dict | None = None) -> OutputBusyError | None:
+    """The refusal a build of `out` would meet now, or None when no live build holds its lock.
+
+    A query, not a hold (the answer can change a moment later; the build's own `build_lock` decides):
+    the CLI asks it so that a refused build starts no API server.
+    """
+    loc = locate(out, storage_options)
+    lock_path = loc.path(LOCK_NAME)
+    if loc.is_local:
+        if not os.path.exists(lock_path):
+            return None
+        fd = os.open(lock_path, os.O_RDONLY)
         try:
-            yield holder
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # any hold at all conflicts with the builder's LOCK_EX
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        except BlockingIOError:
+            holder = LockHolder.from_bytes(os.pread(fd, 4096, 0))
+            return OutputBusyError(_busy_message(loc.url, lock_path, holder), holder)
         finally:
-            del _HELD_HERE[key]
+            os.close(fd)
+    try:
+        holder = LockHolder.from_bytes(loc.fs.cat_file(lock_path))
+    except FileNotFoundError:
+        return None
+    if holder is None or is_stale(holder):
+        return None
+    return OutputBusyError(_busy_message(loc.url, loc.fs.unstrip_protocol(lock_path), holder), holder)
 
 
 @contextlib.contextmanager

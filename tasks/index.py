@@ -9,13 +9,14 @@ from unihope.buildplan.plan import SourcePlan
 from unihope.buildplan.workdir import WorkLayout
 from unihope.config import PipelineConfig
 from unihope.tasks.common import StageItem, begin_item, finish_item, on_render_thread
+from unihope.tasks.resources import worker_resources
 
 
 def _prepare_source(cfg: PipelineConfig) -> None:
     """Write what the source reads when the pipeline makes it (synthetic; it renders: on the render thread)."""
     from unihope.sources import prepare_source
 
-    on_render_thread(prepare_source, cfg.source, cfg.hand)
+    on_render_thread(prepare_source, cfg.source, cfg.hand, worker_resources().scene_renderers)
 
 
 def load_refs(cfg: PipelineConfig) -> list:

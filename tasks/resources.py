@@ -32,6 +32,7 @@ class WorkerResources:
       runners call tasks from varying threads (ThreadPoolTaskRunner, Dask workers), so everything that
       renders runs on this one thread;
     - the annotation resources (renderers, hand layers, object meshes: `AnnotationResources`);
+    - the synthetic source's scene renderers (`SceneRenderers`), when a build generates its data;
     - one de-occluder per config (building one loads model weights: seconds to minutes for ControlNet);
     - the device pool over the process's visible CUDA devices (one batch per GPU at a time).
     """
@@ -41,8 +42,10 @@ class WorkerResources:
             visible_devices: the CUDA devices to pool; None = the ones this process sees (looked up on first use).
         """
         from unihope.render.annotate import AnnotationResources
+        from unihope.sources.synthetic_render import SceneRenderers
 
         self.annotation = AnnotationResources()
+        self.scene_renderers = SceneRenderers()  # the synthetic source's, when the build generates it
         self._render_thread = _new_render_thread()
         self._render_lock = threading.Lock()
         self._deoccluders: dict[str, object] = {}
@@ -83,6 +86,7 @@ class WorkerResources:
                     self._render_thread = _new_render_thread()
                     executor.shutdown(wait=False, cancel_futures=True)
                     self.annotation.forget_renderers()
+                    self.scene_renderers = type(self.scene_renderers)()  # its contexts belong to the stuck thread
             raise
 
     # ---- de-occluders -------------------------------------------------------------------------

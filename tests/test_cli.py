@@ -446,6 +446,6 @@ def test_scheduled_build_applies_the_deployment_overrides(tmp_path, monkeypatch)
     from unihope.demo import DEMO_CONFIG
 
     built = []
-    monkeypatch.setattr(build_flows, "build_flow_for", lambda flow_cfg: lambda config, out, write_report: built.append(config))
+    monkeypatch.setattr(build_flows, "build_steps", lambda config, out, write_report: built.append(config))
     build_flows.scheduled_build.fn(str(DEMO_CONFIG), str(tmp_path / "d"), overrides=["grasp.rte_threshold_m=0.02"])
     assert built[0].grasp.rte_threshold_m == 0.02

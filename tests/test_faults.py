@@ -212,9 +212,13 @@ def test_sigkill_of_a_build_leaves_no_server_and_a_stale_lock_is_taken_over(tmp_
     assert _wait_until_gone(mark) == [], "the API server outlived its SIGKILLed build"
     # the lock file still names the dead build, but its flock died with it: stale, taken over at once
     assert json.loads((out / LOCK_NAME).read_text())["pid"] == holder.pid
+    from unihope.storage.lock import output_busy
+
+    assert output_busy(str(out)) is None  # the CLI's question sees the dead holder as gone too
     with build_lock(str(out)) as mine:
         assert mine.pid == os.getpid()
         assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+        assert f"pid {os.getpid()}" in str(output_busy(str(out)))
 
 
 def test_remote_lock_refuses_a_live_holder_and_takes_over_a_stale_one() -> None:
@@ -225,7 +229,8 @@ def test_remote_lock_refuses_a_live_holder_and_takes_over_a_stale_one() -> None:
 
     import fsspec
 
-    from unihope.storage.lock import LOCK_NAME, REMOTE_STALE_AFTER_S, LockHolder, OutputBusyError, build_lock, is_stale
+    from unihope.storage.lock import (LOCK_NAME, REMOTE_STALE_AFTER_S, LockHolder, OutputBusyError, build_lock, is_stale,
+                                      output_busy)
 
     out = f"memory://lock-test-{uuid.uuid4().hex}"
     fs = fsspec.filesystem("memory")
@@ -233,6 +238,7 @@ def test_remote_lock_refuses_a_live_holder_and_takes_over_a_stale_one() -> None:
     # another live process on this host (the parent of this one) holds it: refused, holder named
     live = LockHolder(os.getppid(), socket.gethostname(), "2026-01-01T00:00:00Z", "t-live")
     fs.pipe_file(lock_path, json.dumps(live.to_json()).encode())
+    assert f"pid {os.getppid()} on {socket.gethostname()}" in str(output_busy(out))  # the CLI's question
     with pytest.raises(OutputBusyError, match=rf"pid {os.getppid()} on {socket.gethostname()}"):
         with build_lock(out):
             pass
@@ -243,10 +249,13 @@ def test_remote_lock_refuses_a_live_holder_and_takes_over_a_stale_one() -> None:
     assert not is_stale(far, now_s=1767225600.0 + REMOTE_STALE_AFTER_S / 2)  # a fresh heartbeat elsewhere
     for stale in (dead, far):
         fs.pipe_file(lock_path, json.dumps(stale.to_json()).encode())
+        assert output_busy(out) is None  # a stale holder does not make the output busy
         with build_lock(out) as mine:
             assert LockHolder.from_bytes(fs.cat_file(lock_path)).token == mine.token
-            with build_lock(out) as again:  # re-entrant in one process
-                assert again.token == mine.token
+            assert output_busy(out) is not None
+            with pytest.raises(OutputBusyError):  # one holder: no re-entry, even from this process
+                with build_lock(out):
+                    pass
         assert not fs.exists(lock_path)  # released
 
 

@@ -576,7 +576,7 @@ def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, mo
     import threading
 
     import unihope.tasks.resources as resources
-    from unihope.flows.build import build_flow_for
+    from unihope.flows.build import build_dataset
 
     out = tmp_path / "data"
     shutil.copytree(reference_build["out"], out)
@@ -608,7 +608,7 @@ def test_local_gpu_build_runs_one_batch_per_device(reference_build, tmp_path, mo
         "deocclusion": {**cfg.deocclusion.model_dump(mode="json"), "backend": "controlnet"},
         "flow": {**cfg.flow.model_dump(mode="json"), "fail_once": [], "max_workers": 4},
     })
-    summary = build_flow_for(gpu_cfg.flow)(config=gpu_cfg, out=str(out), write_report=False)
+    summary = build_dataset(config=gpu_cfg, out=str(out), write_report=False)
     assert summary.num_samples == reference_build["summary"].num_samples
     assert set(peaks) == {"cuda:0", "cuda:1", "all"}  # `auto` spread the batches over both devices
     assert peaks["cuda:0"] == peaks["cuda:1"] == 1 and peaks["all"] <= 2

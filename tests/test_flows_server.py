@@ -74,7 +74,8 @@ def _check_deploy_build_and_trigger(api_url: str, build_yaml: Path, train_yaml: 
 
 def _check_against_current_api(build_yaml: Path, train_yaml: Path, out: Path, train_out: Path, deploy_log: Path) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
+                                                FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId)
     from prefect.deployments import run_deployment
 
     from unihope.build_cli import run_build_from_cli
@@ -100,6 +101,16 @@ def _check_against_current_api(build_yaml: Path, train_yaml: Path, out: Path, tr
         build_run = run_deployment("scheduled-build/build-dataset", parameters={"out": str(out)}, timeout=RUN_TIMEOUT_S)
         assert build_run.state.is_completed(), f"{build_run.state}\n{deploy_log.read_text()[-4000:]}"
         version = dataset_version(str(out))
+        # the deployment's run shows the build's task graph itself: no parent with the work in a subflow
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[build_run.id])))
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[build_run.id])))
+        names = [run.name for run in task_runs]
+        for stage in ("index", "grasp-part", "annotate-batch", "deocclude-batch", "pack-shard", "finalize"):
+            assert any(name.startswith(stage) for name in names), (stage, names)
+        assert children == [], [run.name for run in children]
 
         def train_runs():
             with get_client(sync_client=True) as client:

@@ -122,9 +122,9 @@ def test_dexycb_pca_conversion_matches_labels(synthetic_dexycb: Path, dexycb_rec
 
 
 def test_dexycb_seg_agrees_with_rendered_masks(dexycb_records, layers):
-    from unihope.sources.synthetic_render import get_scene_renderer
+    from unihope.sources.synthetic_render import SceneRenderers
 
-    shared = get_scene_renderer(640, 480)  # the process's renderer (never deleted: EGL display is shared)
+    shared = SceneRenderers().get(640, 480)
     pyrender, renderer = shared.pyrender, shared.renderer
     renderer.viewport_width, renderer.viewport_height = 640, 480
     checked = 0

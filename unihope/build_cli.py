@@ -53,7 +53,7 @@ def run_build_from_cli(
     from unihope.overrides import apply_overrides
     from unihope.preflight import check_build, describe_os_error
     from unihope.prefect_server import own_api_server
-    from unihope.storage.lock import OutputBusyError, build_lock
+    from unihope.storage.lock import OutputBusyError, output_busy
     from unihope.unchanged_build import unchanged_build_summary
 
     def fail(message: str, code: int) -> None:
@@ -87,9 +87,10 @@ def run_build_from_cli(
     work_root = resolve_work_dir(out, cfg.flow.work_dir)
     num_computed_before = len(read_executions(work_root))
     try:
-        with build_lock(out, wait=wait_lock):  # lock first: a refused build starts no server
-            api_server.enter_context(own_api_server())
-            summary = launch.run_build(cfg, out, wait_lock=wait_lock)
+        if not wait_lock and (busy := output_busy(out)) is not None:  # a refused build starts no server
+            raise busy
+        api_server.enter_context(own_api_server())
+        summary = launch.run_build(cfg, out, wait_lock=wait_lock)  # the flow holds the lock
     except OutputBusyError as err:
         fail(str(err), code=3)
     except OSError as err:

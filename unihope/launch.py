@@ -1,20 +1,17 @@
-"""Running a build in this process: hold the output's lock, sweep what a killed build left, point worker
-processes at one API server, then run the flow (CLI, demo, benchmarks and tests start builds here)."""
+"""Running a build in this process: point worker processes at one API server, then run the flow (CLI, demo,
+benchmarks and tests start builds here). The flow itself holds the output's lock (`build_steps`)."""
 
 from __future__ import annotations
 
 from unihope.config import PipelineConfig
 from unihope.prefect_server import api_for_worker_processes
-from unihope.storage.io import sweep_temp_files
-from unihope.storage.lock import build_lock
-from unihope.buildplan.workdir import local_output_path, resolve_work_dir
 
 
 def run_build(cfg: PipelineConfig, out: str, write_report: bool = True, wait_lock: bool = False):
-    """Run `build_dataset` with the task runner the config names (config already resolved).
+    """Run `build_dataset` (config already resolved) on the task runner the config names.
 
-    Holds the output's build lock (`unihope.storage.lock`) for the whole run, and first sweeps the temp
-    files a failed or killed build left in the output and work folders (safe: the lock is held).
+    The flow holds the output's build lock for the whole run and first sweeps the temp files a
+    failed or killed build left (`unihope.buildplan.output_lock`).
 
     Returns:
         `unihope.report.DatasetSummary`.
@@ -22,11 +19,7 @@ def run_build(cfg: PipelineConfig, out: str, write_report: bool = True, wait_loc
     Raises:
         OutputBusyError: when another build writes `out` (and `wait_lock` is False).
     """
-    from unihope.flows.build import build_flow_for
+    from unihope.flows.build import build_dataset
 
-    with build_lock(out, wait=wait_lock):
-        for folder in (local_output_path(out), resolve_work_dir(out, cfg.flow.work_dir)):
-            if folder is not None:
-                sweep_temp_files(folder)
-        with api_for_worker_processes(cfg.flow):
-            return build_flow_for(cfg.flow)(config=cfg, out=out, write_report=write_report)
+    with api_for_worker_processes(cfg.flow):
+        return build_dataset(config=cfg, out=out, write_report=write_report, wait_lock=wait_lock)

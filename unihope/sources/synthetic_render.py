@@ -125,21 +125,25 @@ def look_at_cv(camera_centre_m: np.ndarray, target_m: np.ndarray, up: np.ndarray
     return T
 
 
-_RENDERERS: dict[tuple[int, int, str, int], "SceneRenderer"] = {}  # (w, h, platform, thread id)
+class SceneRenderers:
+    """The scene renderers a caller reuses across synthetic datasets, one per image size, platform and thread.
 
-
-def get_scene_renderer(width_px: int, height_px: int, platform: str = "egl") -> "SceneRenderer":
-    """This thread's SceneRenderer for this image size and platform, created on first use.
-
-    One per thread, since an EGL context stays current on the thread that rendered with it (making
-    it current on another fails with EGL_BAD_ACCESS). Never deleted: creating a GL context costs more than a frame, and pyrender's EGL
-    backend terminates the process-wide EGL display when any OffscreenRenderer is deleted, which
-    would also kill the renderers of other stages living in the same process.
+    Creating a GL context and compiling its shaders costs more than a frame, so whoever generates
+    several datasets keeps one of these (a build worker's lives in `unihope.tasks.resources.WorkerResources`)
+    and passes it to `write_synthetic_dataset`. Keyed by thread too: an EGL context stays current on the
+    thread that rendered with it (making it current on another fails with EGL_BAD_ACCESS). Dropping one
+    frees only its own context (`unihope.render.gl` keeps the shared EGL display alive).
     """
-    key = (int(width_px), int(height_px), platform, threading.get_ident())
-    if key not in _RENDERERS:
-        _RENDERERS[key] = SceneRenderer(*key[:3])
-    return _RENDERERS[key]
+
+    def __init__(self) -> None:
+        self._renderers: dict[tuple[int, int, str, int], SceneRenderer] = {}
+
+    def get(self, width_px: int, height_px: int, platform: str = "egl") -> "SceneRenderer":
+        """This thread's renderer for this image size and platform, created on first use."""
+        key = (int(width_px), int(height_px), platform, threading.get_ident())
+        if key not in self._renderers:
+            self._renderers[key] = SceneRenderer(*key[:3])
+        return self._renderers[key]
 
 
 class SceneRenderer:

@@ -34,6 +34,7 @@ from unihope.sources.synthetic.common import TRUTH_DIR
 from unihope.sources.synthetic.dexycb_layout import write_dexycb_layout
 from unihope.sources.synthetic.ho3d_layout import write_ho3d_layout
 from unihope.sources.synthetic.scene import SequenceWriter
+from unihope.sources.synthetic_render import SceneRenderers
 from unihope.sources.synthetic_marker import COMPLETE_MARKER, GENERATOR_VERSION, check_output_dir
 
 OCCLUDED_MAX_VISIBILITY = DeocclusionConfig().max_visibility  # the summary's "occluded": de-occlusion's own test
@@ -72,7 +73,8 @@ class SynthSummary:
         )
 
 
-def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandModelConfig) -> SynthSummary:
+def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandModelConfig,
+                            renderers: SceneRenderers | None = None) -> SynthSummary:
     """Write a synthetic dataset in DexYCB's (or HO3D_v2's) layout plus `truth/`; idempotent.
 
     The data is written into `<out_dir>.incomplete` and renamed into place when complete; a marker
@@ -83,6 +85,7 @@ def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandM
         out_dir: destination folder (absent or empty, or a complete dataset of the same config).
         cfg: what to generate (format, sequences, frames, cameras, seed, image size).
         hand_cfg: which MANO files to use (None fields -> the procedural hand).
+        renderers: the caller's renderers, reused across datasets (a build worker's); None -> one for this call.
 
     Returns:
         A SynthSummary (printable with `.describe()`).
@@ -103,7 +106,8 @@ def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandM
     work_dir.mkdir(parents=True)
 
     # 2. Models, renderer, hand layers
-    writer = SequenceWriter(work_dir, cfg, hand_cfg)
+    renderer = (renderers if renderers is not None else SceneRenderers()).get(cfg.image_width_px, cfg.image_height_px)
+    writer = SequenceWriter(work_dir, cfg, hand_cfg, renderer)
     writer.write_models()
 
     # 3. Sequences

@@ -15,7 +15,7 @@ from unihope.sources.synthetic.common import rigid, rot_about, seed_from
 from unihope.sources.synthetic.grasp_plan import GraspPlan, plan_grasp
 from unihope.sources.synthetic.rig import Camera, camera_rig
 from unihope.sources.synthetic.trajectory import plan_trajectory, Trajectory
-from unihope.sources.synthetic_render import get_scene_renderer, table_texture, table_trimesh
+from unihope.sources.synthetic_render import SceneRenderer, table_texture, table_trimesh
 from unihope.sources.ycb_meshes import (
     MESH_FILE_NAME,
     YCB_NAMES,
@@ -80,7 +80,7 @@ def _resting_pose(obj: YCBObject, xy_m: np.ndarray, yaw_rad: float) -> np.ndarra
 class SequenceWriter:
     """Holds the per-dataset state (renderer, hand layers, objects) and writes one sequence at a time."""
 
-    def __init__(self, root: Path, cfg: SyntheticConfig, hand_cfg: HandModelConfig):
+    def __init__(self, root: Path, cfg: SyntheticConfig, hand_cfg: HandModelConfig, renderer: SceneRenderer):
         self.root = root
         self.cfg = cfg
         # Labels use the layout's own fingertips (DexYCB manopth, HO3D ho3d), as the real dataset's do.
@@ -93,7 +93,7 @@ class SequenceWriter:
             side: vertex_finger_labels(load_mano_arrays(layer.model_path)["weights"]) for side, layer in self.layers.items()
         }
         self.pca = {side: load_mano_arrays(layer.model_path) for side, layer in self.layers.items()}
-        self.renderer = get_scene_renderer(cfg.image_width_px, cfg.image_height_px)
+        self.renderer = renderer  # the caller's (`SceneRenderers`), of cfg's image size
         self.objects = {name: build_ycb_object(name) for name in YCB_NAMES}
         self.graspable = [name for name, obj in self.objects.items() if obj.is_graspable_side]
         self.rig = camera_rig(cfg)
