@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 
+from dataclasses import replace
+
 from prefect import flow, get_run_logger
 
 from unihope.tasks.artifacts import publish_train_artifacts
-from unihope.tasks.train import train_and_evaluate
+from unihope.tasks.train import evaluate_model, train_model
 
 
 @flow(name="train")
@@ -26,7 +28,9 @@ def train_flow(data_url: str, train_config_path: str, runs_dir: str, mano_dir: s
     """
     logger = get_run_logger()
     logger.info("training on %s with %s -> %s/<version>-<config>", data_url, train_config_path, runs_dir)
-    result = train_and_evaluate(data_url, train_config_path, runs_dir, mano_dir, tuple(overrides or ()))
+    overrides = tuple(overrides or ())
+    result = train_model(data_url, train_config_path, runs_dir, mano_dir, overrides)
     logger.info("trained %d steps in %s", result.metrics["train_steps"], result.out_dir)
-    publish_train_artifacts(result, data_url)
+    metrics = evaluate_model(data_url, train_config_path, str(result.out_dir), mano_dir, overrides)
+    publish_train_artifacts(replace(result, metrics=metrics), data_url)
     return str(result.out_dir)

@@ -755,9 +755,12 @@ def test_train_flow_publishes_its_metrics_and_applies_set_overrides(reference_bu
     rows = {row["metric"]: row["value"] for row in json.loads(by_key[metrics_key].data)}
     assert rows["train_steps"] == 2 and rows["mpjpe_mm"] == pytest.approx(metrics["mpjpe_mm"])
     assert str(run_dir) in by_key[run_key].data
-    # the flow run's graph holds the work: a task run for the training and its evaluation
-    assert [run.name for run in runs] == [f"train-{reference_build['out'].name}"]
-    assert runs[0].state.is_completed()
+    # the flow run's graph holds the work: a task run for the training, then one for its evaluation
+    name = reference_build['out'].name
+    assert sorted(run.name for run in runs) == [f"evaluate-{name}", f"train-{name}"]
+    assert all(run.state.is_completed() for run in runs)
+    assert metrics["evaluated"] is True and np.isfinite(metrics["mpjpe_mm"])  # the evaluate task wrote it
+    assert (run_dir / "plots").is_dir()
 
 
 def test_unchanged_build_is_found_without_a_flow_and_keyed_by_version(reference_build, tmp_path):

@@ -46,7 +46,7 @@ def test_no_flow_module_imports_cli_process_or_terminal_libraries_or_prints():
 
 
 # Tasks that are not a work-folder item: they call one plain function and reuse nothing.
-NON_ITEM_TASKS = {"claim_output", "plan_shards_task", "train_and_evaluate"}  # train: its run folder resumes it
+NON_ITEM_TASKS = {"claim_output", "plan_shards_task", "train_model", "evaluate_model"}  # their run folder resumes them
 BEGIN, FINISH = "begin_item", "finish_item"
 MAX_TASK_STATEMENTS = 8
 CONTROL_FLOW = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.With, ast.AsyncWith, ast.Match,

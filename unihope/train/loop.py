@@ -68,6 +68,7 @@ def train(
     resume: bool = True,
     log=print,
     identity: RunIdentity | None = None,
+    final_evaluation: bool = True,
 ) -> TrainResult:
     """Train (resuming from the run folder's latest checkpoint), then evaluate on `eval_dataset`.
 
@@ -78,6 +79,8 @@ def train(
         out_dir: run folder (checkpoints/, loss_history.jsonl, metrics.jsonl, metrics.json, plots/).
         hand_layer: right-hand MANO layer.
         resume: continue from `out_dir`'s latest checkpoint when there is one.
+        final_evaluation: evaluate the final model here; False leaves it to `evaluate_run` (the train flow's
+            own `evaluate` task), and metrics.json says `evaluated: false` until then.
         log: where progress lines go.
         identity: dataset version and hand model of a run on a stored dataset; recorded in checkpoints
             and metrics.json, and a checkpoint of another dataset version is not resumed.
@@ -198,7 +201,7 @@ def train(
     }
     if eval_dataset is not None and len(eval_dataset) == 0:
         log("evaluation skipped: the held-out split is empty (raise data.val_fraction or build more sequences)")
-    elif eval_dataset is not None:
+    elif eval_dataset is not None and final_evaluation:
         report = evaluate(model, eval_dataset, cfg, stats, device)
         metrics = {**report.summary(stats), **metrics, "evaluated": True}
         write_plots(out_dir / "plots", report, stats, history)

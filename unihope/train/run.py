@@ -77,7 +77,7 @@ def resolve_hand_model(cfg: TrainConfig, data_url: str, log=print):
 
 def run_training_from_cli(
     config_path: Path, data_url: str, out_dir: Path, mano_dir: Path | None = None, version: str | None = None,
-    overrides: tuple[str, ...] = (), log=print,
+    overrides: tuple[str, ...] = (), log=print, final_evaluation: bool = True,
 ) -> TrainResult:
     """`unihope train --out`: load the config, check the hand model, open the shards, train, evaluate.
 
@@ -90,6 +90,7 @@ def run_training_from_cli(
         version: the dataset version already read by the caller (`run_training_in_runs_dir`); None -> read now.
         overrides: `--set key=value` overrides (`unihope.overrides`).
         log: receives progress lines (the train flow passes its run logger).
+        final_evaluation: evaluate the final model in this call; False leaves it to `evaluate_run`.
 
     Raises:
         ValueError: on a hand model mismatch, or a run folder holding a run on other data.
@@ -111,10 +112,54 @@ def run_training_from_cli(
         from unihope.tip_convention import tip_convention_of_dataset
 
         hand_layer = build_hand_layer(cfg.hand, tip_convention_of_dataset(train_set))
-        result = train(cfg, train_set, eval_set, Path(out_dir), hand_layer, identity=identity, log=log)
+        result = train(cfg, train_set, eval_set, Path(out_dir), hand_layer, identity=identity, log=log,
+                       final_evaluation=final_evaluation)
     log(f"checkpoint: {result.checkpoint_path}")
     log(f"metrics:    {Path(out_dir) / 'metrics.json'}")
     return result
+
+
+def evaluate_run(config_path: Path, data_url: str, run_dir: Path, mano_dir: Path | None = None,
+                 overrides: tuple[str, ...] = (), log=print) -> dict:
+    """Evaluate a run folder's newest checkpoint on the held-out split of the version it trained on.
+
+    The train flow's `evaluate` task: training (`final_evaluation=False`) wrote the checkpoint and a
+    metrics.json with the training figures; this adds the evaluation to it (`evaluated: true`) and writes
+    the plots, as `train` does when it evaluates itself.
+
+    Raises:
+        ValueError: when the run folder has no metrics.json or checkpoint yet (train it first).
+    """
+    from unihope.storage.versions import pin
+    from unihope.tip_convention import tip_convention_of_dataset
+    from unihope.train.loop import LOSS_HISTORY_FILE
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        raise ValueError(f"{run_dir} holds no finished training (no metrics.json); train it before evaluating")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    cfg = with_mano_dir(load_train_config(config_path, overrides), mano_dir)
+    apply_cpu_threads(cfg)
+    cfg, _ = resolve_hand_model(cfg, data_url, log=log)
+    version = metrics["dataset_version"]
+    with pin(data_url, version, owner=f"eval:{run_dir}", ttl_s=TRAIN_PIN_TTL_S):
+        eval_set = open_paired_dataset(data_url, cfg.data.eval_split, cfg, cfg.data.max_eval_samples, version=version)
+        if len(eval_set) == 0:
+            log("evaluation skipped: the held-out split is empty (raise data.val_fraction or build more sequences)")
+            return metrics
+        device = resolve_device(cfg.device)
+        model = build_model(cfg, build_hand_layer(cfg.hand, tip_convention_of_dataset(eval_set))).to(device)
+        _, stats = load_checkpoint(run_dir, model)
+        report = evaluate(model, eval_set, cfg, stats, device)
+    metrics = {**report.summary(stats), **metrics, "evaluated": True}
+    history_path = run_dir / LOSS_HISTORY_FILE
+    history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()] \
+        if history_path.is_file() else []
+    write_plots(run_dir / "plots", report, stats, history)
+    (run_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
+    log(f"eval: MPJPE {metrics['mpjpe_mm']:.2f} mm (mean-pose baseline {metrics['mean_pose_mpjpe_mm']:.2f}), "
+        f"switcher acc {metrics['switcher_accuracy']:.3f} (majority {metrics['majority_switcher_accuracy']:.3f})")
+    return metrics
 
 
 def load_train_config(config_path: Path, overrides: tuple[str, ...] = ()) -> TrainConfig:
@@ -126,7 +171,7 @@ def load_train_config(config_path: Path, overrides: tuple[str, ...] = ()) -> Tra
 
 def run_training_in_runs_dir(
     config_path: Path, data_url: str, runs_dir: Path, mano_dir: Path | None = None,
-    overrides: tuple[str, ...] = (), log=print,
+    overrides: tuple[str, ...] = (), log=print, final_evaluation: bool = True,
 ) -> TrainResult:
     """Train in `<runs_dir>/<dataset version>-<config digest>/` (`unihope build --train`, the train deployment).
 
@@ -140,6 +185,7 @@ def run_training_in_runs_dir(
         mano_dir: `--mano-dir`, overriding the config's `hand.mano_dir`.
         overrides: `--set key=value` overrides (part of the config digest, like any config change).
         log: receives progress lines.
+        final_evaluation: evaluate here; False leaves it to `evaluate_run` (the train flow's evaluate task).
     """
     from unihope.run_keys import dataset_version, run_dir_for
 
@@ -147,7 +193,7 @@ def run_training_in_runs_dir(
     version = dataset_version(data_url)
     run_dir = run_dir_for(Path(runs_dir), version, resume_hash(cfg))
     return run_training_from_cli(config_path, data_url, run_dir, mano_dir=mano_dir, version=version,
-                                 overrides=overrides, log=log)
+                                 overrides=overrides, log=log, final_evaluation=final_evaluation)
 
 
 def run_evaluation_from_cli(
