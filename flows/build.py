@@ -117,11 +117,13 @@ def _wire(runner: TaskRunner, config: PipelineConfig, out: str, write_report: bo
     finalize_task = options(finalize_dataset)
     logger.info("work folder %s; stage hashes %s", layout.root, layout.hashes.as_dict())
 
-    # 1. Source: list frames, plan grasp parts and batches.
+    # 1. Source: write it when the pipeline makes it (its own bar), list frames, plan grasp parts and batches.
+    progress = BuildProgress(emit=logger.info, observers=(ProgressArtifacts(out),))
+    progress.add_stage("index", 0)  # its size is what it finds
     plan = index_task(config, layout, str(layout.index_path), fail_once)
+    progress.complete("index", plan.num_frames)
     logger.info("source: %d frames -> %d grasp parts, %d batches", plan.num_frames, len(plan.part_sizes),
                 len(plan.batches))
-    progress = BuildProgress(emit=logger.info, observers=(ProgressArtifacts(out),))
     for stage in ("grasp", "annotate", "deocclude"):
         progress.add_stage(stage, plan.num_frames)
 

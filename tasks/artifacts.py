@@ -123,7 +123,7 @@ class ProgressArtifacts:
         self._last_percent: dict[str, float] = {}
 
     def __call__(self, stage: str, done_frames: int, total_frames: int) -> None:
-        percent = 100.0 * min(done_frames, total_frames) / total_frames if total_frames else 100.0
+        percent = 100.0 * min(done_frames, total_frames) / total_frames if total_frames else 0.0  # 0: not sized yet
         if stage not in self._ids:
             key = BUILD_PROGRESS_KEY_PREFIX + stage
             self._ids[stage] = create_progress_artifact(

@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
-from prefect import task
+import contextvars
+
+from prefect import get_run_logger, task
 
 from unihope.buildplan.batch_items import plan_index, reuse_index, save_index
 from unihope.buildplan.plan import SourcePlan
 from unihope.buildplan.workdir import WorkLayout
 from unihope.config import PipelineConfig
+from unihope.progress import BuildProgress
 from unihope.tasks.common import StageItem, begin_item, finish_item, on_render_thread
 from unihope.tasks.resources import worker_resources
 
 
 def _prepare_source(cfg: PipelineConfig) -> None:
-    """Write what the source reads when the pipeline makes it (synthetic; it renders: on the render thread)."""
+    """Write what the source reads when the pipeline makes it (synthetic; it renders: on the render thread).
+
+    Its progress is a `synthesize` stage (images): log lines, and a bar where the CLI shows bars.
+    """
     from unihope.sources import prepare_source
 
-    on_render_thread(prepare_source, cfg.source, cfg.hand, worker_resources().scene_renderers)
+    progress = BuildProgress(emit=get_run_logger().info)
+    # The callback runs on the render thread, which lacks this task run's context (its logger's API and
+    # settings live in context variables): without it each log line would start a Prefect server of its own.
+    task_context = contextvars.copy_context()
+
+    def advance(done_images: int, total_images: int) -> None:
+        if done_images == 1:
+            progress.add_stage("synthesize", total_images)
+        progress.advance("synthesize", 1)
+
+    def on_progress(done_images: int, total_images: int) -> None:
+        task_context.run(advance, done_images, total_images)
+
+    on_render_thread(prepare_source, cfg.source, cfg.hand, worker_resources().scene_renderers, on_progress)
 
 
 def load_refs(cfg: PipelineConfig) -> list:

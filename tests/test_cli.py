@@ -449,3 +449,114 @@ def test_scheduled_build_applies_the_deployment_overrides(tmp_path, monkeypatch)
     monkeypatch.setattr(build_flows, "build_steps", lambda config, out, write_report: built.append(config))
     build_flows.scheduled_build.fn(str(DEMO_CONFIG), str(tmp_path / "d"), overrides=["grasp.rte_threshold_m=0.02"])
     assert built[0].grasp.rte_threshold_m == 0.02
+
+
+_TINY_SYNTHETIC_BUILD = {
+    "name": "progress-test",
+    "source": {"kind": "synthetic",
+               "synthetic": {"format": "dexycb", "num_sequences": 1, "frames_per_sequence": 4, "num_cameras": 1,
+                             "seed": 7}},
+    "crop": {"size_px": 64}, "deocclusion": {"backend": "render"}, "storage": {"shard_size": 4},
+    "flow": {"frames_per_task": 4},
+}
+BUILD_PHASES = ("index", "synthesize", "grasp", "annotate", "deocclude", "pack")
+
+
+def _cli_build_env(tmp_path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "60"}
+    env.pop("PREFECT_API_URL", None)  # the build starts (and owns) its temporary server
+    env.pop("UNIHOPE_FAIL_ONCE", None)
+    return env
+
+
+def test_build_progress_has_a_bar_per_phase_in_a_terminal_and_plain_lines_when_piped(tmp_path):
+    """Issue 25.6, through the real CLI: in a (narrow) terminal every phase gets a bar, the index and the
+    synthetic source's rendering included; piped, the output is plain lines, each phase's last line once."""
+    import pty
+    import select
+    import sys
+
+    import yaml
+
+    config_path = tmp_path / "build.yaml"
+    config_path.write_text(yaml.safe_dump(_TINY_SYNTHETIC_BUILD))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def command(out: str) -> list[str]:
+        return [sys.executable, "-m", "unihope.cli", "build", "--config", str(config_path), "--out", out]
+
+    # 1. Piped: no terminal control codes, each phase's completion line exactly once.
+    piped = subprocess.run(command(str(tmp_path / "piped")), cwd=repo, env=_cli_build_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    text = piped.stdout + piped.stderr
+    assert piped.returncode == 0, text[-3000:]
+    assert "\x1b[" not in text and "\r" not in text
+    for phase in BUILD_PHASES:
+        done = re.findall(rf"{phase} +4/4 +frames 100\.0%", text)
+        assert len(done) == 1, (phase, text[-3000:])
+    assert re.search(r"synthesize +\d/4 ", text)  # the synthetic source's rendering reports as it goes
+    assert text.count("Starting temporary server") <= 1  # the build's own server only
+
+    # 2. In a 60-column terminal (a pty): a bar per phase, each complete, none wider than the terminal.
+    leader, follower = pty.openpty()
+    with subprocess.Popen(command(str(tmp_path / "tty")), cwd=repo, env=_cli_build_env(tmp_path), stdin=follower,
+                          stdout=follower, stderr=follower) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the build closed the terminal
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=60)
+    os.close(leader)
+    drawn = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, drawn[-3000:]
+    screen = _terminal_screen(drawn, width=60)
+    log_header = re.compile(r"\d\d:\d\d:\d\d\.\d{3} \| ")
+    torn = [line for line in screen if "━" in line and log_header.search(line)]
+    assert not torn, torn  # no log line written across a bar
+    assert drawn.count("Starting temporary server") <= 1  # a log line from the render thread used to start its own
+    # every phase's bar reaches 4/4, within the terminal's width
+    bars = [line for line in screen if "━" in line]
+    for phase in BUILD_PHASES:
+        assert any(line.startswith(f"{phase} ") and "4/4 frames" in line for line in bars), (phase, bars[-8:])
+    assert all(len(line) <= 60 for line in bars), bars
+
+
+def _terminal_screen(raw: str, width: int) -> list[str]:
+    """What a terminal `width` columns wide shows after `raw`: text, CR, LF, erase-line and cursor-up are
+    applied (what rich's live display uses to redraw its bars); colours and other codes are dropped."""
+    lines: list[list[str]] = [[]]
+    row = col = 0
+    for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n|[^\x1b\r\n]", raw):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+        elif token.startswith("\x1b["):
+            if token == "\x1b[2K":
+                lines[row] = []
+            elif token.endswith("A"):
+                row = max(0, row - int(token[2:-1] or 1))
+        else:
+            if col >= width:  # the terminal wraps
+                row, col = row + 1, 0
+            while len(lines) <= row:
+                lines.append([])
+            lines[row].extend(" " * (col - len(lines[row])))
+            if col < len(lines[row]):
+                lines[row][col] = token
+            else:
+                lines[row].append(token)
+            col += 1
+        while len(lines) <= row:
+            lines.append([])
+    return [text for text in ("".join(line).rstrip() for line in lines) if text]

@@ -73,7 +73,7 @@ class BuildProgress:
         self._stages: dict[str, _StageState] = {}
 
     def add_stage(self, stage: str, total_frames: int) -> None:
-        """Declare a stage and how many frames it will handle (its clock starts now)."""
+        """Declare a stage and how many frames it will handle (its clock starts now; 0 = not known yet, see `complete`)."""
         if total_frames < 0:
             raise ValueError(f"total_frames must be >= 0, got {total_frames} for stage {stage!r}")
         self._stages[stage] = _StageState(total_frames=total_frames, start_s=self._clock())
@@ -92,6 +92,14 @@ class BuildProgress:
         if is_complete or now - state.last_emit_s >= self._min_interval_s:
             state.last_emit_s = now
             self._emit(self.line(stage))
+
+    def complete(self, stage: str, total_frames: int) -> None:
+        """Finish a stage whose size was unknown when it began (added with 0 frames: the index), in one step."""
+        if stage not in self._stages:
+            raise ValueError(f"unknown stage {stage!r}; call add_stage first (known: {sorted(self._stages)})")
+        state = self._stages[stage]
+        state.total_frames = total_frames
+        self.advance(stage, total_frames - state.done_frames)
 
     def _notify(self, stage: str) -> None:
         state = self._stages[stage]

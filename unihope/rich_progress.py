@@ -30,9 +30,11 @@ class RichStageDisplay:
         self._tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done_frames: int, total_frames: int) -> None:
+        # a stage of unknown size so far (the index while it lists the source) pulses instead of showing 0/1
+        total = None if total_frames == 0 and done_frames == 0 else max(total_frames, 1)
         if stage not in self._tasks:
-            self._tasks[stage] = self._progress.add_task(stage, total=max(total_frames, 1))
-        self._progress.update(self._tasks[stage], completed=done_frames, total=max(total_frames, 1))
+            self._tasks[stage] = self._progress.add_task(stage, total=total)
+        self._progress.update(self._tasks[stage], completed=done_frames, total=total)
 
 
 @contextmanager

@@ -90,13 +90,14 @@ def open_source(cfg: SourceConfig, hand_cfg: HandModelConfig) -> FrameSource:
     return SOURCES[cfg.kind](cfg, hand_cfg)
 
 
-def prepare_source(cfg: SourceConfig, hand_cfg: HandModelConfig, renderers=None) -> Path | None:
+def prepare_source(cfg: SourceConfig, hand_cfg: HandModelConfig, renderers=None, on_progress=None) -> Path | None:
     """Write the data a source reads when the pipeline makes it itself, before `open_source`.
 
     The synthetic source is generated into `cfg.root` (idempotent: a complete dataset of the same
     config returns at once; it renders, so callers run it on the render thread). The real datasets
     are read where they lie: nothing is written. `renderers` (a `synthetic_render.SceneRenderers`) are the
-    caller's to reuse; None -> the generator makes its own.
+    caller's to reuse; None -> the generator makes its own. `on_progress(done, total)` follows the rendered
+    images while the synthetic source is written (not called when it is already complete).
 
     Returns:
         The folder `open_source` reads (None for a real dataset without a root, which `open_source` refuses).
@@ -114,7 +115,7 @@ def prepare_source(cfg: SourceConfig, hand_cfg: HandModelConfig, renderers=None)
         return root  # complete: the generator (torch, trimesh, the renderer) is not even imported
     from unihope.sources.synthetic import write_synthetic_dataset
 
-    write_synthetic_dataset(root, cfg.synthetic, hand_cfg, renderers)
+    write_synthetic_dataset(root, cfg.synthetic, hand_cfg, renderers, on_progress)
     return root
 
 

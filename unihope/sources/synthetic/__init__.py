@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,8 @@ class SynthSummary:
 
 
 def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandModelConfig,
-                            renderers: SceneRenderers | None = None) -> SynthSummary:
+                            renderers: SceneRenderers | None = None,
+                            on_progress: Callable[[int, int], None] | None = None) -> SynthSummary:
     """Write a synthetic dataset in DexYCB's (or HO3D_v2's) layout plus `truth/`; idempotent.
 
     The data is written into `<out_dir>.incomplete` and renamed into place when complete; a marker
@@ -86,6 +88,7 @@ def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandM
         cfg: what to generate (format, sequences, frames, cameras, seed, image size).
         hand_cfg: which MANO files to use (None fields -> the procedural hand).
         renderers: the caller's renderers, reused across datasets (a build worker's); None -> one for this call.
+        on_progress: called with (images rendered, images in all) as the images are rendered (the build's bar).
 
     Returns:
         A SynthSummary (printable with `.describe()`).
@@ -107,7 +110,14 @@ def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandM
 
     # 2. Models, renderer, hand layers
     renderer = (renderers if renderers is not None else SceneRenderers()).get(cfg.image_width_px, cfg.image_height_px)
-    writer = SequenceWriter(work_dir, cfg, hand_cfg, renderer)
+    num_images = cfg.num_sequences * cfg.frames_per_sequence * (cfg.num_cameras if cfg.format == "dexycb" else 1)
+    rendered = [0]
+
+    def count_image() -> None:
+        rendered[0] += 1
+        on_progress(rendered[0], num_images)
+
+    writer = SequenceWriter(work_dir, cfg, hand_cfg, renderer, on_image=count_image if on_progress else None)
     writer.write_models()
 
     # 3. Sequences

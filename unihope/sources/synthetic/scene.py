@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def _resting_pose(obj: YCBObject, xy_m: np.ndarray, yaw_rad: float) -> np.ndarra
 class SequenceWriter:
     """Holds the per-dataset state (renderer, hand layers, objects) and writes one sequence at a time."""
 
-    def __init__(self, root: Path, cfg: SyntheticConfig, hand_cfg: HandModelConfig, renderer: SceneRenderer):
+    def __init__(self, root: Path, cfg: SyntheticConfig, hand_cfg: HandModelConfig, renderer: SceneRenderer,
+                 on_image: Callable[[], None] | None = None):
         self.root = root
         self.cfg = cfg
         # Labels use the layout's own fingertips (DexYCB manopth, HO3D ho3d), as the real dataset's do.
@@ -94,6 +96,7 @@ class SequenceWriter:
         }
         self.pca = {side: load_mano_arrays(layer.model_path) for side, layer in self.layers.items()}
         self.renderer = renderer  # the caller's (`SceneRenderers`), of cfg's image size
+        self.on_image = on_image  # called after each rendered image (the caller's progress)
         self.objects = {name: build_ycb_object(name) for name in YCB_NAMES}
         self.graspable = [name for name, obj in self.objects.items() if obj.is_graspable_side]
         self.rig = camera_rig(cfg)
@@ -223,6 +226,8 @@ class SequenceWriter:
                                      for label, _, T in objects],
                 )  # fmt: skip
                 yield camera, frame_idx, view, labels
+                if self.on_image is not None:
+                    self.on_image()
 
     def record_truth(self, key: str, phase: str, view) -> None:
         self.truth_grasp[key] = phase == "lift"
