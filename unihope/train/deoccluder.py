@@ -336,6 +336,7 @@ def build_overrides(trained_dir: Path, cfg: DeoccluderTrainConfig | None = None)
         f"deocclusion.controlnet.device={inference.device}",
         "deocclusion.controlnet.local_files_only=true",
         f"deocclusion.beta_policy={inference.beta_policy}",
+        *([f"deocclusion.beta_fixed={inference.beta_fixed}"] if inference.beta_policy == "fixed" else []),
         f"deocclusion.mask_region={deocc.mask_region}",
         f"deocclusion.mask_dilation_px={deocc.mask_dilation_px}",
     ]

@@ -114,6 +114,7 @@ class DeoccluderInferenceConfig(StageConfig):
     scheduler: Literal["ddim", "dpmsolver++", "unipc", "saved"] = "ddim"
     device: str = "auto"
     beta_policy: Literal["fixed", "occlusion_prior", "search"] = "occlusion_prior"
+    beta_fixed: float = Field(0.55, ge=0, le=2)  # the build's beta under beta_policy=fixed
 
 
 class DeoccluderTrainConfig(StageConfig):
