@@ -269,3 +269,47 @@ def test_mixed_precision_on_the_cpu_fails_before_any_work(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="mixed_precision"):
         train_deoccluder(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_build_with_the_trained_folder_stores_pairs_nearer_the_truth_than_the_floor(trained, synthetic_dexycb,
+                                                                                       tmp_path):
+    """The whole flow (`run_build`, as `unihope build --set <printed options>` runs it): the stored de-occluded
+    images of the held-out sequence, against the synthetic truth in the hidden hand, beat a build with the
+    untrained (step-0) folder."""
+    from unihope.buildplan.resolve import resolve_build_config
+    from unihope.launch import run_build
+    from unihope.storage.view import open_dataset
+    from unihope.train.deoccluder_data import truth_crop_of_key
+
+    result, cfg = trained
+    heldout = tuple(json.loads((result.out_dir / "training.json").read_text())["heldout_sequences"])
+    demo = PipelineConfig.from_yaml(REPO / "configs" / "demo.yaml")
+    psnr: dict[str, dict[str, float]] = {}
+    for name, folder in (("trained", result.out_dir), ("floor", result.out_dir / "checkpoints" / "step-0")):
+        out = tmp_path / name
+        build_cfg = resolve_build_config(
+            apply_overrides(demo, build_overrides(folder) + (f"crop.size_px={cfg.data.crop.size_px}",)), str(out),
+            f"dexycb:{synthetic_dexycb}")
+        summary = run_build(build_cfg, str(out), write_report=False)
+        assert summary.num_samples > 0
+        view = open_dataset(str(out))
+        try:
+            keys = [str(k) for k in view.column("sample_key")]
+            keep, affines = view.column("keep").astype(bool), view.column("crop_affine")
+            scores = {}
+            for i in np.flatnonzero(keep):
+                if not keys[i].startswith(heldout):
+                    continue
+                sample = view.sample(int(i), ("image_deoccluded", "mask_hand", "mask_hand_visible"))
+                hidden = sample["mask_hand"] & ~sample["mask_hand_visible"]
+                if hidden.sum() < 20:
+                    continue
+                truth = truth_crop_of_key(synthetic_dexycb, keys[i], affines[i], cfg.data.crop.size_px)
+                scores[keys[i]] = psnr_in_mask(sample["image_deoccluded"], truth, hidden)
+        finally:
+            view.close()
+        psnr[name] = scores
+    common = sorted(set(psnr["trained"]) & set(psnr["floor"]))
+    assert len(common) >= 3, psnr
+    gain = np.array([psnr["trained"][k] - psnr["floor"][k] for k in common])
+    assert gain.mean() > 1.0 and (gain > 0).mean() >= 0.75, gain
