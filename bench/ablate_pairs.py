@@ -412,7 +412,9 @@ def main() -> None:
 
     cfg = apply_overrides(TrainConfig.from_yaml(args.train_config), overrides)
     meta = {"steps": cfg.optim.max_steps, "batch_size": cfg.optim.batch_size, "num_train": int(first["num_train"]),
-            "num_pairs_train": int(results[arms[-1]][seeds[0]]["num_pairs_train"]), "num_eval": len(first["mpjpe_mm"]),
+            # the most pairs any arm trained with (a --pairs-from arm records -1: its count depends on the other build)
+            "num_pairs_train": max(int(results[a][seeds[0]]["num_pairs_train"]) for a in arms),
+            "num_eval": len(first["mpjpe_mm"]),
             "arms": {a: registry[a].description for a in arms}, "overrides": list(overrides),
             "wall_seconds": time.perf_counter() - started}  # fmt: skip
     table = summarise(results, seeds)
