@@ -93,6 +93,19 @@ def arm_from_store(spec: str) -> Arm:
     return Arm(name, True, f"store:{directory}", f"de-occluded images of the build at {directory}")
 
 
+def resolve_arms(arms_csv: str, pairs_from: list[str]) -> tuple[dict[str, Arm], list[str]]:
+    """The arm registry (ARMS plus one arm per `--pairs-from NAME=DIR`) and the arm names a run asked for."""
+    registry = dict(ARMS)
+    for spec in pairs_from:
+        extra = arm_from_store(spec)
+        registry[extra.name] = extra
+    arms = arms_csv.split(",") + [spec.partition("=")[0] for spec in pairs_from]
+    unknown = [a for a in arms if a not in registry]
+    if unknown:
+        raise SystemExit(f"unknown arms {unknown}: name only {sorted(ARMS)} or --pairs-from NAME=DIR")
+    return registry, arms
+
+
 class SecondImageDataset:
     """A PairedDataset whose de-occluded images are replaced for some samples (by sample key).
 
@@ -372,14 +385,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="train config key=value")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    registry = dict(ARMS)
-    for spec in args.pairs_from:
-        extra = arm_from_store(spec)
-        registry[extra.name] = extra
-    arms = args.arms.split(",") + [spec.partition("=")[0] for spec in args.pairs_from]
-    unknown = [a for a in arms if a not in registry]
-    if unknown or "none" not in arms:
-        raise SystemExit(f"--arms must include 'none' and name only {sorted(ARMS)}; got {args.arms}")
+    registry, arms = resolve_arms(args.arms, args.pairs_from)
+    if "none" not in arms:
+        raise SystemExit(f"--arms must include 'none' (the baseline every arm is paired with); got {args.arms}")
     overrides = tuple(args.overrides) + ((f"optim.max_steps={args.steps}",) if args.steps else ())
     seeds = list(range(args.seeds))
 

@@ -21,17 +21,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from bench.ablate_pairs import ARMS, SYNTHETIC_DIR, arm_from_store, second_images  # noqa: E402
+from bench.ablate_pairs import SYNTHETIC_DIR, resolve_arms, second_images  # noqa: E402
+from bench.deoccluder_truth import bootstrap_ci, fmt  # noqa: E402
 
 MIN_HIDDEN_PX = 20  # fewer hidden-hand pixels make PSNR a statement about a handful of pixels
-NUM_BOOTSTRAP = 2000
-
-
-def bootstrap_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (NUM_BOOTSTRAP, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def main() -> None:
@@ -46,11 +39,7 @@ def main() -> None:
     from unihope.storage.view import open_dataset
     from unihope.train.deoccluder_data import truth_crop_of_key
 
-    registry = dict(ARMS)
-    for spec in args.pairs_from:
-        extra = arm_from_store(spec)
-        registry[extra.name] = extra
-    arms = args.arms.split(",") + [spec.partition("=")[0] for spec in args.pairs_from]
+    registry, arms = resolve_arms(args.arms, args.pairs_from)
     out = args.out or args.data.parent / "fidelity"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -86,11 +75,8 @@ def main() -> None:
         if not values:
             continue
         psnr, ssim = (np.array(column) for column in zip(*values))
-        psnr = psnr[np.isfinite(psnr)]
-        (p_low, p_high), (s_low, s_high) = bootstrap_interval(psnr), bootstrap_interval(ssim)
         label = name if name == "input (occluded)" else f"{name}: {registry[name].description}"
-        print(f"| {label} | {len(values)} | {psnr.mean():.2f} [{p_low:.2f}, {p_high:.2f}] | "
-              f"{ssim.mean():.3f} [{s_low:.3f}, {s_high:.3f}] |")
+        print(f"| {label} | {len(values)} | {fmt(bootstrap_ci(psnr))} | {fmt(bootstrap_ci(ssim), 3)} |")
 
 
 if __name__ == "__main__":
