@@ -52,11 +52,12 @@ class TrainResult:
     metrics: dict  # contents of metrics.json (training figures only when there was no evaluation)
 
 
-def _read_history(path: Path, up_to_step: int) -> list[dict]:
+def read_history(path: Path, up_to_step: int | None = None) -> list[dict]:
+    """The rows of a run's loss_history.jsonl (up to `up_to_step`; all when None); [] without the file."""
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row["step"] <= up_to_step]
+    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
 
 
 def train(
@@ -124,7 +125,7 @@ def train(
     if stats is None:
         stats = collect_train_statistics(train_dataset, cfg)
     history_path = out_dir / LOSS_HISTORY_FILE
-    history = _read_history(history_path, step)
+    history = read_history(history_path, step)
     epoch_log = out_dir / EPOCH_LOG_FILE
     if dp.is_main:
         history_path.write_text("".join(json.dumps(row) + "\n" for row in history))
@@ -202,14 +203,22 @@ def train(
     if eval_dataset is not None and len(eval_dataset) == 0:
         log("evaluation skipped: the held-out split is empty (raise data.val_fraction or build more sequences)")
     elif eval_dataset is not None and final_evaluation:
-        report = evaluate(model, eval_dataset, cfg, stats, device)
-        metrics = {**report.summary(stats), **metrics, "evaluated": True}
-        write_plots(out_dir / "plots", report, stats, history)
-        log(f"eval: MPJPE {metrics['mpjpe_mm']:.2f} mm (mean-pose baseline {metrics['mean_pose_mpjpe_mm']:.2f}), "
-            f"switcher acc {metrics['switcher_accuracy']:.3f} (majority {metrics['majority_switcher_accuracy']:.3f})")
+        metrics = add_evaluation(model, eval_dataset, cfg, stats, device, metrics, out_dir, history, log)
     (out_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
     dp.wait_for_everyone()
     return TrainResult(out_dir=out_dir, steps=step, checkpoint_path=checkpoint_path, step_losses=losses, metrics=metrics)
+
+
+def add_evaluation(model, eval_dataset, cfg: TrainConfig, stats, device, metrics: dict, out_dir: Path,
+                   history: list[dict], log=print) -> dict:
+    """Evaluate the final model on the held-out split: `metrics` with the evaluation added (`evaluated: true`),
+    the plots written; the end of `train`, or the train flow's separate `evaluate` task (`train.run.evaluate_run`)."""
+    report = evaluate(model, eval_dataset, cfg, stats, device)
+    metrics = {**report.summary(stats), **metrics, "evaluated": True}
+    write_plots(Path(out_dir) / "plots", report, stats, history)
+    log(f"eval: MPJPE {metrics['mpjpe_mm']:.2f} mm (mean-pose baseline {metrics['mean_pose_mpjpe_mm']:.2f}), "
+        f"switcher acc {metrics['switcher_accuracy']:.3f} (majority {metrics['majority_switcher_accuracy']:.3f})")
+    return metrics
 
 
 def _log_epoch(cfg, model, eval_dataset, stats, device, history, epoch, step, lr, epoch_log: Path, log) -> None:

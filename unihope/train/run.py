@@ -132,7 +132,7 @@ def evaluate_run(config_path: Path, data_url: str, run_dir: Path, mano_dir: Path
     """
     from unihope.storage.versions import pin
     from unihope.tip_convention import tip_convention_of_dataset
-    from unihope.train.loop import LOSS_HISTORY_FILE
+    from unihope.train.loop import LOSS_HISTORY_FILE, add_evaluation, read_history
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").is_file():
@@ -150,15 +150,9 @@ def evaluate_run(config_path: Path, data_url: str, run_dir: Path, mano_dir: Path
         device = resolve_device(cfg.device)
         model = build_model(cfg, build_hand_layer(cfg.hand, tip_convention_of_dataset(eval_set))).to(device)
         _, stats = load_checkpoint(run_dir, model)
-        report = evaluate(model, eval_set, cfg, stats, device)
-    metrics = {**report.summary(stats), **metrics, "evaluated": True}
-    history_path = run_dir / LOSS_HISTORY_FILE
-    history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()] \
-        if history_path.is_file() else []
-    write_plots(run_dir / "plots", report, stats, history)
+        metrics = add_evaluation(model, eval_set, cfg, stats, device, metrics, run_dir,
+                                 read_history(run_dir / LOSS_HISTORY_FILE), log)
     (run_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
-    log(f"eval: MPJPE {metrics['mpjpe_mm']:.2f} mm (mean-pose baseline {metrics['mean_pose_mpjpe_mm']:.2f}), "
-        f"switcher acc {metrics['switcher_accuracy']:.3f} (majority {metrics['majority_switcher_accuracy']:.3f})")
     return metrics
 
 
