@@ -21,6 +21,7 @@ reads it). `truth/unannotated.json` lists the unannotated sample keys.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -111,13 +112,9 @@ def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandM
     # 2. Models, renderer, hand layers
     renderer = (renderers if renderers is not None else SceneRenderers()).get(cfg.image_width_px, cfg.image_height_px)
     num_images = cfg.num_sequences * cfg.frames_per_sequence * (cfg.num_cameras if cfg.format == "dexycb" else 1)
-    rendered = [0]
-
-    def count_image() -> None:
-        rendered[0] += 1
-        on_progress(rendered[0], num_images)
-
-    writer = SequenceWriter(work_dir, cfg, hand_cfg, renderer, on_image=count_image if on_progress else None)
+    rendered = itertools.count(1)
+    on_image = (lambda: on_progress(next(rendered), num_images)) if on_progress else None
+    writer = SequenceWriter(work_dir, cfg, hand_cfg, renderer, on_image=on_image)
     writer.write_models()
 
     # 3. Sequences
@@ -132,13 +129,12 @@ def write_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig, hand_cfg: HandM
 
     # 5. Summary, marker (last), rename into place
     visibility = np.array([v for v in writer.truth_visibility.values() if np.isfinite(v)] or [np.nan])
-    num_cams = cfg.num_cameras if cfg.format == "dexycb" else 1
     summary = SynthSummary(
         out_dir=str(out_dir),
         format=cfg.format,
         num_sequences=cfg.num_sequences,
         num_frames=cfg.num_sequences * cfg.frames_per_sequence,
-        num_images=cfg.num_sequences * cfg.frames_per_sequence * num_cams,
+        num_images=num_images,
         num_left_sequences=sum(1 for i in range(cfg.num_sequences) if cfg.format == "dexycb" and i % 2 == 1),
         num_grasping_images=int(sum(writer.truth_grasp.values())),
         num_occluded_images=int((visibility <= OCCLUDED_MAX_VISIBILITY).sum()),
