@@ -18,6 +18,19 @@ from unihope.prefect_env import apply_prefect_env_defaults
 
 apply_prefect_env_defaults()  # what the `unihope` command does before it imports Prefect
 
+def build_subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Environment of a `unihope` command run as a subprocess: its own Prefect home, and no API URL or fault
+    injection inherited, so that the build starts (and owns) its temporary server as a user's would."""
+    import os
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("UNIHOPE_FAIL_ONCE", None)
+    env.update(extra)
+    return env
+
+
 SYNTHETIC_DEXYCB_CONFIG = SyntheticConfig(format="dexycb", num_sequences=2, frames_per_sequence=12, num_cameras=2, seed=0)
 SYNTHETIC_DEXYCB_QUIRKS_CONFIG = SyntheticConfig(
     format="dexycb", num_sequences=2, frames_per_sequence=10, num_cameras=2, seed=2, quirks=True

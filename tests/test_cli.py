@@ -462,13 +462,6 @@ _TINY_SYNTHETIC_BUILD = {
 BUILD_PHASES = ("index", "synthesize", "grasp", "annotate", "deocclude", "pack")
 
 
-def _cli_build_env(tmp_path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "60"}
-    env.pop("PREFECT_API_URL", None)  # the build starts (and owns) its temporary server
-    env.pop("UNIHOPE_FAIL_ONCE", None)
-    return env
-
-
 def test_build_progress_has_a_bar_per_phase_in_a_terminal_and_plain_lines_when_piped(tmp_path):
     """Issue 25.6, through the real CLI: in a (narrow) terminal every phase gets a bar, the index and the
     synthetic source's rendering included; piped, the output is plain lines, each phase's last line once."""
@@ -477,16 +470,19 @@ def test_build_progress_has_a_bar_per_phase_in_a_terminal_and_plain_lines_when_p
     import sys
 
     import yaml
+    from conftest import build_subprocess_env
 
     config_path = tmp_path / "build.yaml"
     config_path.write_text(yaml.safe_dump(_TINY_SYNTHETIC_BUILD))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+    env = build_subprocess_env(tmp_path, COLUMNS="60")
+
     def command(out: str) -> list[str]:
         return [sys.executable, "-m", "unihope.cli", "build", "--config", str(config_path), "--out", out]
 
     # 1. Piped: no terminal control codes, each phase's completion line exactly once.
-    piped = subprocess.run(command(str(tmp_path / "piped")), cwd=repo, env=_cli_build_env(tmp_path),
+    piped = subprocess.run(command(str(tmp_path / "piped")), cwd=repo, env=env,
                            capture_output=True, text=True, timeout=600)
     text = piped.stdout + piped.stderr
     assert piped.returncode == 0, text[-3000:]
@@ -499,7 +495,7 @@ def test_build_progress_has_a_bar_per_phase_in_a_terminal_and_plain_lines_when_p
 
     # 2. In a 60-column terminal (a pty): a bar per phase, each complete, none wider than the terminal.
     leader, follower = pty.openpty()
-    with subprocess.Popen(command(str(tmp_path / "tty")), cwd=repo, env=_cli_build_env(tmp_path), stdin=follower,
+    with subprocess.Popen(command(str(tmp_path / "tty")), cwd=repo, env=env, stdin=follower,
                           stdout=follower, stderr=follower) as proc:
         os.close(follower)
         chunks = []

@@ -103,14 +103,9 @@ def _wait_until_gone(mark: str) -> list[int]:
 
 
 def _build_env(tmp_path: Path, mark: str, **extra: str) -> dict[str, str]:
-    import os
+    from conftest import build_subprocess_env
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "UNIHOPE_TEST_MARK": mark, "PYTHONPATH": str(REPO), **extra}
-    env.pop("PREFECT_API_URL", None)  # the build must start (and own) its temporary server
-    env.pop("UNIHOPE_FAIL_ONCE", None)
-    env.update(extra)
-    return env
+    return build_subprocess_env(tmp_path, UNIHOPE_TEST_MARK=mark, **extra)  # the mark finds its processes
 
 
 def test_ctrl_c_stops_a_build_cleanly_and_a_second_build_of_its_output_is_refused(synthetic_dexycb, tmp_path):
