@@ -123,10 +123,7 @@ def output_busy(out: str, storage_options: dict | None = None) -> OutputBusyErro
             return OutputBusyError(_busy_message(loc.url, lock_path, holder), holder)
         finally:
             os.close(fd)
-    try:
-        holder = LockHolder.from_bytes(loc.fs.cat_file(lock_path))
-    except FileNotFoundError:
-        return None
+    holder = _read_remote_holder(loc, lock_path)
     if holder is None or is_stale(holder):
         return None
     return OutputBusyError(_busy_message(loc.url, loc.fs.unstrip_protocol(lock_path), holder), holder)
@@ -183,6 +180,14 @@ def is_stale(holder: LockHolder, now_s: float | None = None) -> bool:
     return (now_s if now_s is not None else time.time()) - beat_s > REMOTE_STALE_AFTER_S
 
 
+def _read_remote_holder(loc: Location, lock_path: str) -> LockHolder | None:
+    """The holder a remote lock object names, or None when there is none (or it is unreadable)."""
+    try:
+        return LockHolder.from_bytes(loc.fs.cat_file(lock_path))
+    except FileNotFoundError:
+        return None
+
+
 @contextlib.contextmanager
 def _remote_lock(loc: Location, wait: bool) -> Iterator[LockHolder]:
     # Best effort: object stores have no atomic create-if-absent through fsspec, so two builds that
@@ -190,10 +195,7 @@ def _remote_lock(loc: Location, wait: bool) -> Iterator[LockHolder]:
     lock_path = loc.path(LOCK_NAME)
 
     def read_holder() -> LockHolder | None:
-        try:
-            return LockHolder.from_bytes(loc.fs.cat_file(lock_path))
-        except FileNotFoundError:
-            return None
+        return _read_remote_holder(loc, lock_path)
 
     # 1. Wait for (or refuse) a live holder; take over a stale one.
     while True:
