@@ -200,10 +200,11 @@ def train(
         "evaluated": False,
         **(identity.to_json() if identity is not None else {}),
     }
-    if eval_dataset is not None and len(eval_dataset) == 0:
-        log("evaluation skipped: the held-out split is empty (raise data.val_fraction or build more sequences)")
-    elif eval_dataset is not None and final_evaluation:
-        metrics = add_evaluation(model, eval_dataset, cfg, stats, device, metrics, out_dir, history, log)
+    if final_evaluation and eval_dataset is not None:  # else the train flow's evaluate task does it
+        if len(eval_dataset) == 0:
+            log("evaluation skipped: the held-out split is empty (raise data.val_fraction or build more sequences)")
+        else:
+            metrics = add_evaluation(model, eval_dataset, cfg, stats, device, metrics, out_dir, history, log)
     (out_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
     dp.wait_for_everyone()
     return TrainResult(out_dir=out_dir, steps=step, checkpoint_path=checkpoint_path, step_losses=losses, metrics=metrics)
