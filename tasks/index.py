@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
-
 from prefect import get_run_logger, task
 
 from unihope.buildplan.batch_items import plan_index, reuse_index, save_index
@@ -23,17 +21,11 @@ def _prepare_source(cfg: PipelineConfig) -> None:
     from unihope.sources import prepare_source
 
     progress = BuildProgress(emit=get_run_logger().info)
-    # The callback runs on the render thread, which lacks this task run's context (its logger's API and
-    # settings live in context variables): without it each log line would start a Prefect server of its own.
-    task_context = contextvars.copy_context()
 
-    def advance(done_images: int, total_images: int) -> None:
+    def on_progress(done_images: int, total_images: int) -> None:  # on the render thread, in this task's context
         if done_images == 1:
             progress.add_stage("synthesize", total_images)
         progress.advance("synthesize", 1)
-
-    def on_progress(done_images: int, total_images: int) -> None:
-        task_context.run(advance, done_images, total_images)
 
     on_render_thread(prepare_source, cfg.source, cfg.hand, worker_resources().scene_renderers, on_progress)
 

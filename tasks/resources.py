@@ -8,6 +8,7 @@ process's one instance; nothing else in the pipeline keeps process-wide state.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,8 +58,12 @@ class WorkerResources:
     # ---- the render thread --------------------------------------------------------------------
 
     def on_render_thread(self, fn: Callable[..., R], *args: Any) -> R:
-        """Call `fn(*args)` on the render thread and return its result (exceptions propagate)."""
-        return self._render_thread.submit(fn, *args).result()
+        """Call `fn(*args)` on the render thread and return its result (exceptions propagate).
+
+        It runs in the caller's context: a task's log lines from the render thread reach its run (without
+        Prefect's context variables each would try to start an API server of its own).
+        """
+        return self._render_thread.submit(contextvars.copy_context().run, fn, *args).result()
 
     def on_render_thread_within(self, timeout_s: float, what: str, fn: Callable[..., R], *args: Any,
                                 hang_s: float = 0.0) -> R:

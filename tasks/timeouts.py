@@ -11,6 +11,7 @@ timeout (state `TimedOut` once retries are spent), the retry condition counts it
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -64,13 +65,15 @@ def call_with_timeout(
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     abandoned = threading.Event()
+    # the caller's context (Prefect's task run: its logger and API settings live in context variables)
+    context = contextvars.copy_context()
 
     def watched() -> R:
         if hang_s > 0:
             abandoned.wait(hang_s)
         if abandoned.is_set():
             raise StageTimeout(f"{what}: abandoned after its timeout")
-        return fn(*args)
+        return context.run(fn, *args)
 
     future = executor.submit(watched) if executor is not None else _on_daemon_thread(watched, f"unihope-{what}")
     try:

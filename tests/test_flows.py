@@ -630,6 +630,20 @@ def test_hang_injection_and_watchdog_timeout_are_transient():
         call_with_timeout(lambda: {}["missing"], timeout_s=5.0, what="probe")
 
 
+def test_work_on_another_thread_runs_in_the_callers_context():
+    """The render thread and the watchdog's thread see the calling task's context variables (Prefect's task
+    run context among them), so a stage's log line there reaches its run instead of starting a server."""
+    import contextvars
+
+    from unihope.tasks.resources import WorkerResources
+    from unihope.tasks.timeouts import call_with_timeout
+
+    task_run = contextvars.ContextVar("task_run", default="none")
+    task_run.set("annotate-batch-3")
+    assert call_with_timeout(task_run.get, timeout_s=5.0, what="probe") == "annotate-batch-3"
+    assert WorkerResources(visible_devices=()).on_render_thread(task_run.get) == "annotate-batch-3"
+
+
 def test_a_hanging_task_times_out_and_its_retry_is_counted(reference_build, tmp_path):
     """annotate and deocclude batches that hang on their first attempt time out, are retried once and match the reference."""
     from prefect import flow
