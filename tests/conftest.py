@@ -9,6 +9,7 @@ Both yield the dataset root (a Path); tests must not modify them (copy first whe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,6 @@ apply_prefect_env_defaults()  # what the `unihope` command does before it import
 def build_subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Environment of a `unihope` command run as a subprocess: its own Prefect home, and no API URL or fault
     injection inherited, so that the build starts (and owns) its temporary server as a user's would."""
-    import os
-
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("PREFECT_API_URL", None)
@@ -88,3 +87,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """One Prefect test harness (a real local API server) for a module's flow runs; yields its URL.
+
+    Stopped at the module's end, while the test session's output streams are still open (an ephemeral
+    server started on first use would log its stop at exit, into streams pytest has closed)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    previous = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(home)
+    try:
+        with prefect_test_harness(server_startup_timeout=180):
+            yield PREFECT_API_URL.value()
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_HOME", None)
+        else:
+            os.environ["PREFECT_HOME"] = previous

@@ -272,7 +272,7 @@ def test_mixed_precision_on_the_cpu_fails_before_any_work(tmp_path, monkeypatch)
 
 
 def test_a_build_with_the_trained_folder_stores_pairs_nearer_the_truth_than_the_floor(trained, synthetic_dexycb,
-                                                                                       tmp_path):
+                                                                                       prefect_api, tmp_path):
     """The whole flow (`run_build`, as `unihope build --set <printed options>` runs it): the stored de-occluded
     images of the held-out sequence, against the synthetic truth in the hidden hand, beat a build with the
     untrained (step-0) folder."""

@@ -212,25 +212,6 @@ NUM_PARTS, NUM_BATCHES = 2, 4
 SHARD_SIZE = 10  # 24 samples at most -> 3 shards
 
 
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """One Prefect test harness (a real local API server) for every flow test; yields its URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    previous = os.environ.get("PREFECT_HOME")
-    os.environ["PREFECT_HOME"] = str(home)
-    try:
-        with prefect_test_harness(server_startup_timeout=180):
-            yield PREFECT_API_URL.value()
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_HOME", None)
-        else:
-            os.environ["PREFECT_HOME"] = previous
-
-
 def tiny_config(dataset_root: Path, **flow_updates) -> PipelineConfig:
     """A 24-frame build of the synthetic DexYCB-layout fixture: 2 parts, 4 batches, 3 shards."""
     return PipelineConfig.model_validate({
